@@ -24,7 +24,8 @@ public final class OutputFolder: @unchecked Sendable {
     private var published = false
 
     public init(path: String) throws {
-        let target = (path as NSString).standardizingPath
+        // Absolute first: Foundation's path helpers crash on a one-character relative name (`x`).
+        let target = URL(fileURLWithPath: path).standardizedFileURL.path
         self.path = target
         let parent = (target as NSString).deletingLastPathComponent
         let name = (target as NSString).lastPathComponent

@@ -33,6 +33,18 @@ public struct ChunkData: Sendable {
     /// Whether the item was decoded (zstd) into a temporary file.
     public let isDecoded: Bool
 
+    public init(file: ReadOnlyFile, dataFile: String, key: String, chunk: DCPChunk, dtype: DType, elementSize: Int, runs: [Run],
+                isDecoded: Bool = false) {
+        self.file = file
+        self.dataFile = dataFile
+        self.key = key
+        self.chunk = chunk
+        self.dtype = dtype
+        self.elementSize = elementSize
+        self.runs = runs
+        self.isDecoded = isDecoded
+    }
+
     /// Bytes of the chunk in row-major order.
     public var byteCount: Int64 { runs.last.map { $0.destinationOffset + $0.source.count } ?? 0 }
 

@@ -15,13 +15,15 @@ public struct MegatronCheckpointFolder: Sendable, Equatable {
         /// A DCP directory without `metadata.json` (`--ckpt-format torch_dcp`, or any
         /// `torch.distributed.checkpoint.save`).
         case dcp = "torch_dcp"
+        /// The legacy per-rank format (`--ckpt-format torch`): `mp_rank_*/model_optim_rng.pt`.
+        case legacyTorch = "torch"
     }
 
     /// The path as given.
     public let path: String
     /// The save directory, when `path` was one (it holds the tracker file).
     public let saveDirectory: String?
-    /// The directory holding `.metadata` and the `.distcp` files.
+    /// The directory holding `.metadata` and the `.distcp` files (or the `mp_rank_*` directories).
     public let directory: String
     /// From the tracker file, or from the directory's name; nil for a plain DCP directory.
     public let iteration: MegatronIteration?
@@ -67,6 +69,9 @@ public struct MegatronCheckpointFolder: Sendable, Equatable {
         case .dcp:
             format = .dcp
             backend = nil
+        case .legacyTorch:
+            format = .legacyTorch
+            backend = nil
         }
         self.iteration = iteration
     }
@@ -75,6 +80,7 @@ public struct MegatronCheckpointFolder: Sendable, Equatable {
     public enum Detected: Sendable, Equatable {
         case torchDist(ShardedBackendMetadata)
         case dcp
+        case legacyTorch
     }
 
     /// Megatron's `_get_checkpoint_format` on one directory. Unreadable formats throw
@@ -104,9 +110,7 @@ public struct MegatronCheckpointFolder: Sendable, Equatable {
             }
         }
         if names.contains(where: { $0.hasPrefix("mp_rank_0") }) {
-            throw MegatronCheckpointError.unsupportedFormat(
-                path: directory, format: "legacy `torch` (--ckpt-format torch, mp_rank_*/model_optim_rng.pt)",
-                hint: "load it in Megatron with --ckpt-format torch --ckpt-convert-format torch_dist --ckpt-convert-save DIR to write a torch_dist copy")
+            return .legacyTorch
         }
         if names.contains(".metadata") {
             return .dcp

@@ -1,20 +1,34 @@
 import TensorCore
 
+/// One piece of a box: `source` bytes of `file` land at `destinationOffset` bytes into the box
+/// laid out row-major (C order).
+public struct TensorBoxPiece: Sendable {
+    public let file: ReadOnlyFile
+    public let source: ByteRange
+    public let destinationOffset: Int64
+}
+
+/// Global tensors stored as chunks, wherever the chunks are: a torch_dist checkpoint's items, or
+/// the rank files of a legacy checkpoint placed in their global tensors by a layout.
+public protocol GlobalTensorSource: Sendable {
+    /// The file errors about the set name (`.metadata`, or the legacy iteration directory).
+    var metadataPath: String { get }
+    /// Every tensor with its global shape, dtype and chunks, in a stable order.
+    var globalTensors: [(fqn: String, metadata: DCPTensorMetadata)] { get }
+    func tensor(_ key: String) throws -> DCPTensorMetadata
+    /// Where the bytes of one chunk of `key` are.
+    func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData
+}
+
 /// Assembling any box of a global tensor from the chunks that overlap it, by byte ranges:
 /// Python's `DefaultLoadPlanner` + `narrow_tensor_by_index`, without loading items.
-extension TorchDistCheckpoint {
-    /// One piece of a box: `source` bytes of `file` land at `destinationOffset` bytes into the
-    /// box laid out row-major (C order).
-    public struct BoxPiece: Sendable {
-        public let file: ReadOnlyFile
-        public let source: ByteRange
-        public let destinationOffset: Int64
-    }
+extension GlobalTensorSource {
+    public typealias BoxPiece = TensorBoxPiece
 
     /// Bytes of a box of `key` with `sizes`, in the tensor's dtype.
     public func boxByteCount(key: String, sizes: [Int]) throws -> Int64 {
         let tensor = try self.tensor(key)
-        guard let elementSize = Self.torchElementSize(tensor.dtype) else {
+        guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
             throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)
         }
         return Int64(BoxGeometry.volume(sizes) * elementSize)
@@ -35,7 +49,7 @@ extension TorchDistCheckpoint {
         let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] + sizes[$0] <= tensor.size[$0] }
         guard inside else { throw notCovered(total) }
         if total == 0 { return [] }
-        guard let elementSize = Self.torchElementSize(tensor.dtype) else {
+        guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
             throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)
         }
         var pieces: [BoxPiece] = []

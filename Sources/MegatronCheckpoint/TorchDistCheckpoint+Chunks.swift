@@ -6,7 +6,7 @@ import TorchZip
 /// (formats.md §3.3). Python: `FileSystemReader.read_data` → `torch.load(slice)` → `narrow_tensor_by_index`.
 extension TorchDistCheckpoint {
     /// Bytes per stored torch element: `float4_e2m1fn_x2` packs two FP4 values in one element.
-    static func torchElementSize(_ dtype: DType) -> Int? {
+    public static func torchElementSize(_ dtype: DType) -> Int? {
         dtype == .float4E2M1 ? 1 : dtype.byteWidth
     }
 

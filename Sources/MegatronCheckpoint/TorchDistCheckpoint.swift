@@ -14,7 +14,7 @@ import TorchZip
 ///
 /// Python: `torch.distributed.checkpoint.FileSystemReader` + `DefaultLoadPlanner`, and
 /// Megatron's `TorchDistLoadShardedStrategy`.
-public final class TorchDistCheckpoint: Sendable {
+public final class TorchDistCheckpoint: GlobalTensorSource {
     /// The directory holding `.metadata` and the data files.
     public let directory: String
     /// `directory/.metadata`, as errors name it.
@@ -31,6 +31,8 @@ public final class TorchDistCheckpoint: Sendable {
         var chunks: [DCPStorageKey: ChunkData] = [:]
         var decoded: [DCPStorageKey: ReadOnlyFile] = [:]
     }
+
+    public var globalTensors: [(fqn: String, metadata: DCPTensorMetadata)] { metadata.tensors }
 
     /// Tensor keys in `.metadata` order.
     public var tensorKeys: [String] { metadata.tensors.map(\.fqn) }

@@ -37,6 +37,20 @@ public struct TorchSavedTensor: Sendable, Equatable {
         }
         let value: PickleValue
         do { value = try PickleReader.read(bytes) } catch { throw fail("\(error)") }
+        try self.init(value: value, context: context, name: "data.pkl")
+    }
+
+    /// Whether `value` is what torch pickles for a tensor (a `_rebuild_tensor_v2`/`_v3` call).
+    public static func isTensor(_ value: PickleValue) -> Bool {
+        value.isObject(of: "torch._utils", "_rebuild_tensor_v2") || value.isObject(of: "torch._utils", "_rebuild_tensor_v3")
+    }
+
+    /// A tensor as it appears inside a larger pickle (a state dict in `model_optim_rng.pt`);
+    /// errors name `context` (the file) and `name` (the entry).
+    public init(value: PickleValue, context: String, name: String) throws {
+        func fail(_ reason: String) -> MegatronCheckpointError {
+            .invalidItem(file: context, key: name, offset: 0, reason: reason)
+        }
         guard let call = value.object, let function = call.callable.globalName, function.module == "torch._utils",
             function.name == "_rebuild_tensor_v2" || function.name == "_rebuild_tensor_v3", call.args.count >= 4
         else { throw fail("not a torch.save tensor (expected torch._utils._rebuild_tensor_v2/_v3)") }
@@ -66,22 +80,25 @@ public struct TorchSavedTensor: Sendable, Equatable {
     /// writes it: `_rebuild_tensor_v2` with a typed storage, or `_v3` with an untyped one for
     /// FP8 and unsigned types (the count is then in bytes).
     public static func dataPickle(dtype: DType, shape: [Int]) throws -> [UInt8] {
+        PickleWriter.write(try pickleValue(dtype: dtype, shape: shape, storageKey: "0"))
+    }
+
+    /// The pickled form of a contiguous tensor whose storage is record `storageKey`, as it
+    /// appears in any `torch.save` pickle (a lone tensor, or an entry of a state dict).
+    public static func pickleValue(dtype: DType, shape: [Int], storageKey: String) throws -> PickleValue {
         guard let elements = ShapeArithmetic.elementCount(shape), let bytes = ShapeArithmetic.byteCount(shape, dtype) else {
             preconditionFailure("shape \(shape) of \(dtype) has no byte size")
         }
         let sizeTuple = PickleValue.tuple(shape.map { .int(Int64($0)) })
         let strideTuple = PickleValue.tuple(ShapeArithmetic.strides(shape).map { .int(Int64($0)) })
         let hooks = PickleValue.reduce(.global("collections", "OrderedDict"), [])
-        let value: PickleValue
         if let storage = typedStorages[dtype] {
-            let pid = PickleValue.persistentID(.tuple([.string("storage"), .global("torch", storage), .string("0"), .string("cpu"), .int(Int64(elements))]))
-            value = .reduce(.global("torch._utils", "_rebuild_tensor_v2"), [pid, .int(0), sizeTuple, strideTuple, .bool(false), hooks])
-        } else {
-            guard let torchName = dtype.torchName else { throw MegatronCheckpointError.unsupportedDType(key: "tensor", dtype: dtype.safetensorsName) }
-            let pid = PickleValue.persistentID(.tuple([.string("storage"), .global("torch.storage", "UntypedStorage"), .string("0"), .string("cpu"), .int(Int64(bytes))]))
-            value = .reduce(.global("torch._utils", "_rebuild_tensor_v3"),
-                            [pid, .int(0), sizeTuple, strideTuple, .bool(false), hooks, .global("torch", torchName)])
+            let pid = PickleValue.persistentID(.tuple([.string("storage"), .global("torch", storage), .string(storageKey), .string("cpu"), .int(Int64(elements))]))
+            return .reduce(.global("torch._utils", "_rebuild_tensor_v2"), [pid, .int(0), sizeTuple, strideTuple, .bool(false), hooks])
         }
-        return PickleWriter.write(value)
+        guard let torchName = dtype.torchName else { throw MegatronCheckpointError.unsupportedDType(key: "tensor", dtype: dtype.safetensorsName) }
+        let pid = PickleValue.persistentID(.tuple([.string("storage"), .global("torch.storage", "UntypedStorage"), .string(storageKey), .string("cpu"), .int(Int64(bytes))]))
+        return .reduce(.global("torch._utils", "_rebuild_tensor_v3"),
+                       [pid, .int(0), sizeTuple, strideTuple, .bool(false), hooks, .global("torch", torchName)])
     }
 }

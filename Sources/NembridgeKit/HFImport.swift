@@ -30,6 +30,10 @@ public struct HFImport: Sendable {
         public var mappingsDirectory: String?
         /// zstd level for compressed items (`--compress zstd[:LEVEL]`); nil writes them plain.
         public var zstdLevel: Int32?
+        /// Pipeline-parallel size: recorded in the args of a torch_dist checkpoint (its keys do
+        /// not depend on it); the legacy format writes one file per stage.
+        public var pipelineParallel = 1
+        public var format: MegatronOutputFormat = .torchDist
 
         public init() {}
     }
@@ -80,6 +84,11 @@ public struct HFImport: Sendable {
             dtypes[dialect.toTable(entry.info.name)] = entry.info.dtype
         }
         try model.checkTensorParallel(options.tensorParallel)
+        guard options.pipelineParallel >= 1, model.layerCount % options.pipelineParallel == 0 else {
+            throw MappingError.invalidConfigValue(
+                config: config.path, field: model.table.layerCountArgument,
+                reason: "\(model.layerCount) layers cannot be split evenly over --pp \(options.pipelineParallel) (Megatron-Core requires num_layers % pipeline_model_parallel_size == 0)")
+        }
         mapping = try MappingPlan(model: model, direction: .fromHF(
             shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
         if let argument = model.table.expertCountArgument, let experts = model.argument(argument)?.intValue,
@@ -127,13 +136,7 @@ public struct HFImport: Sendable {
         var objects: [(key: String, bytes: [UInt8])] = [
             ("common_state/shard_0_1", try TorchSaveArchive.objectArchive(.list([commonState]))),
         ]
-        let none = try TorchSaveArchive.objectArchive(.list([.none]))
-        for extra in mapping.extraState {
-            // ShardedObject keys: `…/shard_<offsets>_<shape>` over the prepended axes, (0,)/(1,) when none.
-            let suffix = extra.prefix.isEmpty ? "shard_0_1"
-                : "shard_\(extra.prefix.map(String.init).joined(separator: "."))_\(extra.prefixSizes.map(String.init).joined(separator: "."))"
-            objects.append(("\(extra.key)._extra_state/\(suffix)", none))
-        }
+        objects.append(contentsOf: try Self.extraStateObjects(mapping))
         layout = try TorchDistLayout(tensors: tensors, objects: objects, fileCount: options.fileCount)
 
         // Row correspondences → byte moves into each chunk's data record.
@@ -175,6 +178,17 @@ public struct HFImport: Sendable {
             }
         }
         self.fills = fills
+    }
+
+    /// The `_extra_state` objects Megatron-Core asks for (each `torch.save([None])`): ShardedObject
+    /// keys `…/shard_<offsets>_<shape>` over the prepended axes, (0,)/(1,) when none.
+    static func extraStateObjects(_ mapping: MappingPlan) throws -> [(key: String, bytes: [UInt8])] {
+        let none = try TorchSaveArchive.objectArchive(.list([.none]))
+        return mapping.extraState.map { extra in
+            let suffix = extra.prefix.isEmpty ? "shard_0_1"
+                : "shard_\(extra.prefix.map(String.init).joined(separator: "."))_\(extra.prefixSizes.map(String.init).joined(separator: "."))"
+            return ("\(extra.key)._extra_state/\(suffix)", none)
+        }
     }
 
     /// A chunk of one Megatron tensor (one layer/expert slice): its place in the key, and which
@@ -256,12 +270,12 @@ public struct HFImport: Sendable {
         if let padded = mapping.paddedVocabSize { set("padded_vocab_size", .int(Int64(padded))) }
         set("make_vocab_size_divisible_by", .int(Int64(options.vocabDivisor)))
         set("tensor_model_parallel_size", .int(Int64(options.tensorParallel)))
-        set("pipeline_model_parallel_size", .int(1))
+        set("pipeline_model_parallel_size", .int(Int64(options.pipelineParallel)))
         set("expert_model_parallel_size", .int(Int64(options.expertParallel)))
         set("bf16", .bool(dtype == .bfloat16))
         set("fp16", .bool(dtype == .float16))
         set("params_dtype", .global("torch", (dtype ?? .float32).torchName ?? "float32"))
-        set("ckpt_format", .string("torch_dist"))
+        set("ckpt_format", .string(options.format.rawValue))
         set("transformer_impl", .string(options.spec == .local ? "local" : "transformer_engine"))
         set("iteration", .int(Int64(options.iteration ?? 0)))
         set("consumed_train_samples", .int(0))
@@ -284,6 +298,15 @@ public struct HFImport: Sendable {
         let folder = try OutputFolder(path: outputPath)
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
+        if options.format == .torch {
+            let entries = try legacyPlan().write(iterationPath: iterationPath, iterationName: iterationDirectoryName,
+                                                 executor: executor, progress: progress)
+            try ChecksumManifest(kind: "megatron-torch", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
+            try recordSource(into: folder.stagedPath("nembridge/hf"))
+            try folder.publish()
+            return
+        }
         let manifest: ChecksumManifest
         if let level = options.zstdLevel {
             var sources: [[TorchDistCompressedWriter.Piece]] = []
@@ -333,22 +356,45 @@ public struct HFImport: Sendable {
 
     /// Uncompressed items at planned offsets: each chunk is one group of copies in data order.
     private func writePlain(iterationPath: String, executor: MoveExecutor, progress: ProgressCounter?) throws -> [ChecksumManifest.Entry] {
-        let files = source.files
-        let fills = self.fills
-        return try PlannedWriting.writeTorchDist(
+        try PlannedWriting.writeTorchDist(
             directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, executor: executor, progress: progress
-        ) { index, base in
-            fills[index].steps.map { dataOffset, step in
-                switch step {
-                case .copy(let file, let range):
-                    .copy(source: files[file].file, range: range, destinationOffset: base + dataOffset)
-                case .zeros(let count): .zeros(count: count)
-                case .strided(let file, let first, let stride, let segmentOffset, let segment, let rows):
-                    .strided(source: files[file].file, firstRow: first, rowStride: stride, segmentOffset: segmentOffset,
-                             segmentBytes: segment, rows: rows, destinationOffset: base + dataOffset)
-                }
+        ) { index, base in moves(item: index, base: base) }
+    }
+
+    /// The moves that fill tensor item `index` (one chunk), destinations counted from `base`.
+    func moves(item index: Int, base: Int64) -> [MoveGroup.Step] {
+        fills[index].steps.map { dataOffset, step in
+            switch step {
+            case .copy(let file, let range):
+                .copy(source: source.files[file].file, range: range, destinationOffset: base + dataOffset)
+            case .zeros(let count): .zeros(count: count)
+            case .strided(let file, let first, let stride, let segmentOffset, let segment, let rows):
+                .strided(source: source.files[file].file, firstRow: first, rowStride: stride, segmentOffset: segmentOffset,
+                         segmentBytes: segment, rows: rows, destinationOffset: base + dataOffset)
             }
         }
+    }
+
+    /// The legacy layout of this import (`--ckpt-format torch`): each rank's tensors are the
+    /// chunks planned for torch_dist, in state-dict order.
+    public func legacyPlan() throws -> LegacyCheckpointPlan {
+        let layout = self.layout
+        var dtypes: [String: DType] = [:]
+        for item in layout.tensorItems { dtypes[item.key] = item.dtype }
+        return try LegacyCheckpointPlan(
+            mapping: mapping, sizes: ParallelSizes(tensor: options.tensorParallel, pipeline: options.pipelineParallel,
+                                                   expert: options.expertParallel, expertTensor: options.expertTensorParallel),
+            spec: options.spec, arguments: commonState["args"] ?? .none, iteration: options.iteration ?? 0,
+            dtype: { key in
+                guard let dtype = dtypes[key] else { preconditionFailure("no item of \(key)") }
+                return dtype
+            },
+            steps: { piece, base in
+                guard let index = layout.item(key: piece.key, offsets: piece.offsets) else {
+                    preconditionFailure("the legacy layout asks for \(piece.key)\(piece.offsets), which the import did not plan")
+                }
+                return moves(item: index, base: base)
+            })
     }
 
     /// The source's config, generation config, tokenizer and index, so `export` needs no flags.

@@ -39,7 +39,12 @@ public struct MegatronExport: Sendable {
 
     public static let recordedFolder = "nembridge/hf"
 
-    public let checkpoint: TorchDistCheckpoint
+    /// The checkpoint's global tensors: a torch_dist checkpoint, or a legacy one placed by the mapping.
+    public let source: any GlobalTensorSource
+    /// The iteration directory read.
+    public let directory: String
+    /// The legacy checkpoint, when the source is one.
+    public let legacy: LegacyCheckpointSource?
     public let outputPath: String
     public let mapping: MappingPlan
     public let configDirectory: String
@@ -54,28 +59,32 @@ public struct MegatronExport: Sendable {
     let reads: [String: [(file: ReadOnlyFile, source: ByteRange, destinationOffset: Int64)]]
 
     public init(checkpoint path: String, output: String, options: Options = Options()) throws {
-        checkpoint = try TorchDistCheckpoint(path: path)
+        let folder = try MegatronCheckpointFolder(path: path)
+        directory = folder.directory
         outputPath = output
-        // Where the HF side's config lives: given, or recorded at import beside the iterations.
-        var candidates: [String] = []
-        if let given = options.hfConfigDirectory { candidates.append(given) }
-        if let save = checkpoint.folder?.saveDirectory { candidates.append((save as NSString).appendingPathComponent(Self.recordedFolder)) }
-        candidates.append(((checkpoint.directory as NSString).deletingLastPathComponent as NSString).appendingPathComponent(Self.recordedFolder))
-        guard let directory = candidates.first(where: { FileManager.default.fileExists(atPath: ($0 as NSString).appendingPathComponent("config.json")) }) else {
-            throw ExportError.hfConfigRequired(checkpoint: path)
-        }
-        configDirectory = directory
-        let config = try HFConfig(path: (directory as NSString).appendingPathComponent("config.json"))
+        configDirectory = try Self.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path)
+        let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
         let tables = try MappingTable.load(directory: options.mappingsDirectory)
         let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
-        var keyShapes: [String: [Int]] = [:]
         var dtypes: [String: DType] = [:]
-        for (key, tensor) in checkpoint.metadata.tensors {
-            keyShapes[key] = tensor.size
-            dtypes[key] = tensor.dtype
+        if folder.format == .legacyTorch {
+            let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
+                                                    model: model, tables: tables)
+            self.legacy = legacy
+            source = legacy.tensors
+            mapping = legacy.mapping
+            skippedKeys = legacy.checkpoint.trainingStateKeys
+        } else {
+            let checkpoint = try TorchDistCheckpoint(folder: folder)
+            legacy = nil
+            source = checkpoint
+            var keyShapes: [String: [Int]] = [:]
+            for (key, tensor) in checkpoint.metadata.tensors { keyShapes[key] = tensor.size }
+            skippedKeys = keyShapes.keys.filter(MappingPlan.isTrainingState).sorted()
+            mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
         }
-        skippedKeys = keyShapes.keys.filter(MappingPlan.isTrainingState).sorted()
-        mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
+        for (key, tensor) in source.globalTensors { dtypes[key] = tensor.dtype }
+        let directory = configDirectory
         // Names as the source spelled them (recorded at import), else the table's.
         let dialectPath = (directory as NSString).appendingPathComponent(HFImport.dialectFile)
         if FileManager.default.fileExists(atPath: dialectPath) {
@@ -101,7 +110,7 @@ public struct MegatronExport: Sendable {
             let rowBytes = Int64(ShapeArithmetic.byteCount(trailing, dtype) ?? 0)
             let (offsets, sizes) = spec.box(rows: item.megatron.rows)
             let base = Int64(item.hf.rows.lowerBound) * rowBytes
-            for piece in try checkpoint.boxPieces(key: spec.key, offsets: offsets, sizes: sizes) {
+            for piece in try source.boxPieces(key: spec.key, offsets: offsets, sizes: sizes) {
                 reads[item.hf.tensor, default: []].append((piece.file, piece.source, base + piece.destinationOffset))
             }
         }
@@ -134,6 +143,18 @@ public struct MegatronExport: Sendable {
         companionFiles = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
             $0 != HFCheckpointFolder.indexFileName && $0 != HFImport.dialectFile && !$0.hasPrefix(".") && !$0.hasSuffix(".safetensors")
         }.sorted()
+    }
+
+    /// Where the HF side's config lives: given, or recorded at import beside the iterations.
+    static func configDirectory(given: String?, folder: MegatronCheckpointFolder, checkpoint path: String) throws -> String {
+        var candidates: [String] = []
+        if let given { candidates.append(given) }
+        if let save = folder.saveDirectory { candidates.append((save as NSString).appendingPathComponent(recordedFolder)) }
+        candidates.append(((folder.directory as NSString).deletingLastPathComponent as NSString).appendingPathComponent(recordedFolder))
+        guard let directory = candidates.first(where: { FileManager.default.fileExists(atPath: ($0 as NSString).appendingPathComponent("config.json")) }) else {
+            throw ExportError.hfConfigRequired(checkpoint: path)
+        }
+        return directory
     }
 
     /// The recorded index's grouping, if it lists exactly the tensors being written. An index
@@ -187,7 +208,7 @@ public struct MegatronExport: Sendable {
     }
 
     public func planText() -> String {
-        var lines = ["export \(checkpoint.directory) -> \(outputPath)",
+        var lines = ["export \(directory) -> \(outputPath)",
                      "architecture: \(mapping.model.table.name), config from \(configDirectory)"]
         for shard in shards {
             lines.append("  \(shard.name): \(shard.tensors.count) tensors, \(formatBytes(shard.tensors.reduce(0) { $0 + $1.byteCount }))")
@@ -197,7 +218,10 @@ public struct MegatronExport: Sendable {
         }
         if indexBytes != nil { lines.append("  \(HFCheckpointFolder.indexFileName)") }
         for name in companionFiles { lines.append("  \(name) (from \(configDirectory))") }
-        if !skippedKeys.isEmpty { lines.append("skipped training state: \(skippedKeys.count) keys") }
+        if let legacy {
+            lines.insert("legacy checkpoint: \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files", at: 1)
+        }
+        if !skippedKeys.isEmpty { lines.append("skipped training state: \(skippedKeys.count) keys (\(skippedKeys.prefix(6).joined(separator: ", ")))") }
         lines.append("total \(formatBytes(totalBytes)); peak memory: the buffer pool plus headers")
         return lines.joined(separator: "\n")
     }

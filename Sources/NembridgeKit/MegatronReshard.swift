@@ -13,8 +13,12 @@ import WeightMapping
 public struct MegatronReshard: Sendable {
     public struct Options: Sendable {
         public var tensorParallel = 1
+        public var pipelineParallel = 1
         public var expertParallel = 1
         public var expertTensorParallel: Int?
+        /// The output format: torch_dist (layers stacked globally, any pipeline size reads it) or
+        /// the legacy per-rank files.
+        public var format: MegatronOutputFormat = .torchDist
         public var hfConfigDirectory: String?
         public var mappingsDirectory: String?
         public var fileCount = 2
@@ -22,10 +26,21 @@ public struct MegatronReshard: Sendable {
         public init() {}
     }
 
-    public let checkpoint: TorchDistCheckpoint
+    /// The source's global tensors (a torch_dist checkpoint, or a legacy one placed by the mapping).
+    public let source: any GlobalTensorSource
+    /// The torch_dist source, when it is one (its objects and training state are carried).
+    public let checkpoint: TorchDistCheckpoint?
+    public let legacySource: LegacyCheckpointSource?
+    /// The source iteration directory.
+    public let directory: String
     public let outputPath: String
     public let layout: TorchDistLayout
+    /// The legacy files written instead of `layout`, for `--ckpt-format torch`.
+    public let legacyPlan: LegacyCheckpointPlan?
     public let options: Options
+    public let mapping: MappingPlan
+    /// Source entries a conversion drops (optimizer, RNG, scheduler state), by name.
+    public let droppedState: [String]
     /// Per target item: the source reads that fill it, in data order.
     let fills: [[(file: ReadOnlyFile, source: ByteRange, dataOffset: Int64)]]
     /// The common state written (also as common.pt), when the source has one.
@@ -34,23 +49,21 @@ public struct MegatronReshard: Sendable {
 
     /// `args.tensor_model_parallel_size` (and the expert sizes) set to the target's.
     static func settingParallelSizes(_ common: PickleValue, _ options: Options) -> PickleValue {
-        guard case .dict(var entries) = common, let position = entries.firstIndex(where: { $0.key == .string("args") }),
-            var namespace = entries[position].value.object, case .dict(var args)? = namespace.state
-        else { return common }
-        let sizes: [(String, Int)] = [
-            ("tensor_model_parallel_size", options.tensorParallel), ("expert_model_parallel_size", options.expertParallel),
-            ("expert_tensor_parallel_size", options.expertTensorParallel ?? options.tensorParallel),
-        ]
-        for (name, value) in sizes {
-            if let index = args.firstIndex(where: { $0.key == .string(name) }) {
-                args[index].value = .int(Int64(value))
-            } else if name != "expert_tensor_parallel_size" {
-                args.append((.string(name), .int(Int64(value))))
-            }
-        }
-        namespace.state = .dict(args)
-        entries[position].value = .object(namespace)
+        guard case .dict(var entries) = common, let position = entries.firstIndex(where: { $0.key == .string("args") }) else { return common }
+        entries[position].value = settingParallelSizes(arguments: entries[position].value, options)
         return .dict(entries)
+    }
+
+    static func settingParallelSizes(arguments: PickleValue, _ options: Options) -> PickleValue {
+        var sizes: [(name: String, value: PickleValue)] = [
+            ("tensor_model_parallel_size", .int(Int64(options.tensorParallel))), ("expert_model_parallel_size", .int(Int64(options.expertParallel))),
+            ("pipeline_model_parallel_size", .int(Int64(options.pipelineParallel))), ("ckpt_format", .string(options.format.rawValue)),
+        ]
+        // Megatron-LM derives the expert tensor-parallel size when the args leave it unset.
+        if arguments["expert_tensor_parallel_size"] != nil || options.expertTensorParallel != nil {
+            sizes.append(("expert_tensor_parallel_size", .int(Int64(options.expertTensorParallel ?? options.tensorParallel))))
+        }
+        return arguments.settingNamespaceFields(sizes)
     }
     let saveDirectory: String?
 
@@ -72,30 +85,69 @@ public struct MegatronReshard: Sendable {
     public let targetRanks: [TargetRank?]
 
     public init(checkpoint path: String, output: String, options: Options = Options()) throws {
-        let checkpoint = try TorchDistCheckpoint(path: path)
-        self.checkpoint = checkpoint
+        let folder = try MegatronCheckpointFolder(path: path)
+        directory = folder.directory
         outputPath = output
         self.options = options
-        saveDirectory = checkpoint.folder?.saveDirectory
+        saveDirectory = folder.saveDirectory
         // The split axes come from the architecture's table, through the model's HF config.
-        var candidates: [String] = []
-        if let given = options.hfConfigDirectory { candidates.append(given) }
-        if let save = saveDirectory { candidates.append((save as NSString).appendingPathComponent(MegatronExport.recordedFolder)) }
-        guard let directory = candidates.first(where: { FileManager.default.fileExists(atPath: ($0 as NSString).appendingPathComponent("config.json")) })
-        else { throw ExportError.hfConfigRequired(checkpoint: path) }
-        let config = try HFConfig(path: (directory as NSString).appendingPathComponent("config.json"))
-        let model = try ResolvedModel.resolve(tables: try MappingTable.load(directory: options.mappingsDirectory),
-                                              config: config.document, configPath: config.path)
-        var keyShapes: [String: [Int]] = [:]
-        for (key, tensor) in checkpoint.metadata.tensors { keyShapes[key] = tensor.size }
+        let configDirectory = try MegatronExport.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path)
+        let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
+        let tables = try MappingTable.load(directory: options.mappingsDirectory)
+        var model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
         try model.checkTensorParallel(options.tensorParallel)
-        let mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
-        if let argument = model.table.expertCountArgument, let experts = model.argument(argument)?.intValue,
+        guard options.pipelineParallel >= 1, model.layerCount % options.pipelineParallel == 0 else {
+            throw MappingError.invalidConfigValue(
+                config: config.path, field: model.table.layerCountArgument,
+                reason: "\(model.layerCount) layers cannot be split evenly over --pp \(options.pipelineParallel) (Megatron-Core requires num_layers % pipeline_model_parallel_size == 0)")
+        }
+        var arguments: PickleValue?
+        var common: PickleValue?
+        if folder.format == .legacyTorch {
+            let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
+                                                    model: model, tables: tables)
+            legacySource = legacy
+            checkpoint = nil
+            source = legacy.tensors
+            mapping = legacy.mapping
+            arguments = legacy.checkpoint.args
+            droppedState = legacy.checkpoint.trainingStateKeys
+            if let args = arguments {
+                common = .dict([
+                    (.string("args"), args), (.string("checkpoint_version"), .float(3.0)),
+                    (.string("iteration"), legacy.checkpoint.ranks[0].topLevel.first { $0.key == "iteration" }?.value ?? .int(0)),
+                    (.string("num_floating_point_operations_so_far"),
+                     legacy.checkpoint.ranks[0].topLevel.first { $0.key == "num_floating_point_operations_so_far" }?.value ?? .int(0)),
+                    (.string("content_metadata"), .dict([
+                        (.string("singleton_local_shards"), .bool(false)), (.string("chained_optim_avoid_prefix"), .bool(true)),
+                    ])),
+                ])
+            }
+        } else {
+            let checkpoint = try TorchDistCheckpoint(folder: folder)
+            self.checkpoint = checkpoint
+            legacySource = nil
+            source = checkpoint
+            if checkpoint.metadata.bytesItems.contains(Self.commonStateKey), case .list(let wrapped) = try checkpoint.objectValue(key: Self.commonStateKey),
+                wrapped.count == 1 {
+                common = wrapped[0]
+                arguments = wrapped[0]["args"]
+            }
+            if arguments?["transformer_impl"]?.stringValue == "local" {
+                model = try ResolvedModel(table: model.table, config: model.config, configPath: model.configPath, spec: .local)
+            }
+            var keyShapes: [String: [Int]] = [:]
+            for (key, tensor) in checkpoint.metadata.tensors { keyShapes[key] = tensor.size }
+            mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
+            droppedState = options.format == .torch ? keyShapes.keys.filter(MappingPlan.isTrainingState).sorted() : []
+        }
+        if let argument = mapping.model.table.expertCountArgument, let experts = mapping.model.argument(argument)?.intValue,
             mapping.megatronTensors.contains(where: { $0.key.contains("experts.experts") }), experts % max(1, options.expertParallel) != 0
         {
             throw MappingError.invalidConfigValue(config: config.path, field: argument,
                                                   reason: "\(experts) experts cannot be split evenly over --ep \(options.expertParallel)")
         }
+        let source = self.source
         var tensors: [(key: String, metadata: DCPTensorMetadata)] = []
         var position: [String: Int] = [:]
         var readers: [ChunkID: TargetRank] = [:]
@@ -111,7 +163,7 @@ public struct MegatronReshard: Sendable {
                 }
                 readers[ChunkID(key: spec.key, offsets: plan.offsets)] = reader
             }
-            let dtype = try checkpoint.tensor(spec.key).dtype
+            let dtype = try source.tensor(spec.key).dtype
             if let index = position[spec.key] {
                 tensors[index].metadata.chunks.append(contentsOf: chunks)
             } else {
@@ -119,70 +171,112 @@ public struct MegatronReshard: Sendable {
                 tensors.append((spec.key, DCPTensorMetadata(dtype: dtype, size: spec.globalShape, chunks: chunks)))
             }
         }
-        // Keys outside the mapping (training state) keep their chunks.
-        for (key, tensor) in checkpoint.metadata.tensors where position[key] == nil {
-            tensors.append((key, tensor))
-        }
-        // The common state is carried with its args' parallel sizes set to the target's.
-        var common: PickleValue?
-        let objects = try checkpoint.metadata.bytesItems.map { key -> (String, [UInt8]) in
-            guard key == Self.commonStateKey, case .list(let wrapped) = try checkpoint.objectValue(key: key), wrapped.count == 1 else {
-                return (key, try checkpoint.rawBytes(key: key))
+        var objects: [(key: String, bytes: [UInt8])] = []
+        if let checkpoint, options.format == .torchDist {
+            // Keys outside the mapping (training state) keep their chunks; objects are carried,
+            // the common state with its args' parallel sizes set to the target's.
+            for (key, tensor) in checkpoint.metadata.tensors where position[key] == nil {
+                tensors.append((key, tensor))
             }
-            let updated = Self.settingParallelSizes(wrapped[0], options)
-            common = updated
-            return (key, try TorchSaveArchive.objectArchive(.list([updated])))
+            objects = try checkpoint.metadata.bytesItems.map { key -> (String, [UInt8]) in
+                guard key == Self.commonStateKey, let value = common else { return (key, try checkpoint.rawBytes(key: key)) }
+                return (key, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))
+            }
+        } else if options.format == .torchDist {
+            // From legacy files: the common state from their args, and the `_extra_state` objects Megatron-Core asks for.
+            if let value = common { objects.append((Self.commonStateKey, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))) }
+            objects.append(contentsOf: try HFImport.extraStateObjects(mapping))
         }
-        commonState = common
+        commonState = common.map { Self.settingParallelSizes($0, options) }
         let layout = try TorchDistLayout(tensors: tensors, objects: objects, fileCount: options.fileCount)
         self.layout = layout
         targetRanks = layout.tensorItems.map { readers[ChunkID(key: $0.key, offsets: $0.chunk.offsets)] }
-        fills = try layout.tensorItems.map { item in
-            try checkpoint.boxPieces(key: item.key, offsets: item.chunk.offsets, sizes: item.chunk.sizes)
-                .sorted { $0.destinationOffset < $1.destinationOffset }
-                .map { ($0.file, $0.source, $0.destinationOffset) }
+        if options.format == .torch {
+            fills = []
+            let spec = mapping.model.spec
+            legacyPlan = try LegacyCheckpointPlan(
+                mapping: mapping,
+                sizes: ParallelSizes(tensor: options.tensorParallel, pipeline: options.pipelineParallel, expert: options.expertParallel,
+                                     expertTensor: options.expertTensorParallel),
+                spec: spec, arguments: arguments ?? .none,
+                iteration: { if case .number(let value)? = folder.iteration { value } else { 0 } }(),
+                dtype: { try source.tensor($0).dtype },
+                steps: { piece, base in
+                    try source.boxPieces(key: piece.key, offsets: piece.offsets, sizes: piece.sizes).map {
+                        .copy(source: $0.file, range: $0.source, destinationOffset: base + $0.destinationOffset)
+                    }
+                })
+        } else {
+            legacyPlan = nil
+            fills = try layout.tensorItems.map { item in
+                try source.boxPieces(key: item.key, offsets: item.chunk.offsets, sizes: item.chunk.sizes)
+                    .sorted { $0.destinationOffset < $1.destinationOffset }
+                    .map { ($0.file, $0.source, $0.destinationOffset) }
+            }
         }
     }
 
-    public var totalBytes: Int64 { layout.tensorItems.reduce(0) { $0 + $1.byteCount } }
+    public var totalBytes: Int64 { legacyPlan?.totalBytes ?? layout.tensorItems.reduce(0) { $0 + $1.byteCount } }
 
-    public var iterationDirectoryName: String { (checkpoint.directory as NSString).lastPathComponent }
+    public var iterationDirectoryName: String { (directory as NSString).lastPathComponent }
 
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
         let folder = try OutputFolder(path: outputPath)
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
-        let fills = self.fills
-        let entries = try PlannedWriting.writeTorchDist(
-            directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, executor: executor, progress: progress
-        ) { index, base in
-            fills[index].map { MoveGroup.Step.copy(source: $0.file, range: $0.source, destinationOffset: base + $0.dataOffset) }
-        }
-        let manifest = ChecksumManifest(kind: "megatron-torch_dist", entries: entries)
-        try manifest.write(to: folder.stagedPath(ChecksumManifest.fileName))
-        // What travels with the weights: the tracker, Megatron-Bridge's run config, the recorded HF files.
-        if let save = saveDirectory {
-            for name in ["latest_checkpointed_iteration.txt", MegatronExport.recordedFolder.components(separatedBy: "/")[0]]
-            where FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(name)) {
-                try FileManager.default.copyItem(atPath: (save as NSString).appendingPathComponent(name), toPath: folder.stagedPath(name))
+        if let legacyPlan {
+            let entries = try legacyPlan.write(iterationPath: iterationPath, iterationName: iterationDirectoryName, executor: executor,
+                                               progress: progress)
+            try ChecksumManifest(kind: "megatron-torch", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        } else {
+            let fills = self.fills
+            let entries = try PlannedWriting.writeTorchDist(
+                directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, executor: executor, progress: progress
+            ) { index, base in
+                fills[index].map { MoveGroup.Step.copy(source: $0.file, range: $0.source, destinationOffset: base + $0.dataOffset) }
+            }
+            try ChecksumManifest(kind: "megatron-torch_dist", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            if let commonState {
+                let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
+                try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)
+                try file.publish()
+            }
+            let runConfig = (directory as NSString).appendingPathComponent("run_config.yaml")
+            if FileManager.default.fileExists(atPath: runConfig) {
+                try FileManager.default.copyItem(atPath: runConfig, toPath: (iterationPath as NSString).appendingPathComponent("run_config.yaml"))
             }
         }
-        if let commonState {
-            let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
-            try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)
+        // What travels with the weights: the tracker, and the recorded HF files.
+        let tracker = "latest_checkpointed_iteration.txt"
+        if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(tracker)) {
+            try FileManager.default.copyItem(atPath: (save as NSString).appendingPathComponent(tracker), toPath: folder.stagedPath(tracker))
+        } else {
+            // An iteration directory given directly: the tracker Megatron-LM needs to find it.
+            let text = iterationDirectoryName == "release" ? "release" : String(Int(iterationDirectoryName.dropFirst("iter_".count)) ?? 0)
+            let file = try AtomicOutputFile(path: folder.stagedPath(tracker))
+            try file.write(Array(text.utf8), at: 0)
             try file.publish()
         }
-        for name in ["run_config.yaml"] {
-            let path = (checkpoint.directory as NSString).appendingPathComponent(name)
-            if FileManager.default.fileExists(atPath: path) {
-                try FileManager.default.copyItem(atPath: path, toPath: (iterationPath as NSString).appendingPathComponent(name))
-            }
+        let recorded = MegatronExport.recordedFolder.components(separatedBy: "/")[0]
+        if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(recorded)) {
+            try FileManager.default.copyItem(atPath: (save as NSString).appendingPathComponent(recorded), toPath: folder.stagedPath(recorded))
         }
         try folder.publish()
     }
 
     public func planText() -> String {
-        var lines = ["reshard \(checkpoint.directory) -> \(outputPath)/\(iterationDirectoryName) (tp \(options.tensorParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel))"]
+        var lines = ["reshard \(directory) -> \(outputPath)/\(iterationDirectoryName) as \(options.format.rawValue) (tp \(options.tensorParallel), pp \(options.pipelineParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel))"]
+        if let legacy = legacySource {
+            lines.append("source: legacy checkpoint, \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files")
+        }
+        if !droppedState.isEmpty {
+            lines.append("dropped (not model weights): \(droppedState.joined(separator: ", "))")
+        }
+        if let legacyPlan {
+            lines.append(legacyPlan.planText())
+            lines.append("total \(formatBytes(totalBytes))")
+            return lines.joined(separator: "\n")
+        }
         var perRank: [String: (chunks: Int, bytes: Int64)] = [:]
         for (index, item) in layout.tensorItems.enumerated() {
             let reader = targetRanks[index]?.description ?? "as in the source"

@@ -17,3 +17,20 @@ extension PickleValue {
         }
     }
 }
+
+extension PickleValue {
+    /// An `argparse.Namespace` (an object whose state is a dict) with `values` set: existing
+    /// fields replaced in place, new ones appended. Other values are returned unchanged.
+    func settingNamespaceFields(_ values: [(name: String, value: PickleValue)]) -> PickleValue {
+        guard var namespace = object, case .dict(var fields)? = namespace.state else { return self }
+        for (name, value) in values {
+            if let index = fields.firstIndex(where: { $0.key == .string(name) }) {
+                fields[index].value = value
+            } else {
+                fields.append((.string(name), value))
+            }
+        }
+        namespace.state = .dict(fields)
+        return .object(namespace)
+    }
+}

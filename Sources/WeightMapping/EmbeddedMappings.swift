@@ -131,6 +131,13 @@ rules:
 ignore:
   - "model.layers.{layer}.self_attn.rotary_emb.inv_freq"
 
+# Legacy `--ckpt-format torch` files hold module state dicts, where the local spec's norms keep
+# their own names (TransformerLayer renames them only for dist checkpoints): key fragment -> module fragment.
+state_dict_names:
+  local:
+    - {key: "self_attention.linear_qkv.layer_norm_", module: "input_layernorm."}
+    - {key: "mlp.linear_fc1.layer_norm_", module: "pre_mlp_layernorm."}
+
 extra_state:
   te:
     - {module: "decoder.layers.{layer}.self_attention.linear_qkv", layer_when: {attention_no_op: false, attention_linear: false}}
@@ -238,6 +245,13 @@ ignore:
 # Checkpoint keys are the same for the TE and the local spec: the local spec's separate norms are
 # saved under the fused names (TransformerLayer's sharded_state_dict_keys_map), as a real
 # Megatron-Core 0.19.2 checkpoint shows (TestCheckpoints/megatron/gpt-dense-ws1).
+# Legacy `--ckpt-format torch` files hold module state dicts, where the local spec's norms keep
+# their own names (TransformerLayer renames them only for dist checkpoints): key fragment -> module fragment.
+state_dict_names:
+  local:
+    - {key: "self_attention.linear_qkv.layer_norm_", module: "input_layernorm."}
+    - {key: "mlp.linear_fc1.layer_norm_", module: "pre_mlp_layernorm."}
+
 # Modules that save an `_extra_state` object (Transformer Engine's and the local linear layers').
 extra_state:
   te:
@@ -521,6 +535,21 @@ rules:
   - {hf: "mtp.layers.{mtp}.mixer.shared_experts.down_proj.weight", mc: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.shared_experts.linear_fc2.weight", tp: 1, layer_when: {kind: E}}
   - {hf: "mtp.layers.{mtp}.mixer.fc1_latent_proj.weight", mc: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.fc1_latent_proj.weight", layer_when: {kind: E}, when_set: [moe_latent_size]}
   - {hf: "mtp.layers.{mtp}.mixer.fc2_latent_proj.weight", mc: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.fc2_latent_proj.weight", layer_when: {kind: E}, when_set: [moe_latent_size]}
+
+# Legacy `--ckpt-format torch` files hold module state dicts: Megatron-Core 0.19's MambaMixer keeps
+# its convolution as `conv1d_weight`/`conv1d_bias` parameters (saved under the older `conv1d.*`
+# keys), and the local spec's pre-norms are separate modules (re-keyed only for dist checkpoints,
+# as Megatron-Core's modelopt hybrid spec does with remap_te_layernorm): key fragment -> module fragment.
+state_dict_names:
+  te:
+    - {key: "mixer.conv1d.weight", module: "mixer.conv1d_weight"}
+    - {key: "mixer.conv1d.bias", module: "mixer.conv1d_bias"}
+  local:
+    - {key: "mixer.conv1d.weight", module: "mixer.conv1d_weight"}
+    - {key: "mixer.conv1d.bias", module: "mixer.conv1d_bias"}
+    - {key: "mixer.in_proj.layer_norm_", module: "norm."}
+    - {key: "self_attention.linear_qkv.layer_norm_", module: "input_layernorm."}
+    - {key: "mlp.linear_fc1.layer_norm_", module: "pre_mlp_layernorm."}
 
 extra_state:
   local:

@@ -80,6 +80,10 @@ public struct MappingPlan: Sendable {
         case fromHF(shapes: [String: [Int]], vocabDivisor: Int, tensorParallel: Int)
         /// Megatron → HF: shapes come from the checkpoint's keys (global shapes).
         case fromMegatron(keyShapes: [String: [Int]])
+        /// Megatron → HF from per-rank shards (a legacy checkpoint): `localShape(name)` gives the
+        /// shape rank 0 holds of a per-layer name (nil if absent); global shapes are that shape
+        /// with its split axis multiplied by the parallel size (experts: the expert size).
+        case fromLocalShards(localShape: @Sendable (String) -> [Int]?, tensorParallel: Int, expertTensorParallel: Int)
     }
 
     /// Expands every applicable rule for every layer and checks the result against the tensors
@@ -148,6 +152,18 @@ public struct MappingPlan: Sendable {
                     expansion = try RuleExpansion.fromHF(rule: rule, roles: known, model: model,
                                                          vocabDivisor: divisor, tensorParallel: tp, names: hfNames,
                                                          layer: hasLayer ? layer : nil)
+                case .fromLocalShards(let localShape, let tensorParallel, let expertTensorParallel):
+                    guard var shape = localShape(megatronName) else { missing.append(megatronName); continue }
+                    let parallel = placement.key.contains("experts.experts") ? expertTensorParallel : tensorParallel
+                    if let slice = try RuleExpansion.rowSlice(rule, model, hasLayer ? layer : nil) {
+                        // One component of a split parameter: its rows come from the config.
+                        if !shape.isEmpty { shape[0] = slice.rows.count }
+                    } else if let split = rule.split, parallel > 1 {
+                        let axis = split == .row ? 1 : 0
+                        if shape.count > axis { shape[axis] *= parallel }
+                    }
+                    expansion = try RuleExpansion.fromMegatron(rule: rule, shape: shape, model: model, name: megatronName,
+                                                               layer: hasLayer ? layer : nil)
                 case .fromMegatron(let keyShapes):
                     guard let global = keyShapes[placement.key] else { missing.append(placement.key); continue }
                     guard global.count >= placement.prefixSizes.count,
@@ -199,6 +215,8 @@ public struct MappingPlan: Sendable {
             let used = Set(megatronTensors.map(\.key))
             let unmapped = keyShapes.keys.filter { !used.contains($0) && !Self.isTrainingState($0) }.sorted()
             if !unmapped.isEmpty { throw MappingError.unmappedTensors(side: "Megatron", names: unmapped) }
+        case .fromLocalShards:
+            break  // the caller checks each rank file's entries against the layout
         }
         try Self.checkCoverage(megatronTensors.map { ($0.name, $0.shape.first ?? 1) }, correspondences.map(\.megatron), zeroFills)
         try Self.checkCoverage(hfTensors.map { ($0.name, $0.shape.first ?? 1) }, correspondences.map(\.hf), [])

@@ -20,7 +20,7 @@ extension MappingTable {
         let top = try reader.mapping(root, allowed: [
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
-            "hf_prefix_aliases", "mtp", "tensor_parallel_divides",
+            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -86,6 +86,20 @@ extension MappingTable {
             }
         }
         extraState = extra
+        var renames: [MegatronSpec: [(key: String, module: String)]] = [:]
+        if let node = top["state_dict_names"] {
+            for (key, value) in try reader.orderedMapping(node, "state_dict_names") {
+                guard let spec = MegatronSpec(rawValue: key) else {
+                    throw reader.error(node, "state_dict_names keys are specs: \(MegatronSpec.allCases.map(\.rawValue))")
+                }
+                guard case .sequence(let items) = value else { throw reader.error(value, "state_dict_names.\(key) must be a list") }
+                renames[spec] = try items.map { item in
+                    let fields = try reader.mapping(item, allowed: ["key", "module"], required: ["key", "module"], context: "state_dict_names.\(key)")
+                    return (try reader.string(fields["key"]!, "state_dict_names.key"), try reader.string(fields["module"]!, "state_dict_names.module"))
+                }
+            }
+        }
+        stateDictRenames = renames
         if let node = top["layer_config"] {
             let fields = try reader.mapping(node, allowed: ["list", "values", "pattern"], context: "layer_config")
             let values = try fields["values"].map { valuesNode in

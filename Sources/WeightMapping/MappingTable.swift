@@ -218,6 +218,9 @@ public struct MappingTable: Sendable {
     public let ignore: [NamePattern]
     /// Megatron modules (with placeholders) that own an `_extra_state` object in each spec.
     public let extraState: [MegatronSpec: [ExtraStateModule]]
+    /// Where a spec's module state-dict names (what legacy `--ckpt-format torch` files hold)
+    /// differ from the checkpoint keys: key fragment → module fragment.
+    public let stateDictRenames: [MegatronSpec: [(key: String, module: String)]]
     /// Per-layer values for heterogeneous stacks, or nil.
     public let layerConfig: LayerConfigSpec?
     /// Megatron arguments that hold the whole source `config.json` as a JSON string.

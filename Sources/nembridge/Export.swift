@@ -6,7 +6,7 @@ import SafetensorsFormat
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Convert a Megatron-Core torch_dist checkpoint into a Hugging Face folder.",
+        abstract: "Convert a Megatron-Core checkpoint (torch_dist, or legacy torch at any TP/PP/EP) into a Hugging Face folder.",
         discussion: """
             config.json and the tokenizer files come from the source recorded at import \
             (<save dir>/nembridge/hf), or from --hf-config for checkpoints Megatron-Core wrote itself. \
@@ -14,7 +14,7 @@ struct Export: ParsableCommand {
             is reused when it was recorded.
             """)
 
-    @Option(name: .customLong("megatron"), help: "Megatron save directory, iteration directory or DCP directory.")
+    @Option(name: .customLong("megatron"), help: "Megatron save directory, iteration directory (torch_dist, DCP or legacy mp_rank_*).")
     var source: String
 
     @Option(name: .customLong("out"), help: "Output Hugging Face folder (must not exist).")
@@ -44,6 +44,9 @@ struct Export: ParsableCommand {
             writeStandardOutput(
                 "exported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.mapping.hfTensors.count) tensors in "
                     + "\(plan.shards.count) file(s), \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
+            if !plan.skippedKeys.isEmpty {
+                writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")
+            }
         }
     }
 }

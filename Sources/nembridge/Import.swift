@@ -5,16 +5,18 @@ import NembridgeKit
 import WeightMapping
 
 extension MegatronSpec: ExpressibleByArgument {}
+extension MegatronOutputFormat: ExpressibleByArgument {}
 
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
-        abstract: "Convert a Hugging Face folder into a Megatron-Core torch_dist checkpoint.",
+        abstract: "Convert a Hugging Face folder into a Megatron-Core checkpoint (torch_dist, or the legacy per-rank format).",
         discussion: """
             The architecture comes from config.json and its table in Mappings/. Tensor bytes are moved \
-            from the safetensors files straight into the .distcp files; the output appears complete or \
-            not at all. The source's config, generation config and tokenizer files are recorded in \
-            OUT/nembridge/hf so `nembridge export` needs no extra flag.
+            from the safetensors files straight into the .distcp files (or, with --ckpt-format torch, \
+            into one mp_rank_*/model_optim_rng.pt per tensor/pipeline/expert rank); the output appears \
+            complete or not at all. The source's config, generation config and tokenizer files are \
+            recorded in OUT/nembridge/hf so `nembridge export` needs no extra flag.
             """)
 
     @Option(name: .customLong("hf"), help: "Source Hugging Face folder.")
@@ -34,6 +36,12 @@ struct Import: ParsableCommand {
 
     @Option(help: "Target expert-parallel size (experts must divide evenly; each EP rank reads whole items).")
     var ep = 1
+
+    @Option(help: "Target pipeline-parallel size: recorded in the args of torch_dist; one file per stage for --ckpt-format torch.")
+    var pp = 1
+
+    @Option(help: "Output format: torch_dist, or torch (legacy mp_rank_*/model_optim_rng.pt, model weights and args only).")
+    var ckptFormat: MegatronOutputFormat = .torchDist
 
     @Option(help: "Write iter_XXXXXXX for this iteration (> 0) instead of release/.")
     var iteration: Int?
@@ -56,6 +64,9 @@ struct Import: ParsableCommand {
             options.tensorParallel = tp
             options.expertParallel = ep
             options.expertTensorParallel = etp
+            options.pipelineParallel = pp
+            options.format = ckptFormat
+            if ckptFormat == .torch, compress != nil { throw ValidationError("--compress applies to --ckpt-format torch_dist only") }
             if let iteration, iteration < 1 { throw ValidationError("--iteration must be > 0 (Megatron-LM refuses iteration 0)") }
             options.iteration = iteration
             options.spec = spec
@@ -70,9 +81,17 @@ struct Import: ParsableCommand {
             }
             let plan = try HFImport(source: source, output: output, options: options)
             for warning in plan.warnings { FileHandle.standardError.write(Data("nembridge: warning: \(warning)\n".utf8)) }
-            guard let seconds = try planned.run(phase: "import", planText: { plan.planText() },
+            let legacy = ckptFormat == .torch ? try plan.legacyPlan() : nil
+            guard let seconds = try planned.run(phase: "import", planText: { plan.planText() + (legacy.map { "\n" + $0.planText() } ?? "") },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
             else { return }
+            if let legacy {
+                writeStandardOutput(
+                    "imported \(source) -> \(output) (\(plan.mapping.model.table.name), legacy torch format, \(legacy.files.count) rank files, "
+                        + "\(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))"
+                        + "\nMegatron-LM flags to load it: --ckpt-format torch " + plan.megatronLMFlags.joined(separator: " "))
+                return
+            }
             writeStandardOutput(
                 "imported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.layout.metadata.tensors.count) keys, "
                     + "\(plan.layout.tensorItems.count) chunks, \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))"

@@ -6,13 +6,17 @@ import SafetensorsFormat
 
 struct Reshard: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Re-shard a Hugging Face folder (shard sizes) or a Megatron checkpoint (TP/EP layout).",
+        abstract: "Re-shard a Hugging Face folder (shard sizes) or a Megatron checkpoint (TP/PP/EP layout, format).",
         discussion: """
             --hf SRC: rewrite the safetensors shards (keep the layout, or --max-shard-size). \
-            --megatron SRC: rewrite a torch_dist checkpoint with the chunks a target --tp/--ep/--etp \
-            layout reads, whatever the source's chunking. Tensor bytes are copied, never loaded; \
-            the output appears complete or not at all.
+            --megatron SRC: rewrite a Megatron checkpoint (torch_dist or legacy torch) for a target \
+            --tp/--pp/--ep/--etp layout in --ckpt-format torch_dist (the chunks each rank reads) or \
+            torch (one mp_rank_* file per rank). A bare SRC is detected. Tensor bytes are copied, \
+            never loaded; the output appears complete or not at all.
             """)
+
+    @Argument(help: "Source folder (Hugging Face or Megatron; detected), instead of --hf / --megatron.")
+    var path: String?
 
     @Option(name: .customLong("hf"), help: "Source Hugging Face folder.")
     var source: String?
@@ -29,6 +33,12 @@ struct Reshard: ParsableCommand {
     @Option(help: "Target expert tensor-parallel size (--megatron; default --tp).")
     var etp: Int?
 
+    @Option(help: "Target pipeline-parallel size (--megatron; one file per stage for --ckpt-format torch).")
+    var pp = 1
+
+    @Option(help: "Output format (--megatron): torch_dist or torch (legacy per-rank files).")
+    var ckptFormat: MegatronOutputFormat = .torchDist
+
     @Option(help: "Folder with the model's config.json, when the checkpoint has none recorded (--megatron).")
     var hfConfig: String?
 
@@ -42,12 +52,23 @@ struct Reshard: ParsableCommand {
 
     func run() throws {
         try reportingFailures {
+            var source = self.source, megatron = self.megatron
+            if let path {
+                guard source == nil, megatron == nil else { throw ValidationError("give SRC, --hf or --megatron, not more than one") }
+                if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("config.json")) {
+                    source = path
+                } else {
+                    megatron = path
+                }
+            }
             if let megatron {
                 guard source == nil else { throw ValidationError("give --hf or --megatron, not both") }
                 var options = MegatronReshard.Options()
                 options.tensorParallel = tp
                 options.expertParallel = ep
                 options.expertTensorParallel = etp
+                options.pipelineParallel = pp
+                options.format = ckptFormat
                 options.hfConfigDirectory = hfConfig
                 options.fileCount = max(1, planned.workers)
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
@@ -55,8 +76,12 @@ struct Reshard: ParsableCommand {
                                                    totalBytes: plan.totalBytes,
                                                    run: { try plan.run(executor: $0, progress: $1) })
                 else { return }
-                writeStandardOutput("resharded \(megatron) -> \(output) (\(plan.layout.tensorItems.count) chunks, "
+                let written = plan.legacyPlan.map { "\($0.files.count) rank files" } ?? "\(plan.layout.tensorItems.count) chunks"
+                writeStandardOutput("resharded \(megatron) -> \(output) (\(options.format.rawValue), \(written), "
                     + "\(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
+                if !plan.droppedState.isEmpty {
+                    writeStandardOutput("dropped training state (not model weights): \(plan.droppedState.joined(separator: ", "))")
+                }
                 return
             }
             guard let source else { throw ValidationError("give --hf SRC or --megatron SRC") }

@@ -78,20 +78,22 @@ struct MegatronCheckpointFolderTests {
         #expect(error?.description.contains("latest_checkpointed_iteration.txt") == true)
     }
 
-    @Test("legacy torch checkpoints are refused with what they are and what to do")
+    @Test("legacy torch checkpoints are detected by their mp_rank_* directories; a broken rank file is an error naming it")
     func legacyTorch() throws {
         let root = try makeDirectory(["latest_checkpointed_iteration.txt": "release", "release/mp_rank_00/model_optim_rng.pt": "x"])
-        let error = #expect(throws: MegatronCheckpointError.self) { try MegatronCheckpointFolder(path: root) }
-        guard case .unsupportedFormat(let path, let format, let hint)? = error else { Issue.record("\(String(describing: error))"); return }
-        #expect(path.hasSuffix("/release"))
-        #expect(format.contains("torch"))
-        #expect(hint.contains("--ckpt-convert-format torch_dist"))
+        let folder = try MegatronCheckpointFolder(path: root)
+        #expect(folder.format == .legacyTorch)
+        #expect(folder.directory.hasSuffix("/release"))
+        let error = #expect(throws: MegatronCheckpointError.self) { try LegacyTorchCheckpoint(path: root) }
+        guard case .invalidItem(let file, _, _, let reason)? = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(file.hasSuffix("release/mp_rank_00/model_optim_rng.pt"))
+        #expect(reason.contains("not a torch.save archive"))
     }
 
     @Test("an invalid metadata.json falls through to the other checks, as in Megatron")
     func invalidMetadataJSON() throws {
         let root = try makeDirectory(["metadata.json": "{not json", "mp_rank_00_000/model_optim_rng.pt": "x"])
-        #expect(throws: MegatronCheckpointError.self) { try MegatronCheckpointFolder(path: root) }
+        #expect(try MegatronCheckpointFolder(path: root).format == .legacyTorch)
         let zarr = try makeDirectory(["metadata.json": #"{"sharded_backend": "zarr", "sharded_backend_version": 1}"#])
         let error = #expect(throws: MegatronCheckpointError.self) { try MegatronCheckpointFolder(path: zarr) }
         #expect(error?.description.contains("zarr") == true)

@@ -299,7 +299,7 @@ struct MegatronReshardTests {
                 expected[fraction] = theirLayer.count > 1 ? try Self.savingRank(megatron, key, chunk) : nil
             }
             for (index, item) in dense.layout.tensorItems.enumerated() where item.key == key && (skip == 0 || item.chunk.offsets[0] == 0) {
-                let size = try dense.checkpoint.tensor(key).size
+                let size = try dense.source.tensor(key).size
                 let fraction = TensorParallelLayoutTests.fractions([item.chunk], size: size, skip: skip)
                 #expect(dense.targetRanks[index]?.tensorParallel == expected[fraction] ?? nil, "\(key) \(fraction)")
                 checked += 1
@@ -323,7 +323,7 @@ struct MegatronReshardTests {
         let ours = try MegatronReshard(checkpoint: scratch + "/moe", output: scratch + "/unused", options: ep2)
         var experts = 0
         for (index, item) in ours.layout.tensorItems.enumerated() where item.key.contains("experts.experts") {
-            let size = try ours.checkpoint.tensor(item.key).size
+            let size = try ours.source.tensor(item.key).size
             let axis = size.count - 3
             let position = Double(item.chunk.offsets[axis]) / Double(size[axis])
             let expected = blockOf.filter { $0.key <= position }.max { $0.key < $1.key }?.value

@@ -1,0 +1,229 @@
+import Foundation
+import MegatronCheckpoint
+import WeightMapping
+
+/// Tensor-, pipeline-, expert- and expert-tensor-parallel sizes of a Megatron layout.
+public struct ParallelSizes: Sendable, Hashable, CustomStringConvertible {
+    public var tensor: Int
+    public var pipeline: Int
+    public var expert: Int
+    /// Megatron-Core's default is the tensor-parallel size.
+    public var expertTensor: Int
+
+    public init(tensor: Int = 1, pipeline: Int = 1, expert: Int = 1, expertTensor: Int? = nil) {
+        self.tensor = tensor
+        self.pipeline = pipeline
+        self.expert = expert
+        self.expertTensor = expertTensor ?? tensor
+    }
+
+    public var description: String { "tp \(tensor), pp \(pipeline), ep \(expert), etp \(expertTensor)" }
+}
+
+public enum LegacyLayoutError: Error, Equatable, CustomStringConvertible {
+    case unsupportedLayout(reason: String)
+    /// A rank file's state dict does not hold what the layout expects there.
+    case unexpectedEntries(file: String, names: [String])
+    case missingEntries(file: String, names: [String])
+    case shapeMismatch(file: String, name: String, expected: [Int], actual: [Int])
+
+    public var description: String {
+        switch self {
+        case .unsupportedLayout(let reason): "cannot use this layout: \(reason)"
+        case .unexpectedEntries(let file, let names):
+            "\(file): \(names.count) model entr\(names.count == 1 ? "y" : "ies") the mapping does not place: \(names.prefix(8).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
+        case .missingEntries(let file, let names):
+            "\(file): \(names.count) model entr\(names.count == 1 ? "y is" : "ies are") missing: \(names.prefix(8).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
+        case .shapeMismatch(let file, let name, let expected, let actual):
+            "\(file): `\(name)` has shape \(actual), the layout expects \(expected) for this rank"
+        }
+    }
+}
+
+/// What each rank of a legacy (`--ckpt-format torch`) checkpoint holds, in terms of the global
+/// checkpoint keys the mapping produces: every local state-dict entry is one or more boxes of
+/// global tensors, concatenated along its first axis (a tensor-parallel shard is one box; the
+/// SwiGLU `[W_r; V_r]` is two; Mamba's `in_proj` is one per component). Layer numbers are local
+/// to the pipeline stage, expert ids local to the expert-parallel rank, as
+/// `state_dict_for_save_checkpoint()` names them.
+public struct LegacyLayout: Sendable {
+    /// One box of a global tensor: `key` at `offsets` with `sizes` (prepended axes included).
+    public struct Piece: Sendable, Hashable {
+        public let key: String
+        public let offsets: [Int]
+        public let sizes: [Int]
+    }
+
+    public struct Entry: Sendable {
+        public enum Content: Sendable {
+            /// Local shape and the boxes that fill it, in row order.
+            case tensor(shape: [Int], pieces: [Piece])
+            /// An `_extra_state` entry (saved as `None`).
+            case extraState
+        }
+
+        public let name: String
+        public let content: Content
+        /// Whether this rank's copy is the one read when converting from the layout: a tensor
+        /// held whole by every tensor-parallel rank (or every expert-parallel rank) is read from
+        /// rank 0 only; the tied output layer of the last stage is a copy of the embedding.
+        public let isPrimary: Bool
+    }
+
+    public let sizes: ParallelSizes
+    /// Global layer numbers of each pipeline stage.
+    public let stageLayers: [Range<Int>]
+    public let ranks: [LegacyRank]
+    public let entries: [LegacyRank: [Entry]]
+
+    /// How experts are named: Transformer Engine's grouped linear (`linear_fc1.weight<k>`), or
+    /// the local spec's `SequentialMLP` (`local_experts.<k>.linear_fc1.weight`).
+    public enum ExpertNaming: Sendable { case grouped, sequential }
+
+    /// - Parameters:
+    ///   - stageLayers: nil to split the layers evenly over the pipeline stages.
+    ///   - moduleRenames: checkpoint-key fragment → state-dict fragment, for specs whose modules are
+    ///     named differently from the checkpoint keys (the local spec's separate norms).
+    public init(mapping: MappingPlan, sizes: ParallelSizes, stageLayers: [Range<Int>]? = nil, expertNaming: ExpertNaming,
+                moduleRenames: [(key: String, module: String)]) throws {
+        self.sizes = sizes
+        let layerCount = mapping.model.layerCount
+        if let stageLayers {
+            self.stageLayers = stageLayers
+        } else {
+            guard sizes.pipeline >= 1, layerCount % sizes.pipeline == 0 else {
+                throw LegacyLayoutError.unsupportedLayout(
+                    reason: "num_layers (\(layerCount)) must be divisible by the pipeline-parallel size (\(sizes.pipeline))")
+            }
+            let per = layerCount / sizes.pipeline
+            self.stageLayers = (0..<sizes.pipeline).map { ($0 * per)..<(($0 + 1) * per) }
+        }
+        guard sizes.expertTensor == sizes.tensor || sizes.expertTensor == 1 else {
+            throw LegacyLayoutError.unsupportedLayout(
+                reason: "legacy files are written per tensor-parallel rank; an expert tensor-parallel size of \(sizes.expertTensor) must be 1 or the tensor-parallel size \(sizes.tensor)")
+        }
+        var ranks: [LegacyRank] = []
+        for pipeline in 0..<sizes.pipeline {
+            for expert in 0..<sizes.expert {
+                for tensor in 0..<sizes.tensor { ranks.append(LegacyRank(tensor: tensor, pipeline: pipeline, expert: expert)) }
+            }
+        }
+        self.ranks = ranks
+        let namer = LocalNamer(stageLayers: self.stageLayers, expertsPerRank: nil, expertNaming: expertNaming, renames: moduleRenames)
+        let expertCount = mapping.megatronTensors.first { $0.key.contains("experts.experts") }?.prefixSizes.last
+        let expertsPerRank = expertCount.map { $0 / max(1, sizes.expert) }
+        var entries: [LegacyRank: [Entry]] = [:]
+        var named: [LegacyRank: [String: Int]] = [:]
+        func add(_ rank: LegacyRank, _ name: String, _ shape: [Int], _ pieces: [Piece], primary: Bool) {
+            if let index = named[rank]?[name], case .tensor(let earlier, let earlierPieces) = entries[rank]![index].content {
+                // Components of one parameter (Mamba's in_proj z|x|B|C|dt) stack on the first axis.
+                let rows = (earlier.first ?? 0) + (shape.first ?? 0)
+                entries[rank]![index] = Entry(name: name, content: .tensor(shape: [rows] + shape.dropFirst(), pieces: earlierPieces + pieces),
+                                              isPrimary: entries[rank]![index].isPrimary)
+                return
+            }
+            named[rank, default: [:]][name] = entries[rank, default: []].count
+            entries[rank, default: []].append(Entry(name: name, content: .tensor(shape: shape, pieces: pieces), isPrimary: primary))
+        }
+        var namerWithExperts = namer
+        namerWithExperts.expertsPerRank = expertsPerRank
+        var embeddingPieces: [Int: (shape: [Int], pieces: [Piece])] = [:]
+        let tied = !mapping.megatronTensors.contains { $0.key == "output_layer.weight" }
+        for spec in mapping.megatronTensors {
+            let isExpert = spec.key.contains("experts.experts")
+            let parallel = isExpert ? sizes.expertTensor : sizes.tensor
+            let plans = try HFImport.chunkPlans(spec, parallel: parallel)
+            let (name, stage, expertRank) = try namerWithExperts.local(spec.name)
+            for rank in ranks where rank.pipeline == stage && (expertRank == nil || rank.expert == expertRank) {
+                let shardRank = isExpert && sizes.expertTensor == 1 ? 0 : rank.tensor
+                let mine = plans.filter { $0.tensorParallelRank == nil || $0.tensorParallelRank == shardRank }
+                let pieces = mine.map { Piece(key: spec.key, offsets: $0.offsets, sizes: $0.sizes) }
+                let trailing = mine.first.map { Array($0.sizes.dropFirst(spec.prefix.count + 1)) } ?? []
+                let rows = mine.reduce(0) { $0 + ($1.sizes.count > spec.prefix.count ? $1.sizes[spec.prefix.count] : 1) }
+                let shape = spec.shape.isEmpty ? [] : [rows] + trailing
+                let whole = mine.allSatisfy { $0.tensorParallelRank == nil } || (isExpert && sizes.expertTensor == 1)
+                let primary = (!whole || rank.tensor == 0) && (expertRank != nil || rank.expert == 0)
+                add(rank, name, shape, pieces, primary: primary)
+                if spec.key == "embedding.word_embeddings.weight", rank.expert == 0 { embeddingPieces[rank.tensor] = (shape, pieces) }
+            }
+        }
+        // Tied embeddings with more than one stage: the last stage keeps its own output layer,
+        // a copy of the embedding (Megatron-Core synchronises them at start-up).
+        if tied, sizes.pipeline > 1, !embeddingPieces.isEmpty {
+            for rank in ranks where rank.pipeline == sizes.pipeline - 1 {
+                if let (shape, pieces) = embeddingPieces[rank.tensor] { add(rank, "output_layer.weight", shape, pieces, primary: false) }
+            }
+        }
+        for extra in mapping.extraState {
+            let (module, stage, expertRank) = try namerWithExperts.local(extra.module + "._extra_state")
+            for rank in ranks where rank.pipeline == stage && (expertRank == nil || rank.expert == expertRank) {
+                if named[rank]?[module] != nil { continue }
+                named[rank, default: [:]][module] = entries[rank, default: []].count
+                entries[rank, default: []].append(Entry(name: module, content: .extraState, isPrimary: false))
+            }
+        }
+        self.entries = entries
+    }
+
+    /// The rank files' directory names use the pipeline/expert fields only when those sizes are > 1.
+    public func relativePath(_ rank: LegacyRank) -> String {
+        rank.directoryName(pipelineSize: sizes.pipeline, expertSize: sizes.expert) + "/" + LegacyTorchCheckpoint.fileName
+    }
+}
+
+/// Global per-layer state-dict names → a rank's local names.
+struct LocalNamer: Sendable {
+    let stageLayers: [Range<Int>]
+    var expertsPerRank: Int?
+    let expertNaming: LegacyLayout.ExpertNaming
+    let renames: [(key: String, module: String)]
+
+    /// The local name, the pipeline stage that holds it, and the expert-parallel rank (experts only).
+    func local(_ global: String) throws -> (name: String, stage: Int, expertRank: Int?) {
+        var name = global
+        // Split factories save one parameter as several keys (`in_proj.weight.z`): one local tensor.
+        var parts = name.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        if parts.count >= 3, ["weight", "bias"].contains(parts[parts.count - 2]) {
+            parts.removeLast()
+            name = parts.joined(separator: ".")
+        }
+        var stage = name.hasPrefix("embedding.") ? 0 : stageLayers.count - 1
+        let layerPrefix = "decoder.layers."
+        if name.hasPrefix(layerPrefix) {
+            let rest = name.dropFirst(layerPrefix.count)
+            guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]) else {
+                throw LegacyLayoutError.unsupportedLayout(reason: "`\(global)` has no layer number")
+            }
+            guard let owner = stageLayers.firstIndex(where: { $0.contains(layer) }) else {
+                throw LegacyLayoutError.unsupportedLayout(reason: "layer \(layer) of `\(global)` is in no pipeline stage")
+            }
+            stage = owner
+            name = layerPrefix + String(layer - stageLayers[owner].lowerBound) + String(rest[dot...])
+        }
+        var expertRank: Int?
+        if let range = name.range(of: ".experts.experts.") {
+            let rest = name[range.upperBound...]
+            guard let dot = rest.firstIndex(of: "."), let expert = Int(rest[..<dot]), let perRank = expertsPerRank, perRank > 0 else {
+                throw LegacyLayoutError.unsupportedLayout(reason: "`\(global)` has no expert number")
+            }
+            expertRank = expert / perRank
+            let localExpert = expert % perRank
+            let tail = String(rest[rest.index(after: dot)...])
+            switch expertNaming {
+            case .sequential:
+                name = String(name[..<range.lowerBound]) + ".experts.local_experts.\(localExpert)." + tail
+            case .grouped:
+                // TEGroupedMLP: one grouped linear per layer, `weight<k>` per local expert, one `_extra_state`.
+                if tail.hasSuffix("._extra_state") {
+                    name = String(name[..<range.lowerBound]) + ".experts." + tail
+                } else {
+                    name = String(name[..<range.lowerBound]) + ".experts." + tail + "\(localExpert)"
+                }
+            }
+        }
+        for rename in renames where name.contains(rename.key) {
+            name = name.replacingOccurrences(of: rename.key, with: rename.module)
+        }
+        return (name, stage, expertRank)
+    }
+}
