@@ -11,17 +11,28 @@ import WeightMapping
 public enum CheckpointVerifier {
     enum Side {
         case hf(HFCheckpointFolder)
-        case megatron(TorchDistCheckpoint)
+        /// Global tensors, and for a legacy checkpoint the mapping that placed its rank files.
+        case megatron(any GlobalTensorSource, legacy: LegacyCheckpointSource?)
     }
 
-    static func open(_ path: String) throws -> Side {
+    /// Opens either side; a legacy checkpoint is placed through the mapping, with the config
+    /// recorded beside it or in `configDirectory` (the other side's HF folder).
+    static func open(_ path: String, configDirectory: String? = nil, mappingsDirectory: String? = nil) throws -> Side {
         var isDirectory: ObjCBool = false
         let fm = FileManager.default
         let looksMegatron = ["metadata.json", ".metadata", "latest_checkpointed_iteration.txt"].contains {
             fm.fileExists(atPath: (path as NSString).appendingPathComponent($0))
-        }
+        } || ((try? fm.contentsOfDirectory(atPath: path)) ?? []).contains { $0.hasPrefix("mp_rank_") }
         if fm.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue, looksMegatron {
-            return .megatron(try TorchDistCheckpoint(path: path))
+            let folder = try MegatronCheckpointFolder(path: path)
+            guard folder.format == .legacyTorch else { return .megatron(try TorchDistCheckpoint(folder: folder), legacy: nil) }
+            let directory = try MegatronExport.configDirectory(given: configDirectory, folder: folder, checkpoint: path)
+            let config = try HFConfig(path: (directory as NSString).appendingPathComponent("config.json"))
+            let model = try ResolvedModel.resolve(tables: try MappingTable.load(directory: mappingsDirectory),
+                                                  config: config.document, configPath: config.path)
+            let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
+                                                    model: model)
+            return .megatron(legacy.tensors, legacy: legacy)
         }
         return .hf(try HFCheckpointFolder(directory: path))
     }
@@ -92,6 +103,25 @@ public enum CheckpointVerifier {
                     problems[entry.name] = "the checkpoint places it at \(place.0) \(place.1), the manifest at \(entry.file) \(entry.range)"
                 }
             }
+        case "megatron-torch":
+            // Parses every rank file (zip directory, data.pkl, storages): a damaged file fails here.
+            let checkpoint = try LegacyTorchCheckpoint(path: path)
+            let iteration = (checkpoint.directory as NSString).lastPathComponent
+            var places: [String: (String, ByteRange)] = [:]
+            for rank in checkpoint.ranks {
+                let directory = ((rank.path as NSString).deletingLastPathComponent as NSString).lastPathComponent
+                let file = "\(iteration)/\(directory)/\(LegacyTorchCheckpoint.fileName)"
+                for (name, value) in rank.model {
+                    guard case .tensor(let tensor) = value else { continue }
+                    if tensor.runs.count == 1 { places["\(directory):\(name)"] = (file, tensor.runs[0].source) }
+                }
+            }
+            for entry in manifest.entries {
+                guard let place = places[entry.name] else { problems[entry.name] = "missing from the checkpoint"; continue }
+                if place.0 != entry.file || place.1 != entry.range {
+                    problems[entry.name] = "the checkpoint places it at \(place.0) \(place.1), the manifest at \(entry.file) \(entry.range)"
+                }
+            }
         default:
             break
         }
@@ -111,15 +141,21 @@ public enum CheckpointVerifier {
     }
 
     public static func verify(_ firstPath: String, _ secondPath: String, mappingsDirectory: String? = nil) throws -> VerificationReport {
-        switch (try open(firstPath), try open(secondPath)) {
+        // A legacy checkpoint without a recorded config is placed with the other side's, when that is an HF folder.
+        func hfDirectory(_ path: String) -> String? {
+            FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("config.json")) ? path : nil
+        }
+        let first = try open(firstPath, configDirectory: hfDirectory(secondPath), mappingsDirectory: mappingsDirectory)
+        let second = try open(secondPath, configDirectory: hfDirectory(firstPath), mappingsDirectory: mappingsDirectory)
+        switch (first, second) {
         case (.hf(let a), .hf(let b)):
             return try compareHF(a, b, firstPath, secondPath)
-        case (.megatron(let a), .megatron(let b)):
-            return try compareMegatron(a, b, firstPath, secondPath)
-        case (.hf(let hf), .megatron(let megatron)):
-            return try compareAcross(hf: hf, megatron: megatron, hfFirst: true, firstPath, secondPath, mappingsDirectory)
-        case (.megatron(let megatron), .hf(let hf)):
-            return try compareAcross(hf: hf, megatron: megatron, hfFirst: false, firstPath, secondPath, mappingsDirectory)
+        case (.megatron(let a, let legacyA), .megatron(let b, let legacyB)):
+            return try compareMegatron(a, b, firstPath, secondPath, objectsCompared: legacyA == nil && legacyB == nil)
+        case (.hf(let hf), .megatron(let megatron, let legacy)):
+            return try compareAcross(hf: hf, megatron: megatron, mapping: legacy?.mapping, hfFirst: true, firstPath, secondPath, mappingsDirectory)
+        case (.megatron(let megatron, let legacy), .hf(let hf)):
+            return try compareAcross(hf: hf, megatron: megatron, mapping: legacy?.mapping, hfFirst: false, firstPath, secondPath, mappingsDirectory)
         }
     }
 
@@ -155,15 +191,17 @@ public enum CheckpointVerifier {
         return VerificationReport(mode: "hf-hf", first: first, second: second, comparisons: comparisons)
     }
 
-    static func megatronStream(_ checkpoint: TorchDistCheckpoint, key: String, offsets: [Int], sizes: [Int]) throws -> ByteStream {
+    static func megatronStream(_ checkpoint: any GlobalTensorSource, key: String, offsets: [Int], sizes: [Int]) throws -> ByteStream {
         let pieces = try checkpoint.boxPieces(key: key, offsets: offsets, sizes: sizes).sorted { $0.destinationOffset < $1.destinationOffset }
         return ByteStream(pieces.map { ByteStream.Piece(file: $0.file, range: $0.source) })
     }
 
-    static func compareMegatron(_ a: TorchDistCheckpoint, _ b: TorchDistCheckpoint, _ first: String, _ second: String) throws -> VerificationReport {
+    static func compareMegatron(_ a: any GlobalTensorSource, _ b: any GlobalTensorSource, _ first: String, _ second: String,
+                                objectsCompared: Bool) throws -> VerificationReport {
         var comparisons: [TensorComparison] = []
-        for (key, tensor) in a.metadata.tensors where !MappingPlan.isTrainingState(key) {
-            guard let other = b.metadata.tensor(key) else {
+        let keysA = Set(a.globalTensors.map(\.fqn))
+        for (key, tensor) in a.globalTensors where !MappingPlan.isTrainingState(key) {
+            guard let other = try? b.tensor(key) else {
                 comparisons.append(TensorComparison(name: key, status: .missingInSecond, dtypes: (tensor.dtype, nil),
                                                     shapes: (tensor.size, nil), bytes: 0))
                 continue
@@ -178,21 +216,25 @@ public enum CheckpointVerifier {
                 name: key, shape: tensor.size, try megatronStream(a, key: key, offsets: zeros, sizes: tensor.size), tensor.dtype,
                 try megatronStream(b, key: key, offsets: zeros, sizes: tensor.size), other.dtype))
         }
-        for (key, tensor) in b.metadata.tensors where a.metadata.tensor(key) == nil && !MappingPlan.isTrainingState(key) {
+        for (key, tensor) in b.globalTensors where !keysA.contains(key) && !MappingPlan.isTrainingState(key) {
             comparisons.append(TensorComparison(name: key, status: .missingInFirst, dtypes: (nil, tensor.dtype),
                                                 shapes: (nil, tensor.size), bytes: 0))
         }
-        let objectsA = Set(a.metadata.bytesItems), objectsB = Set(b.metadata.bytesItems)
         var notes: [String] = []
-        if objectsA != objectsB {
-            notes.append("object keys differ: \(objectsA.subtracting(objectsB).count) only in the first, \(objectsB.subtracting(objectsA).count) only in the second")
+        if objectsCompared, let a = a as? TorchDistCheckpoint, let b = b as? TorchDistCheckpoint {
+            let objectsA = Set(a.metadata.bytesItems), objectsB = Set(b.metadata.bytesItems)
+            if objectsA != objectsB {
+                notes.append("object keys differ: \(objectsA.subtracting(objectsB).count) only in the first, \(objectsB.subtracting(objectsA).count) only in the second")
+            }
+        } else {
+            notes.append("legacy rank files compared as the global tensors they place; `_extra_state` entries are not compared")
         }
         return VerificationReport(mode: "megatron-megatron", first: first, second: second, comparisons: comparisons, notes: notes)
     }
 
     /// Through the mapping: every HF tensor's rows against the Megatron rows they map to.
     static func compareAcross(
-        hf: HFCheckpointFolder, megatron: TorchDistCheckpoint, hfFirst: Bool, _ first: String, _ second: String,
+        hf: HFCheckpointFolder, megatron: any GlobalTensorSource, mapping: MappingPlan?, hfFirst: Bool, _ first: String, _ second: String,
         _ mappingsDirectory: String?
     ) throws -> VerificationReport {
         guard let config = hf.config else {
@@ -202,8 +244,8 @@ public enum CheckpointVerifier {
         let model = try ResolvedModel.resolve(tables: try MappingTable.load(directory: mappingsDirectory),
                                               config: config.document, configPath: config.path)
         var keyShapes: [String: [Int]] = [:]
-        for (key, tensor) in megatron.metadata.tensors { keyShapes[key] = tensor.size }
-        let plan = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
+        for (key, tensor) in megatron.globalTensors { keyShapes[key] = tensor.size }
+        let plan = try mapping ?? MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
         let dialect = HFNameDialect.detect(hf.tensors.map(\.info.name), table: model.table)
         let specs = Dictionary(uniqueKeysWithValues: plan.megatronTensors.map { ($0.name, $0) })
         let expected = Dictionary(uniqueKeysWithValues: plan.hfTensors.map { ($0.name, $0.shape) })
@@ -228,7 +270,7 @@ public enum CheckpointVerifier {
                                             bytes: info.byteCount)
             for item in byTensor[hfTensor.name] ?? [] {
                 let spec = specs[item.megatron.tensor]!
-                let megatronDType = megatron.metadata.tensor(spec.key)!.dtype
+                let megatronDType = try megatron.tensor(spec.key).dtype
                 let (offsets, sizes) = spec.box(rows: item.megatron.rows)
                 let hfStream = ByteStream(file: file.file, range: ByteRange(
                     offset: file.fileRange(of: info).offset + Int64(item.hf.rows.lowerBound) * rowBytes,

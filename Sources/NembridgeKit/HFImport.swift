@@ -91,15 +91,7 @@ public struct HFImport: Sendable {
         }
         mapping = try MappingPlan(model: model, direction: .fromHF(
             shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
-        if let argument = model.table.expertCountArgument, let experts = model.argument(argument)?.intValue,
-            mapping.megatronTensors.contains(where: { $0.prefixSizes.contains(experts) && $0.key.contains("experts") })
-        {
-            guard options.expertParallel >= 1, experts % options.expertParallel == 0 else {
-                throw MappingError.invalidConfigValue(
-                    config: config.path, field: argument,
-                    reason: "\(experts) experts cannot be split evenly over --ep \(options.expertParallel) (Megatron-Core requires num_moe_experts % expert_model_parallel_size == 0)")
-            }
-        }
+        try Self.checkExpertParallel(mapping, options.expertParallel)
 
         // Each Megatron tensor keeps its sources' dtype; mixing dtypes in one tensor would need a cast.
         var megatronDType: [String: DType] = [:]
@@ -178,6 +170,27 @@ public struct HFImport: Sendable {
             }
         }
         self.fills = fills
+    }
+
+    /// Megatron-Core's rules for `--ep`: the routed experts divide evenly over it, and a model
+    /// without routed experts has no expert-parallel dimension.
+    static func checkExpertParallel(_ mapping: MappingPlan, _ expertParallel: Int) throws {
+        let model = mapping.model
+        let argument = model.table.expertCountArgument ?? "num_moe_experts"
+        let experts = model.argument(argument)?.intValue
+        guard let experts, mapping.megatronTensors.contains(where: { $0.key.contains("experts.experts") }) else {
+            guard expertParallel == 1 else {
+                throw MappingError.invalidConfigValue(
+                    config: model.configPath, field: argument,
+                    reason: "the model has no routed experts, so --ep \(expertParallel) has nothing to split (Megatron-LM requires num_experts when expert_model_parallel_size > 1)")
+            }
+            return
+        }
+        guard expertParallel >= 1, experts % expertParallel == 0 else {
+            throw MappingError.invalidConfigValue(
+                config: model.configPath, field: argument,
+                reason: "\(experts) experts cannot be split evenly over --ep \(expertParallel) (Megatron-Core requires num_moe_experts % expert_model_parallel_size == 0)")
+        }
     }
 
     /// The `_extra_state` objects Megatron-Core asks for (each `torch.save([None])`): ShardedObject

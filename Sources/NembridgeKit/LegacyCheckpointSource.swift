@@ -18,7 +18,7 @@ public struct LegacyCheckpointSource: Sendable {
     public let layout: LegacyLayout
     public let tensors: ChunkedTensorSet
 
-    public init(checkpoint: LegacyTorchCheckpoint, model baseModel: ResolvedModel, tables: [MappingTable]) throws {
+    public init(checkpoint: LegacyTorchCheckpoint, model baseModel: ResolvedModel) throws {
         self.checkpoint = checkpoint
         let args = checkpoint.args
         let spec: MegatronSpec = args?["transformer_impl"]?.stringValue == "local" ? .local : .transformerEngine

@@ -154,12 +154,19 @@ public struct LegacyLayout: Sendable {
                 if let (shape, pieces) = embeddingPieces[rank.tensor] { add(rank, "output_layer.weight", shape, pieces, primary: false) }
             }
         }
-        for extra in mapping.extraState {
-            let (module, stage, expertRank) = try namerWithExperts.local(extra.module + "._extra_state")
+        var extraModules = mapping.extraState.map(\.module)
+        // The output layer is a column-parallel linear in every Megatron language model: its state
+        // dict has an `_extra_state` (dist checkpoints do not ask for it).
+        if !extraModules.isEmpty, !extraModules.contains("output_layer") { extraModules.append("output_layer") }
+        for module in extraModules {
+            let (name, stage, expertRank) = try namerWithExperts.local(module + "._extra_state")
+            let owner = String(name.dropLast("_extra_state".count))
             for rank in ranks where rank.pipeline == stage && (expertRank == nil || rank.expert == expertRank) {
-                if named[rank]?[module] != nil { continue }
-                named[rank, default: [:]][module] = entries[rank, default: []].count
-                entries[rank, default: []].append(Entry(name: module, content: .extraState, isPrimary: false))
+                guard named[rank]?[name] == nil, let list = entries[rank] else { continue }
+                // Right after the module's own tensors, where `state_dict()` puts it.
+                guard let last = list.lastIndex(where: { $0.name.hasPrefix(owner) }) else { continue }
+                entries[rank]!.insert(Entry(name: name, content: .extraState, isPrimary: false), at: last + 1)
+                named[rank]![name] = last + 1
             }
         }
         self.entries = entries

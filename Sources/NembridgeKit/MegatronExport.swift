@@ -69,7 +69,7 @@ public struct MegatronExport: Sendable {
         var dtypes: [String: DType] = [:]
         if folder.format == .legacyTorch {
             let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
-                                                    model: model, tables: tables)
+                                                    model: model)
             self.legacy = legacy
             source = legacy.tensors
             mapping = legacy.mapping

@@ -105,7 +105,7 @@ public struct MegatronReshard: Sendable {
         var common: PickleValue?
         if folder.format == .legacyTorch {
             let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
-                                                    model: model, tables: tables)
+                                                    model: model)
             legacySource = legacy
             checkpoint = nil
             source = legacy.tensors
@@ -141,12 +141,7 @@ public struct MegatronReshard: Sendable {
             mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
             droppedState = options.format == .torch ? keyShapes.keys.filter(MappingPlan.isTrainingState).sorted() : []
         }
-        if let argument = mapping.model.table.expertCountArgument, let experts = mapping.model.argument(argument)?.intValue,
-            mapping.megatronTensors.contains(where: { $0.key.contains("experts.experts") }), experts % max(1, options.expertParallel) != 0
-        {
-            throw MappingError.invalidConfigValue(config: config.path, field: argument,
-                                                  reason: "\(experts) experts cannot be split evenly over --ep \(options.expertParallel)")
-        }
+        try HFImport.checkExpertParallel(mapping, options.expertParallel)
         let source = self.source
         var tensors: [(key: String, metadata: DCPTensorMetadata)] = []
         var position: [String: Int] = [:]
