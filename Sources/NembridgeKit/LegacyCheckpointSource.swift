@@ -56,11 +56,23 @@ public struct LegacyCheckpointSource: Sendable {
         let namer = LocalNamer(stageLayers: stageLayers, expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) },
                                expertNaming: naming, renames: renames)
         let localShapes = tensorsByRank
-        mapping = try MappingPlan(model: model, direction: .fromLocalShards(
-            localShape: { name in
-                guard let (local, stage, expertRank) = try? namer.local(name) else { return nil }
-                return localShapes[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)]?[local]?.shape
-            }, tensorParallel: sizes.tensor, expertTensorParallel: sizes.expertTensor))
+        let paths = Dictionary(checkpoint.ranks.map { ($0.rank, $0.path) }, uniquingKeysWith: { first, _ in first })
+        do {
+            mapping = try MappingPlan(model: model, direction: .fromLocalShards(
+                localShape: { name in
+                    guard let (local, stage, expertRank) = try? namer.local(name) else { return nil }
+                    return localShapes[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)]?[local]?.shape
+                }, tensorParallel: sizes.tensor, expertTensorParallel: sizes.expertTensor))
+        } catch let error as MappingError {
+            // Global shapes come from the tensor-rank-0 files: name the file and entry the message is about.
+            let text = error.description
+            let places = Self.mappingNames(in: text).compactMap { name -> String? in
+                guard let (local, stage, expertRank) = try? namer.local(name),
+                    let path = paths[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)] else { return nil }
+                return "`\(local)` in \(path)"
+            }
+            throw LegacyLayoutError.inconsistentShards(directory: checkpoint.directory, reason: text, entries: places)
+        }
         layout = try LegacyLayout(mapping: mapping, sizes: sizes, stageLayers: stageLayers, expertNaming: naming, moduleRenames: renames)
 
         // Place every primary entry's rows as chunks of their keys.
@@ -118,6 +130,12 @@ public struct LegacyCheckpointSource: Sendable {
                                                            sizes: tensor.size, shape: tensor.size, missingElements: total - covered)
             }
         }
+    }
+
+    /// Per-layer Megatron names (`decoder.layers.3.…`, `embedding.…`, `output_layer.…`) a message mentions.
+    static func mappingNames(in text: String) -> [String] {
+        text.split(whereSeparator: { " `,;:()[]".contains($0) }).map(String.init)
+            .filter { $0.hasPrefix("decoder.layers.") || $0.hasPrefix("embedding.") || $0.hasPrefix("output_layer.") || $0.hasPrefix("mtp.") }
     }
 
     /// The runs covering bytes `[start, start + count)` of a tensor laid out by `runs`, rebased to 0.

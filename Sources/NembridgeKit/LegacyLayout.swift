@@ -26,6 +26,8 @@ public enum LegacyLayoutError: Error, Equatable, CustomStringConvertible {
     case unexpectedEntries(file: String, names: [String])
     case missingEntries(file: String, names: [String])
     case shapeMismatch(file: String, name: String, expected: [Int], actual: [Int])
+    /// The shards' shapes do not fit the model (the mapping's message, and the entries it is about).
+    case inconsistentShards(directory: String, reason: String, entries: [String])
 
     public var description: String {
         switch self {
@@ -36,6 +38,8 @@ public enum LegacyLayoutError: Error, Equatable, CustomStringConvertible {
             "\(file): \(names.count) model entr\(names.count == 1 ? "y is" : "ies are") missing: \(names.prefix(8).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
         case .shapeMismatch(let file, let name, let expected, let actual):
             "\(file): `\(name)` has shape \(actual), the layout expects \(expected) for this rank"
+        case .inconsistentShards(let directory, let reason, let entries):
+            "\(directory): the rank files' tensors do not fit the model: \(reason)" + (entries.isEmpty ? "" : " (read as \(entries.joined(separator: ", ")))")
         }
     }
 }
