@@ -80,6 +80,18 @@ convert_bench() {
         run "\`nembridge reshard --megatron --tp 4\` + \`sync\`" "$clean" bash -c "'$BIN' reshard --megatron '$DATA/mc-src' --out '$DATA/mc' --tp 4 && sync"
         local reshard_s=$LAST_MEDIAN
         RESHARD_NOTE="reshard to TP=4 $(awk -v a="$reshard_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
+        # The legacy per-rank format (--ckpt-format torch): write TP=2 PP=2 from HF, re-shard the
+        # torch_dist checkpoint into legacy TP=4, and export the legacy files back to HF.
+        run "\`nembridge import --ckpt-format torch --tp 2 --pp 2\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --ckpt-format torch --tp 2 --pp 2 && sync"
+        local legacy_import_s=$LAST_MEDIAN
+        run "\`nembridge reshard --ckpt-format torch --tp 4\` (torch_dist -> legacy) + \`sync\`" "$clean" bash -c "'$BIN' reshard '$DATA/mc-src' --out '$DATA/mc' --ckpt-format torch --tp 4 && sync"
+        local legacy_reshard_s=$LAST_MEDIAN
+        rm -rf "$DATA/legacy-src"
+        "$BIN" import --hf "$model" --out "$DATA/legacy-src" --ckpt-format torch --tp 2 --pp 2 >/dev/null
+        run "\`nembridge export\` of the legacy TP=2 PP=2 checkpoint + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/legacy-src' --out '$DATA/hf-out' && sync"
+        local legacy_export_s=$LAST_MEDIAN
+        rm -rf "$DATA/legacy-src"
+        RESHARD_NOTE="$RESHARD_NOTE Legacy format: import at TP=2 PP=2 $(awk -v a="$legacy_import_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, torch_dist -> legacy TP=4 $(awk -v a="$legacy_reshard_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, export of legacy TP=2 PP=2 $(awk -v a="$legacy_export_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
     fi
     if [[ "$layers" == 16 ]]; then
         run "\`nembridge import --compress zstd:1\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --compress zstd:1 && sync"

@@ -64,8 +64,9 @@ public struct MegatronInspectReport: Sendable {
 
     /// Opens `path` (save directory, iteration directory or DCP directory) and describes it.
     public static func inspect(path: String, valueLength: Int = 200) throws -> MegatronInspectReport {
-        let checkpoint = try TorchDistCheckpoint(path: path)
-        guard let folder = checkpoint.folder else { preconditionFailure("opened by path, so it has a folder") }
+        let folder = try MegatronCheckpointFolder(path: path)
+        if folder.format == .legacyTorch { return try inspectLegacy(path: path, folder: folder, valueLength: valueLength) }
+        let checkpoint = try TorchDistCheckpoint(folder: folder)
         let metadata = checkpoint.metadata
         func chunk(_ key: String, _ chunk: DCPChunk) throws -> Chunk {
             let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets)
@@ -103,6 +104,53 @@ public struct MegatronInspectReport: Sendable {
             path: path, directory: folder.directory, format: folder.format, iteration: folder.iteration, backend: folder.backend,
             rootClass: metadata.rootClass, version: metadata.version, dataFiles: files, tensors: tensors, objects: objects,
             commonStateSource: source, commonState: common, args: args)
+    }
+
+    /// A legacy checkpoint as its files hold it (no mapping needed): each rank file's local
+    /// tensors as `mp_rank_…/name` with their storage range, `_extra_state` and other non-tensor
+    /// entries as objects, the first file's top-level entries and `args` as the common state.
+    static func inspectLegacy(path: String, folder: MegatronCheckpointFolder, valueLength: Int) throws -> MegatronInspectReport {
+        let checkpoint = try LegacyTorchCheckpoint(directory: folder.directory, folder: folder)
+        var tensors: [Tensor] = []
+        var objects: [Object] = []
+        var files: [String] = []
+        for rank in checkpoint.ranks {
+            let directory = ((rank.path as NSString).deletingLastPathComponent as NSString).lastPathComponent
+            let file = directory + "/" + LegacyTorchCheckpoint.fileName
+            files.append(file)
+            for (name, value) in rank.model {
+                switch value {
+                case .tensor(let tensor):
+                    let bytes = tensor.runs.reduce(0) { $0 + $1.source.count }
+                    let chunks = tensor.runs.map { run in
+                        Chunk(offsets: tensor.shape.map { _ in 0 }, sizes: tensor.shape, file: file, offset: run.source.offset,
+                              length: run.source.count, transforms: [])
+                    }
+                    tensors.append(Tensor(key: "\(directory)/\(name)", dtype: tensor.dtype, shape: tensor.shape, bytes: bytes, chunks: chunks))
+                case .none:
+                    objects.append(Object(key: "\(directory)/\(name)", file: file, offset: 0, length: 0, transforms: [], value: "None"))
+                case .other(let kind):
+                    objects.append(Object(key: "\(directory)/\(name)", file: file, offset: 0, length: 0, transforms: [], value: "<\(kind)>"))
+                }
+            }
+        }
+        var common: [(String, String)] = []
+        var args: [(String, String)] = []
+        let dropped = Set(checkpoint.trainingStateKeys)
+        for (key, value) in checkpoint.ranks.first?.topLevel ?? [] {
+            if key == "args", case .dict(let fields)? = value.object?.state {
+                args = fields.map { (($0.key.stringValue ?? PickleRendering.render($0.key, limit: 80)), PickleRendering.render($0.value, limit: valueLength)) }
+                    .sorted { $0.0 < $1.0 }
+            } else {
+                let rendered = PickleRendering.render(value, limit: valueLength)
+                common.append((key, dropped.contains(key) ? "(training state, dropped by conversions) " + rendered : rendered))
+            }
+        }
+        return MegatronInspectReport(
+            path: path, directory: folder.directory, format: folder.format, iteration: folder.iteration, backend: nil,
+            rootClass: "legacy: tp \(checkpoint.tensorParallelSize), pp \(checkpoint.pipelineParallelSize), ep \(checkpoint.expertParallelSize)",
+            version: nil, dataFiles: files, tensors: tensors, objects: objects,
+            commonStateSource: files.first, commonState: common, args: args)
     }
 
     /// The machine-readable form (`--json`).
@@ -164,7 +212,11 @@ public struct MegatronInspectReport: Sendable {
     /// `limit` tensors), objects, the common state and `args`.
     public func text(limit: Int? = nil) -> String {
         var lines: [String] = []
-        let formatName = format == .torchDist ? "Megatron-Core torch_dist checkpoint" : "PyTorch DCP checkpoint"
+        let formatName = switch format {
+        case .torchDist: "Megatron-Core torch_dist checkpoint"
+        case .dcp: "PyTorch DCP checkpoint"
+        case .legacyTorch: "Megatron legacy (--ckpt-format torch) checkpoint, \(dataFiles.count) rank files"
+        }
         var summary = "\(path): \(formatName)"
         if let iteration { summary += ", iteration \(iteration) (\(iteration.directoryName))" }
         summary += ", \(tensors.count) tensors, \(formatBytes(totalBytes)), \(objects.count) objects"
@@ -173,7 +225,11 @@ public struct MegatronInspectReport: Sendable {
             let members = backend.document.objectMembers?.map { "\($0.key)=\(JSONWriter.compact($0.value))" } ?? []
             lines.append("metadata.json: " + members.joined(separator: ", "))
         }
-        lines.append(".metadata: \(rootClass)\(version.map { ", version \($0)" } ?? ""), data files \(dataFiles.joined(separator: ", "))")
+        if format == .legacyTorch {
+            lines.append("\(rootClass); files \(dataFiles.joined(separator: ", "))")
+        } else {
+            lines.append(".metadata: \(rootClass)\(version.map { ", version \($0)" } ?? ""), data files \(dataFiles.joined(separator: ", "))")
+        }
         lines.append("")
         let shown = limit.map { Array(tensors.prefix($0)) } ?? tensors
         let header = ["key", "dtype", "shape", "bytes", "chunks"]

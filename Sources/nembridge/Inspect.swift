@@ -24,7 +24,7 @@ struct Inspect: ParsableCommand {
         try reportingFailures {
             let isMegatron = ["metadata.json", ".metadata", "latest_checkpointed_iteration.txt"].contains {
                 FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent($0))
-            }
+            } || ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).contains { $0.hasPrefix("mp_rank_") }
             if isMegatron {
                 let report = try MegatronInspectReport.inspect(path: path)
                 writeStandardOutput(json ? JSONWriter.pythonIndented(report.json, sortKeys: false) : report.text(limit: limit))
