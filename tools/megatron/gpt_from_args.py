@@ -14,8 +14,9 @@ tied/untied output). The mapping args -> TransformerConfig is spelled out in
 `transformer_config_from_args` below; args that would need a model feature this builder does not
 handle (MoE, MLA, qk-layernorm, ...) are rejected instead of being ignored. Two deliberate
 differences from a training run: the local (non-Transformer-Engine) layer spec, since there is no
-Transformer Engine on CPU, and the TP size comes from the current parallel state (as with
-`--use-checkpoint-args` without `--use-mp-args-from-checkpoint-args`).
+Transformer Engine on CPU, and the TP and PP sizes come from the current parallel state (as with
+`--use-checkpoint-args` without `--use-mp-args-from-checkpoint-args`); with PP > 1 `build_gpt`
+builds the current pipeline stage.
 
 Loading (`load_model`): bf16/fp16 params are wrapped in `Float16Module` like megatron.training
 does for --bf16/--fp16, then
@@ -39,6 +40,7 @@ Exit 0 if every job loaded, 1 otherwise (the error is in the dump and printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -106,9 +108,10 @@ def _dtype(args, override=None) -> torch.dtype:
     return getattr(args, "params_dtype", torch.float32)
 
 
-def transformer_config_from_args(args, tp: int, dtype: torch.dtype | None = None):
+def transformer_config_from_args(args, tp: int, dtype: torch.dtype | None = None, pp: int = 1):
     """args -> TransformerConfig, as core_transformer_config_from_args (only the fields a dense
-    Llama-like GPT needs), plus CPU settings (no fusions, local attention, CPU init)."""
+    Llama-like GPT needs), plus CPU settings (no fusions, local attention, CPU init). `tp`/`pp`:
+    the parallel sizes of the current layout (not the ones recorded in args)."""
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -145,6 +148,7 @@ def transformer_config_from_args(args, tp: int, dtype: torch.dtype | None = None
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
         # CPU: local attention, no fused kernels, no TE, no CUDA init
         attention_backend=AttnBackend.local,
         **E.CPU_ONLY_CONFIG,  # CPU: no fused kernels, no CUDA init
@@ -167,18 +171,29 @@ def gpt_model_kwargs(args) -> dict:
     )
 
 
-def build_gpt(args, dtype: torch.dtype | None = None, parallel_output: bool = True):
-    """The bare GPTModel for the current parallel state (call E.init_model_parallel first)."""
+def build_gpt(args, dtype: torch.dtype | None = None, parallel_output: bool = True,
+              pre_process: bool | None = None, post_process: bool | None = None):
+    """The bare GPTModel for the current parallel state (call E.init_model_parallel first): this
+    pipeline stage's part, like get_model (pre_process = first stage, post_process = last stage,
+    unless given); with PP=1 the whole model."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     E.quiet_megatron()
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    config = transformer_config_from_args(args, tp, dtype)
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    config = transformer_config_from_args(args, tp, dtype, pp)
     spec = get_gpt_layer_local_spec(normalization=args.normalization)
-    return GPTModel(config=config, transformer_layer_spec=spec, pre_process=True,
-                    post_process=True, parallel_output=parallel_output, **gpt_model_kwargs(args))
+    # PP > 1: tied embedding/output copies are all-reduced at construction (E.cpu_tensor_cuda)
+    with E.cpu_tensor_cuda() if pp > 1 else contextlib.nullcontext():
+        return GPTModel(config=config, transformer_layer_spec=spec, pre_process=pre_process,
+                        post_process=post_process, parallel_output=parallel_output,
+                        **gpt_model_kwargs(args))
 
 
 def wrap(model):

@@ -38,6 +38,34 @@ CPU_ONLY_CONFIG = dict(
 )
 
 
+def allow_megatron_training_import():
+    """megatron.training 0.19.2 imports `typing.override` (Python >= 3.12); on 3.11 the identical
+    typing_extensions.override is aliased first. Call before importing megatron.training."""
+    import typing
+
+    if not hasattr(typing, "override"):
+        import typing_extensions
+
+        typing.override = typing_extensions.override
+
+
+@contextlib.contextmanager
+def cpu_tensor_cuda():
+    """`Tensor.cuda()` returns the tensor itself inside this block when there is no CUDA build.
+    LanguageModule.setup_embeddings_and_output_layer moves the tied embedding/output weight with
+    `.cuda()` before all-reducing it over the embedding group (first and last pipeline stage);
+    with gloo the CPU tensor is all-reduced instead."""
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = saved
+
+
 def training_args(argv: list[str], world_size: int, rank: int):
     """A real megatron.training args Namespace for `pretrain_gpt.py ARGV` (parse_args +
     validate_args, as the training script builds it), with padded_vocab_size set the way the
@@ -46,12 +74,7 @@ def training_args(argv: list[str], world_size: int, rank: int):
     architecture (torch.cuda.get_device_properties) when TP > 1; on CPU it is told "9" (Hopper),
     and CUDA_DEVICE_MAX_CONNECTIONS=1 is set as Megatron's launch scripts do for TP > 1. argv
     and the environment are restored afterwards."""
-    import typing
-
-    if not hasattr(typing, "override"):
-        import typing_extensions
-
-        typing.override = typing_extensions.override
+    allow_megatron_training_import()
     import megatron.training.arguments as margs
     from megatron.training.arguments import parse_args, validate_args
     from megatron.training.vocab_utils import calculate_padded_vocab_size
@@ -111,15 +134,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(rank: int, world_size: int, init_method: str):
-    """gloo process group (CPU); one call per process."""
+def init_distributed(rank: int, world_size: int, init_method: str, timeout=None):
+    """gloo process group (CPU); one call per process. `timeout`: a datetime.timedelta for
+    collectives (torch's default when None)."""
     if not torch.distributed.is_initialized():
+        kw = {} if timeout is None else {"timeout": timeout}
         torch.distributed.init_process_group(
-            backend="gloo", rank=rank, world_size=world_size, init_method=init_method)
+            backend="gloo", rank=rank, world_size=world_size, init_method=init_method, **kw)
 
 
-def init_model_parallel(tp: int = 1, ep: int = 1):
-    """(Re-)initialise Megatron's parallel state for a TP/EP layout on the current world."""
+def init_model_parallel(tp: int = 1, ep: int = 1, pp: int = 1):
+    """(Re-)initialise Megatron's parallel state for a TP/EP/PP layout on the current world."""
     from megatron.core import parallel_state
 
     quiet_megatron()
@@ -127,7 +152,7 @@ def init_model_parallel(tp: int = 1, ep: int = 1):
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=1,
+        pipeline_model_parallel_size=pp,
         expert_model_parallel_size=ep,
     )
 
