@@ -139,7 +139,8 @@ public final class LegacyTorchCheckpoint: Sendable {
             for expert in 0..<expertParallelSize {
                 for tensor in 0..<tensorParallelSize {
                     let rank = LegacyRank(tensor: tensor, pipeline: pipeline, expert: expert)
-                    let expected = rank.directoryName(pipelineSize: secondIsPipeline ? 2 : 1, expertSize: fieldCount == 3 || !secondIsPipeline ? 2 : 1)
+                    let expected = rank.directoryName(pipelineSize: fieldCount >= 2 && secondIsPipeline ? 2 : 1,
+                                                      expertSize: fieldCount == 3 || (fieldCount == 2 && !secondIsPipeline) ? 2 : 1)
                     guard let name = ranks[rank] else {
                         throw MegatronCheckpointError.notACheckpoint(
                             path: directory,

@@ -19,7 +19,10 @@ An fp32 copy of the main model (no Float16Module, bf16 -> fp32 exact; no MTP blo
 mamba_ssm stand-in (tools/hybrid/mamba_ssm_standin).
 
 JOBS.json: a list of {"hf": HF_DIR, "checkpoint": DIR, "world_size": 1|2, "tp", "ep",
-"padded_vocab", "tokens": [[...]] or null, "dump": OUT.pt}. World-size-1 jobs run in this process;
+"padded_vocab", "tokens": [[...]] or null, "dump": OUT.pt, "format": "torch_dist" (default) or
+"torch"}. A "torch" (legacy) checkpoint is read as Megatron-LM's load_checkpoint reads it: the
+rank's file from get_checkpoint_name, torch.load, load_state_dict(strict=True) (`load_legacy`).
+World-size-1 jobs run in this process;
 world-size-2 jobs in one pair of spawned gloo ranks. Each job writes `dump` (rank r of a
 world-size-2 job: `.rank{r}` before the suffix) = {"ok", "error", "rank", "tp", "tp_rank", "ep",
 "ep_rank", "state" (loaded model.state_dict() tensors, names without the Float16Module prefix),
@@ -75,6 +78,36 @@ def load_strict(cfg: dict, ckpt: str, padded_vocab: int):
     return model
 
 
+def load_legacy(cfg: dict, ckpt: str, padded_vocab: int):
+    """A legacy (`--ckpt-format torch`) checkpoint, as Megatron-LM's load_checkpoint reads it:
+    this rank's file from get_checkpoint_name (tensor/pipeline/expert ranks of the current
+    parallel state), torch.load on the CPU, load_state_dict(state_dict['model'], strict=True)
+    into the NaN-filled model."""
+    from megatron.core import parallel_state as ps
+
+    E.allow_megatron_training_import()
+    from megatron.training.checkpointing import get_checkpoint_name
+
+    root = Path(ckpt)
+    tracker = (root / "latest_checkpointed_iteration.txt").read_text().strip()
+    release = tracker == "release"
+    name = get_checkpoint_name(
+        str(root), 0 if release else int(tracker), release,
+        pipeline_parallel=ps.get_pipeline_model_parallel_world_size() > 1,
+        tensor_rank=ps.get_tensor_model_parallel_rank(), pipeline_rank=ps.get_pipeline_model_parallel_rank(),
+        expert_parallel=ps.get_expert_model_parallel_world_size() > 1,
+        expert_rank=ps.get_expert_model_parallel_rank())
+    state = torch.load(name, map_location="cpu", weights_only=False)
+    torch.manual_seed(0)
+    model = build(cfg, padded_vocab)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    unwrap(model).load_state_dict(state["model"], strict=True)
+    return model
+
+
 @torch.no_grad()
 def forward(model, cfg: dict, padded_vocab: int, tokens) -> torch.Tensor:
     from megatron.core.tensor_parallel.random import initialize_rng_tracker
@@ -109,7 +142,8 @@ def run_job(job: dict) -> dict:
         out["tp_rank"] = ps.get_tensor_model_parallel_rank()
         out["ep_rank"] = ps.get_expert_model_parallel_rank()
         cfg = json.loads((Path(job["hf"]) / "config.json").read_text())
-        model = load_strict(cfg, job["checkpoint"], job["padded_vocab"])
+        load = load_legacy if job.get("format") == "torch" else load_strict
+        model = load(cfg, job["checkpoint"], job["padded_vocab"])
         for k, v in unwrap(model).state_dict().items():
             if isinstance(v, torch.Tensor):
                 out["state"][k] = v.detach().clone()
