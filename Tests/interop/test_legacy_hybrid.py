@@ -4,14 +4,15 @@ re-keyed, SequentialMLP experts).
 
 For nemotron3-moe-tiny at EP=2 (8 routed experts: 4 local experts per rank, `local_experts.<k>`),
 nemotron-h-tiny at TP=2 (Mamba in_proj/conv1d split per component, `conv1d_weight`) and
-nemotron3-super-tiny at EP=2 (LatentMoE, the MTP block on the last stage):
+nemotron3-super-tiny at EP=2 (LatentMoE, the MTP block), and nemotron-h-tiny at PP=2 (stage-local
+layer numbers; no forward across stages):
 - `nembridge import --spec local` -> DIST (torch_dist, TP=1), which Megatron-Core loads strictly
   through dist_checkpointing at the target layout (proven in test_hybrid / test_reshard_megatron);
 - `nembridge import --ckpt-format torch` and `nembridge reshard DIST --ckpt-format torch` at the
   target layout -> legacy rank files, each loaded by its rank as Megatron-LM's load_checkpoint
   does (get_checkpoint_name, torch.load, load_state_dict(strict=True) into a NaN-filled model).
 Every parameter of every rank must be byte-identical to the DIST load, nothing may stay NaN, and
-the fp32 logits must be equal (torch.equal). `export` of the legacy files gives the source HF
+the fp32 logits must be equal (torch.equal) where there is one stage. `export` of the legacy files gives the source HF
 tensors byte for byte.
 """
 from __future__ import annotations
@@ -31,11 +32,12 @@ from st_reference import weight_files
 
 TOOL = ROOT / "tools" / "hybrid" / "hybrid_load.py"
 TIMEOUT = 900
-# fixture -> (layout flags, tp, ep)
+# case -> (fixture, layout flags, tp, ep, pp)
 CASES = {
-    "nemotron3-moe-tiny": (["--ep", "2"], 1, 2),
-    "nemotron-h-tiny": (["--tp", "2"], 2, 1),
-    "nemotron3-super-tiny": (["--ep", "2"], 1, 2),
+    "moe-ep2": ("nemotron3-moe-tiny", ["--ep", "2"], 1, 2, 1),
+    "mamba-tp2": ("nemotron-h-tiny", ["--tp", "2"], 2, 1, 1),
+    "mamba-pp2": ("nemotron-h-tiny", ["--pp", "2"], 1, 1, 2),
+    "super-ep2": ("nemotron3-super-tiny", ["--ep", "2"], 1, 2, 1),
 }
 SOURCES = ["import", "reshard"]
 
@@ -55,19 +57,19 @@ def ckpt_dir(out: Path) -> Path:
 def checkpoints(nembridge, tmp_path_factory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("legacy-hybrid")
     out = {}
-    for name, (flags, tp, _) in CASES.items():
+    for case, (name, flags, tp, _, _) in CASES.items():
         # The torch_dist reference is written at the target TP, so its vocabulary padding
         # (128 x TP) is the one the legacy files have.
-        dist = root / f"{name}.dist"
+        dist = root / f"{case}.dist"
         nembridge.run("import", "--hf", hf_dir(name), "--out", dist, "--spec", "local", "--tp", str(tp)).ok()
-        out[(name, "dist")] = dist
-        imported = root / f"{name}.import"
+        out[(case, "dist")] = dist
+        imported = root / f"{case}.import"
         nembridge.run("import", "--hf", hf_dir(name), "--out", imported, "--spec", "local",
                       "--ckpt-format", "torch", *flags).ok()
-        out[(name, "import")] = imported
-        resharded = root / f"{name}.reshard"
+        out[(case, "import")] = imported
+        resharded = root / f"{case}.reshard"
         nembridge.run("reshard", dist, "--out", resharded, "--ckpt-format", "torch", *flags).ok()
-        out[(name, "reshard")] = resharded
+        out[(case, "reshard")] = resharded
     return out
 
 
@@ -77,16 +79,16 @@ def loads(checkpoints, tmp_path_factory) -> dict[tuple[str, str], list[dict]]:
 
     work = tmp_path_factory.mktemp("legacy-hybrid-load")
     jobs, tags = [], []
-    for name, (_, tp, ep) in CASES.items():
+    for case, (name, _, tp, ep, pp) in CASES.items():
         toks = TH.token_ids(TH.hf_config(name)["vocab_size"]).tolist()
         for source in ["dist"] + SOURCES:
-            path = checkpoints[(name, source)]
-            jobs.append({"hf": str(hf_dir(name)), "world_size": 2, "tp": tp, "ep": ep,
+            path = checkpoints[(case, source)]
+            jobs.append({"hf": str(hf_dir(name)), "world_size": 2, "tp": tp, "ep": ep, "pp": pp,
                          "padded_vocab": padded_vocab(name, tp), "tokens": toks,
                          "checkpoint": str(ckpt_dir(path) if source == "dist" else path),
                          "format": "torch_dist" if source == "dist" else "torch",
-                         "dump": str(work / f"{name}.{source}.pt")})
-            tags.append((name, source))
+                         "dump": str(work / f"{case}.{source}.pt")})
+            tags.append((case, source))
     (work / "jobs.json").write_text(json.dumps(jobs))
     env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, str(TOOL), "--jobs", str(work / "jobs.json")],
@@ -103,9 +105,10 @@ def loads(checkpoints, tmp_path_factory) -> dict[tuple[str, str], list[dict]]:
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("name", list(CASES))
-def test_legacy_loads_per_rank_bit_identical_to_torch_dist(loads, name, source):
-    reference, legacy = loads[(name, "dist")], loads[(name, source)]
+@pytest.mark.parametrize("case", list(CASES))
+def test_legacy_loads_per_rank_bit_identical_to_torch_dist(loads, case, source):
+    name, pp = CASES[case][0], CASES[case][4]
+    reference, legacy = loads[(case, "dist")], loads[(case, source)]
     for rank, (want, got) in enumerate(zip(reference, legacy)):
         assert want["ok"], f"{name} torch_dist rank {rank}: {want['error']}"
         assert got["ok"], f"{name} legacy ({source}) rank {rank}: {got['error']}"
@@ -114,19 +117,28 @@ def test_legacy_loads_per_rank_bit_identical_to_torch_dist(loads, name, source):
         assert sorted(got["extra_state"]) == sorted(want["extra_state"])
         bad = [m for k in want["state"] if (m := raw_mismatch(k, got["state"][k], want["state"][k]))]
         assert not bad, f"rank {rank}: {len(bad)} parameters differ from the torch_dist load: {bad[:5]}"
-        assert torch.equal(got["logits"], want["logits"]), f"rank {rank}: logits differ"
+        if pp == 1:
+            assert torch.equal(got["logits"], want["logits"]), f"rank {rank}: logits differ"
+    if pp == 2:
+        # Each stage numbers its layers from 0: both ranks hold a `decoder.layers.0.`, the
+        # embedding only on the first, the output layer only on the last.
+        assert all(any(k.startswith("decoder.layers.0.") for k in x["state"]) for x in legacy)
+        assert "embedding.word_embeddings.weight" in legacy[0]["state"]
+        assert "embedding.word_embeddings.weight" not in legacy[1]["state"]
+        assert "output_layer.weight" in legacy[1]["state"] and "output_layer.weight" not in legacy[0]["state"]
     if name == "nemotron3-moe-tiny":
         # EP rank r holds global experts 4r..4r+3 as local experts 0..3.
         assert [x["ep_rank"] for x in legacy] == [0, 1]
         assert any(".local_experts.3." in k for k in legacy[1]["state"])
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_legacy_export_is_the_source(nembridge, checkpoints, tmp_path, name):
+@pytest.mark.parametrize("case", list(CASES))
+def test_legacy_export_is_the_source(nembridge, checkpoints, tmp_path, case):
     from safetensors import safe_open
 
+    name = CASES[case][0]
     out = tmp_path / "hf"
-    nembridge.run("export", "--megatron", checkpoints[(name, "import")], "--out", out).ok()
+    nembridge.run("export", "--megatron", checkpoints[(case, "import")], "--out", out).ok()
     src = {}
     for f in weight_files(hf_dir(name)):
         with safe_open(hf_dir(name) / f, "pt") as h:

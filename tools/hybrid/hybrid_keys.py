@@ -127,6 +127,7 @@ def transformer_config(cfg: dict, dtype=torch.bfloat16):
         init_method_std=cfg.get("initializer_range", 0.02),
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
         expert_model_parallel_size=parallel_state.get_expert_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
         **E.CPU_ONLY_CONFIG,  # CPU: no fused kernels, no CUDA init
         is_hybrid_model=True,
         mamba_state_dim=cfg["ssm_state_size"],

@@ -18,7 +18,8 @@ Loading: every floating parameter and buffer is NaN-filled, then
 An fp32 copy of the main model (no Float16Module, bf16 -> fp32 exact; no MTP block) runs the forward with the pure-PyTorch
 mamba_ssm stand-in (tools/hybrid/mamba_ssm_standin).
 
-JOBS.json: a list of {"hf": HF_DIR, "checkpoint": DIR, "world_size": 1|2, "tp", "ep",
+JOBS.json: a list of {"hf": HF_DIR, "checkpoint": DIR, "world_size": 1|2, "tp", "ep", "pp" (1
+by default; with 2 each rank builds and loads its stage, and no forward is run),
 "padded_vocab", "tokens": [[...]] or null, "dump": OUT.pt, "format": "torch_dist" (default) or
 "torch"}. A "torch" (legacy) checkpoint is read as Megatron-LM's load_checkpoint reads it: the
 rank's file from get_checkpoint_name, torch.load, load_state_dict(strict=True) (`load_legacy`).
@@ -138,7 +139,7 @@ def run_job(job: dict) -> dict:
     out = {"ok": False, "error": None, "rank": rank, "tp": job["tp"], "ep": job["ep"],
            "state": {}, "extra_state": [], "nan_after_load": [], "logits": None}
     try:
-        E.init_model_parallel(job["tp"], job["ep"])
+        E.init_model_parallel(job["tp"], job["ep"], job.get("pp", 1))
         out["tp_rank"] = ps.get_tensor_model_parallel_rank()
         out["ep_rank"] = ps.get_expert_model_parallel_rank()
         cfg = json.loads((Path(job["hf"]) / "config.json").read_text())
@@ -151,7 +152,8 @@ def run_job(job: dict) -> dict:
                     out["nan_after_load"].append(k)
             else:
                 out["extra_state"].append(k)
-        if job.get("tokens") is not None:
+        # A forward needs every stage: only without pipeline parallelism.
+        if job.get("tokens") is not None and job.get("pp", 1) == 1:
             out["logits"] = forward(model, cfg, job["padded_vocab"], job["tokens"])
         out["ok"] = True
     except BaseException as e:  # DCP's CheckpointException is a BaseException

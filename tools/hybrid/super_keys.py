@@ -148,6 +148,7 @@ def stack_spec():
 
 def build_model(cfg: dict, dtype=torch.bfloat16, float16_module=True, with_mtp=True,
                 vocab_size=None, parallel_output=True):
+    from megatron.core import parallel_state as ps
     from megatron.core.models.hybrid.hybrid_model import HybridModel
     from megatron.core.transformer.module import Float16Module
 
@@ -159,8 +160,10 @@ def build_model(cfg: dict, dtype=torch.bfloat16, float16_module=True, with_mtp=T
         config=tcfg, hybrid_stack_spec=stack_spec(),
         vocab_size=vocab_size or cfg["vocab_size"],
         max_sequence_length=cfg["max_position_embeddings"],
-        hybrid_layer_pattern=unified_pattern(cfg, with_mtp), pre_process=True,
-        post_process=True, parallel_output=parallel_output,
+        hybrid_layer_pattern=unified_pattern(cfg, with_mtp),
+        # this pipeline stage's part (the whole model at PP=1), like get_model
+        pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
+        parallel_output=parallel_output,
         share_embeddings_and_output_weights=cfg.get("tie_word_embeddings", False),
         position_embedding_type="none")
     if float16_module and dtype != torch.float32:
