@@ -128,11 +128,9 @@ public struct MegatronReshard: Sendable {
             self.checkpoint = checkpoint
             legacySource = nil
             source = checkpoint
-            if checkpoint.metadata.bytesItems.contains(Self.commonStateKey), case .list(let wrapped) = try checkpoint.objectValue(key: Self.commonStateKey),
-                wrapped.count == 1 {
-                common = wrapped[0]
-                arguments = wrapped[0]["args"]
-            }
+            // The embedded item (core 0.19) or common.pt (up to 0.18).
+            common = try checkpoint.commonState()
+            arguments = common?["args"]
             if arguments?["transformer_impl"]?.stringValue == "local" {
                 model = try ResolvedModel(table: model.table, config: model.config, configPath: model.configPath, spec: .local)
             }
@@ -166,6 +164,23 @@ public struct MegatronReshard: Sendable {
                 tensors.append((spec.key, DCPTensorMetadata(dtype: dtype, size: spec.globalShape, chunks: chunks)))
             }
         }
+        if arguments == nil {
+            // A plain DCP directory, or legacy files without args: describe the model from its config.
+            var described = HFImport.Options()
+            described.tensorParallel = options.tensorParallel
+            described.pipelineParallel = options.pipelineParallel
+            described.expertParallel = options.expertParallel
+            described.expertTensorParallel = options.expertTensorParallel
+            described.spec = mapping.model.spec
+            described.format = options.format
+            let generated = HFImport.commonState(model: mapping.model, mapping: mapping, options: described, dtype: tensors.first?.metadata.dtype)
+            common = common ?? generated
+            arguments = generated["args"]
+            if case .dict(var entries)? = common, !entries.contains(where: { $0.key == .string("args") }), let args = arguments {
+                entries.insert((.string("args"), args), at: 0)
+                common = .dict(entries)
+            }
+        }
         var objects: [(key: String, bytes: [UInt8])] = []
         if let checkpoint, options.format == .torchDist {
             // Keys outside the mapping (training state) keep their chunks; objects are carried,
@@ -178,11 +193,13 @@ public struct MegatronReshard: Sendable {
                 return (key, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))
             }
         } else if options.format == .torchDist {
-            // From legacy files: the common state from their args, and the `_extra_state` objects Megatron-Core asks for.
-            if let value = common { objects.append((Self.commonStateKey, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))) }
+            // From legacy files: the `_extra_state` objects Megatron-Core asks for (the common state is added below).
             objects.append(contentsOf: try HFImport.extraStateObjects(mapping))
         }
         commonState = common.map { Self.settingParallelSizes($0, options) }
+        if options.format == .torchDist, !objects.contains(where: { $0.key == Self.commonStateKey }), let commonState {
+            objects.insert((Self.commonStateKey, try TorchSaveArchive.objectArchive(.list([commonState]))), at: 0)
+        }
         let layout = try TorchDistLayout(tensors: tensors, objects: objects, fileCount: options.fileCount)
         self.layout = layout
         targetRanks = layout.tensorItems.map { readers[ChunkID(key: $0.key, offsets: $0.chunk.offsets)] }
@@ -193,7 +210,7 @@ public struct MegatronReshard: Sendable {
                 mapping: mapping,
                 sizes: ParallelSizes(tensor: options.tensorParallel, pipeline: options.pipelineParallel, expert: options.expertParallel,
                                      expertTensor: options.expertTensorParallel),
-                spec: spec, arguments: arguments ?? .none,
+                spec: spec, arguments: arguments ?? .none,  // set above from the source or the config
                 iteration: { if case .number(let value)? = folder.iteration { value } else { 0 } }(),
                 dtype: { try source.tensor($0).dtype },
                 steps: { piece, base in

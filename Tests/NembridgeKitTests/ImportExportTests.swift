@@ -345,11 +345,13 @@ struct MegatronReshardTests {
         var wide = MegatronReshard.Options()
         // The Nemotron fixture has 2 Mamba groups: TP 4 is refused, as Megatron-Core refuses it.
         wide.tensorParallel = relative.hasPrefix("nemotron") ? 2 : 4
-        wide.expertParallel = 4
+        // Only a model with routed experts has an expert-parallel size (Megatron-LM refuses --ep otherwise).
+        let hasExperts = relative.hasPrefix("nemotron3-moe")
+        wide.expertParallel = hasExperts ? 4 : 1
         try MegatronReshard(checkpoint: scratch + "/tp1", output: scratch + "/tp4", options: wide).run(executor: executor)
         var narrow = MegatronReshard.Options()
         narrow.tensorParallel = 2
-        narrow.expertParallel = 2
+        narrow.expertParallel = hasExperts ? 2 : 1
         try MegatronReshard(checkpoint: scratch + "/tp4", output: scratch + "/tp2", options: narrow).run(executor: executor)
         #expect(try CheckpointVerifier.verify(scratch + "/tp1", scratch + "/tp2").passed)
         #expect(try CheckpointVerifier.verifyManifest(scratch + "/tp4").passed)
