@@ -398,6 +398,7 @@ public struct HFImport: Sendable {
             mapping: mapping, sizes: ParallelSizes(tensor: options.tensorParallel, pipeline: options.pipelineParallel,
                                                    expert: options.expertParallel, expertTensor: options.expertTensorParallel),
             spec: options.spec, arguments: commonState["args"] ?? .none, iteration: options.iteration ?? 0,
+            vocabDivisor: options.vocabDivisor,
             dtype: { key in
                 guard let dtype = dtypes[key] else { preconditionFailure("no item of \(key)") }
                 return dtype

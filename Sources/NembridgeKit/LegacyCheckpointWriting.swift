@@ -20,17 +20,24 @@ public struct LegacyCheckpointPlan: Sendable {
     ///   - arguments: the `args` Namespace; its parallel sizes and format are set to the layout's.
     ///   - dtype: the stored dtype of a global key.
     ///   - steps: the moves that fill one box of a global key, destinations counted from `base`.
+    ///   - vocabDivisor: Megatron-LM's `make_vocab_size_divisible_by`: the vocabulary is padded
+    ///     for the target's tensor-parallel size as Megatron-LM builds that model.
     public init(mapping: MappingPlan, sizes: ParallelSizes, spec: MegatronSpec, arguments: PickleValue, iteration: Int,
-                dtype: (String) throws -> DType, steps: (LegacyLayout.Piece, Int64) throws -> [MoveGroup.Step]) throws {
+                vocabDivisor: Int, dtype: (String) throws -> DType,
+                steps: (LegacyLayout.Piece, Int64) throws -> [MoveGroup.Step]) throws {
         let renames = mapping.model.table.stateDictRenames[spec] ?? []
         layout = try LegacyLayout(mapping: mapping, sizes: sizes, expertNaming: spec == .local ? .sequential : .grouped,
-                                  moduleRenames: renames)
+                                  moduleRenames: renames, vocabDivisor: vocabDivisor)
         var sizeFields: [(name: String, value: PickleValue)] = [
             ("tensor_model_parallel_size", .int(Int64(sizes.tensor))), ("pipeline_model_parallel_size", .int(Int64(sizes.pipeline))),
             ("expert_model_parallel_size", .int(Int64(sizes.expert))), ("ckpt_format", .string("torch")),
         ]
         if sizes.expertTensor != sizes.tensor || arguments["expert_tensor_parallel_size"] != nil {
             sizeFields.append(("expert_tensor_parallel_size", .int(Int64(sizes.expertTensor))))
+        }
+        if let padded = layout.paddedVocabSize {
+            sizeFields.append(("padded_vocab_size", .int(Int64(padded))))
+            sizeFields.append(("make_vocab_size_divisible_by", .int(Int64(vocabDivisor))))
         }
         let args = arguments.settingNamespaceFields(sizeFields)
         var files: [LegacyRankFilePlan] = []
@@ -62,8 +69,10 @@ public struct LegacyCheckpointPlan: Sendable {
                 var moves: [MoveGroup.Step] = []
                 let type = plan.tensors[tensorIndex].dtype
                 for piece in pieces {
-                    moves.append(contentsOf: try steps(piece, base))
-                    base += Int64(ShapeArithmetic.byteCount(piece.sizes, type) ?? 0)
+                    let count = Int64(ShapeArithmetic.byteCount(piece.sizes, type) ?? 0)
+                    // Padding rows stay a hole of the fresh file, which reads as zeros.
+                    moves.append(contentsOf: piece.isPadding ? [.zeros(count: count)] : try steps(piece, base))
+                    base += count
                 }
                 precondition(base == plan.tensorDataRange(tensorIndex).end, "pieces of \(entry.name) \(shape) do not fill it")
                 fileFills.append(moves)
@@ -120,7 +129,7 @@ public struct LegacyCheckpointPlan: Sendable {
                 case .extraState:
                     lines.append("    \(entry.name) = None")
                 case .tensor(let shape, let pieces):
-                    let boxes = pieces.map { "\($0.key)\($0.offsets)+\($0.sizes)" }.joined(separator: " ; ")
+                    let boxes = pieces.map { $0.isPadding ? "zeros \($0.sizes)" : "\($0.key)\($0.offsets)+\($0.sizes)" }.joined(separator: " ; ")
                     lines.append("    \(entry.name) \(formatShape(shape)) \(plan.tensors[index].dtype) <- \(boxes)")
                     index += 1
                 }

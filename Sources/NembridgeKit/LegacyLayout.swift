@@ -51,11 +51,13 @@ public enum LegacyLayoutError: Error, Equatable, CustomStringConvertible {
 /// to the pipeline stage, expert ids local to the expert-parallel rank, as
 /// `state_dict_for_save_checkpoint()` names them.
 public struct LegacyLayout: Sendable {
-    /// One box of a global tensor: `key` at `offsets` with `sizes` (prepended axes included).
+    /// One box of a global tensor: `key` at `offsets` with `sizes` (prepended axes included), or
+    /// zero rows of that shape (`isPadding`: vocabulary rows the target's padding adds beyond the key).
     public struct Piece: Sendable, Hashable {
         public let key: String
         public let offsets: [Int]
         public let sizes: [Int]
+        public var isPadding = false
     }
 
     public struct Entry: Sendable {
@@ -75,6 +77,9 @@ public struct LegacyLayout: Sendable {
     }
 
     public let sizes: ParallelSizes
+    /// Rows of the vocabulary-parallel tensors: the vocabulary padded as Megatron-LM pads it for
+    /// the target's tensor-parallel size (nil without vocabulary-parallel tensors).
+    public let paddedVocabSize: Int?
     /// Global layer numbers of each pipeline stage.
     public let stageLayers: [Range<Int>]
     public let ranks: [LegacyRank]
@@ -88,8 +93,12 @@ public struct LegacyLayout: Sendable {
     ///   - stageLayers: nil to split the layers evenly over the pipeline stages.
     ///   - moduleRenames: checkpoint-key fragment → state-dict fragment, for specs whose modules are
     ///     named differently from the checkpoint keys (the local spec's separate norms).
+    ///   - vocabDivisor: Megatron-LM's `make_vocab_size_divisible_by`; vocabulary-parallel tensors
+    ///     get `vocab_size` rounded up to a multiple of it × the tensor-parallel size (zero rows
+    ///     added, or padding rows of the source dropped), as the target's model is built. Nil keeps
+    ///     the source's rows.
     public init(mapping: MappingPlan, sizes: ParallelSizes, stageLayers: [Range<Int>]? = nil, expertNaming: ExpertNaming,
-                moduleRenames: [(key: String, module: String)]) throws {
+                moduleRenames: [(key: String, module: String)], vocabDivisor: Int? = nil) throws {
         self.sizes = sizes
         let layerCount = mapping.model.layerCount
         if let stageLayers {
@@ -113,9 +122,16 @@ public struct LegacyLayout: Sendable {
             }
         }
         self.ranks = ranks
-        let namer = LocalNamer(stageLayers: self.stageLayers, expertsPerRank: nil, expertNaming: expertNaming, renames: moduleRenames)
         let expertCount = mapping.megatronTensors.first { $0.key.contains("experts.experts") }?.prefixSizes.last
-        let expertsPerRank = expertCount.map { $0 / max(1, sizes.expert) }
+        let namer = LocalNamer(stageLayers: self.stageLayers, expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) },
+                               expertNaming: expertNaming, renames: moduleRenames)
+        var padded: Int?
+        if let divisor = vocabDivisor, let vocab = mapping.model.argument("vocab_size")?.intValue,
+            mapping.megatronTensors.contains(where: { $0.split == .vocab }) {
+            let multiple = divisor * sizes.tensor
+            padded = (vocab + multiple - 1) / multiple * multiple
+        }
+        paddedVocabSize = padded ?? mapping.megatronTensors.first { $0.split == .vocab }?.shape.first
         var entries: [LegacyRank: [Entry]] = [:]
         var named: [LegacyRank: [String: Int]] = [:]
         func add(_ rank: LegacyRank, _ name: String, _ shape: [Int], _ pieces: [Piece], primary: Bool) {
@@ -129,15 +145,32 @@ public struct LegacyLayout: Sendable {
             named[rank, default: [:]][name] = entries[rank, default: []].count
             entries[rank, default: []].append(Entry(name: name, content: .tensor(shape: shape, pieces: pieces), isPrimary: primary))
         }
-        var namerWithExperts = namer
-        namerWithExperts.expertsPerRank = expertsPerRank
         var embeddingPieces: [Int: (shape: [Int], pieces: [Piece])] = [:]
         let tied = !mapping.megatronTensors.contains { $0.key == "output_layer.weight" }
         for spec in mapping.megatronTensors {
             let isExpert = spec.key.contains("experts.experts")
             let parallel = isExpert ? sizes.expertTensor : sizes.tensor
+            let (name, stage, expertRank) = try namer.local(spec.name)
+            if spec.split == .vocab, let padded, padded != spec.shape.first {
+                // Rows of the target's padded vocabulary: the key's rows, then zeros.
+                guard padded % sizes.tensor == 0, spec.shape.count == 2 else {
+                    throw MappingError.cannotSplit(what: "`\(spec.name)`", reason: "\(padded) vocabulary rows over \(sizes.tensor) ranks")
+                }
+                let rowsPerRank = padded / sizes.tensor, keyRows = spec.shape[0], columns = spec.shape[1]
+                for rank in ranks where rank.pipeline == stage {
+                    let low = rank.tensor * rowsPerRank, high = low + rowsPerRank
+                    var pieces: [Piece] = []
+                    if low < keyRows { pieces.append(Piece(key: spec.key, offsets: [low, 0], sizes: [min(high, keyRows) - low, columns])) }
+                    if high > keyRows {
+                        let first = max(low, keyRows)
+                        pieces.append(Piece(key: spec.key, offsets: [first, 0], sizes: [high - first, columns], isPadding: true))
+                    }
+                    add(rank, name, [rowsPerRank, columns], pieces, primary: rank.expert == 0)
+                    if spec.key == "embedding.word_embeddings.weight", rank.expert == 0 { embeddingPieces[rank.tensor] = ([rowsPerRank, columns], pieces) }
+                }
+                continue
+            }
             let plans = try HFImport.chunkPlans(spec, parallel: parallel)
-            let (name, stage, expertRank) = try namerWithExperts.local(spec.name)
             for rank in ranks where rank.pipeline == stage && (expertRank == nil || rank.expert == expertRank) {
                 let shardRank = isExpert && sizes.expertTensor == 1 ? 0 : rank.tensor
                 let mine = plans.filter { $0.tensorParallelRank == nil || $0.tensorParallelRank == shardRank }
@@ -163,7 +196,7 @@ public struct LegacyLayout: Sendable {
         // dict has an `_extra_state` (dist checkpoints do not ask for it).
         if !extraModules.isEmpty, !extraModules.contains("output_layer") { extraModules.append("output_layer") }
         for module in extraModules {
-            let (name, stage, expertRank) = try namerWithExperts.local(module + "._extra_state")
+            let (name, stage, expertRank) = try namer.local(module + "._extra_state")
             let owner = String(name.dropLast("_extra_state".count))
             for rank in ranks where rank.pipeline == stage && (expertRank == nil || rank.expert == expertRank) {
                 guard named[rank]?[name] == nil, let list = entries[rank] else { continue }

@@ -212,6 +212,7 @@ public struct MegatronReshard: Sendable {
                                      expertTensor: options.expertTensorParallel),
                 spec: spec, arguments: arguments ?? .none,  // set above from the source or the config
                 iteration: { if case .number(let value)? = folder.iteration { value } else { 0 } }(),
+                vocabDivisor: arguments?["make_vocab_size_divisible_by"]?.intValue ?? 128,
                 dtype: { try source.tensor($0).dtype },
                 steps: { piece, base in
                     try source.boxPieces(key: piece.key, offsets: piece.offsets, sizes: piece.sizes).map {

@@ -20,6 +20,8 @@ stage holds its own output_layer.weight, the embedding's copy):
    byte-identical; Megatron loads it and equals MLEGACY), DIST -> legacy TP=2 PP=2 (check
    passes), MLEGACY -> legacy TP=1 PP=2 (export byte-identical). The default (te) spec's legacy
    import exports byte-identical too.
+   A torch_dist source padded for TP=1 (multiple of 8) -> legacy TP=2: the vocabulary is
+   re-padded for the target (multiple of 16, zero rows), as the model Megatron-LM builds there.
 6. A legacy checkpoint with a rank file missing, or with a truncated rank file: export exits
    non-zero naming it and writes nothing.
 
@@ -117,6 +119,10 @@ def made(nembridge, dist, mlegacy, work) -> dict[tuple[str, str], tuple]:
                    "--hf-config", hf],
             "l12": ["reshard", "--megatron", mlegacy[n], "--ckpt-format", "torch", "--tp", 1,
                     "--pp", 2, "--hf-config", hf],
+            # vocabulary padded to a multiple of 8 at TP=1; the TP=2 legacy files need a multiple
+            # of 16 (Megatron-LM's padding for the target's TP): zero rows are added
+            "dist8": ["import", "--hf", hf, "--spec", "local", "--make-vocab-size-divisible-by", 8],
+            "l8": ["reshard", work / f"{n}.dist8", "--ckpt-format", "torch", "--tp", TP, "--pp", PP],
         }
         for step, args in steps.items():
             d = work / f"{n}.{step}"
@@ -138,7 +144,8 @@ def checks(dist, mlegacy, made, work) -> dict[tuple[str, str], list[dict]]:
         for tag, legacy, ref in (("megatron", mlegacy[n], dist[n]),
                                  ("nlegacy", made[(n, "nlegacy")][1], dist[n]),
                                  ("l3", made[(n, "l3")][1], dist[n]),
-                                 ("d2", mlegacy[n], made[(n, "d2")][1])):
+                                 ("d2", mlegacy[n], made[(n, "d2")][1]),
+                                 ("l8", made[(n, "l8")][1], made[(n, "dist8")][1])):
             jobs.append({"cmd": "check", "legacy": str(legacy), "reference": str(ref)})
             tags.append((n, tag))
     _, results = run_tool(jobs, work, "check")
@@ -278,6 +285,21 @@ def test_reshard_megatron_legacy_to_tp1_pp2_export_byte_identical(nembridge, mad
     d = made_ok(made, name, "l12")
     assert_legacy_layout(d, [f"release/mp_rank_00_{p:03d}/model_optim_rng.pt" for p in (0, 1)])
     assert_byte_identical(name, export(nembridge, d, work / f"{name}.l12.hf", name))
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_reshard_to_legacy_pads_the_vocabulary_for_the_target_tp(nembridge, made, checks, work, name):
+    """The torch_dist source pads to a multiple of 8 (TP=1); Megatron-LM builds the TP=2 model
+    with a multiple of 8 x 2: the legacy rows are the source's, then zeros, and load there."""
+    d = made_ok(made, name, "l8")
+    assert_legacy_layout(d, RANK_FILES)
+    vocab = json.loads((hf_dir(name) / "config.json").read_text())["vocab_size"]
+    state = torch.load(d / RANK_FILES[0], map_location="cpu", weights_only=False)
+    want = -(-vocab // (8 * TP)) * 8 * TP
+    assert state["args"].padded_vocab_size == want
+    assert state["model"]["embedding.word_embeddings.weight"].shape[0] == want // TP
+    assert_check_passed(checks, name, "l8")
+    assert_byte_identical(name, export(nembridge, d, work / f"{name}.l8.hf", name))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ run one after the other by the same ranks (one Megatron import). --json FILE wri
 (per job, per rank: ok, error, summary, file, names, ...).
 
 TP x PP gloo ranks are spawned (DP = 1). Every rank builds its pipeline stage's GPTModel from a
-checkpoint's `args` and loads the torch_dist checkpoint DIST into it strictly
+checkpoint's `args` (with padded_vocab_size recomputed for the layout's TP, as Megatron-LM's
+tokenizer step does) and loads the torch_dist checkpoint DIST into it strictly
 (gpt_from_args.load_model: NaN fill, RAISE_ALL, load_state_dict(strict=True)).
 
 save: `torch.save` of what save_checkpoint builds for ckpt_format 'torch' -- generate_state_dict
@@ -132,13 +133,25 @@ def local_step(fn):
 # ------------------------------------------------------------------------------------------------
 # save
 
+def layout_vocab(args, tp: int):
+    """A copy of `args` with padded_vocab_size as Megatron-LM's tokenizer step computes it for
+    this run's TP (vocab_size rounded up to make_vocab_size_divisible_by x TP): the size of the
+    vocabulary-parallel tensors of the model a run at this layout builds."""
+    from megatron.training.vocab_utils import calculate_padded_vocab_size
+
+    out = argparse.Namespace(**vars(args))
+    out.padded_vocab_size = calculate_padded_vocab_size(
+        args.vocab_size, args.make_vocab_size_divisible_by, tp, logging_enabled=False)
+    return out
+
+
 def run_save(job: dict, tp: int, pp: int) -> dict:
     import gpt_from_args as G
 
     C = training_checkpointing()
     dist = local_step(lambda: G.resolve_ckpt_dir(job["from"]))
     common = local_step(lambda: G.read_common_state(dist))
-    args = common["args"]
+    args = layout_vocab(common["args"], tp)
     model, _ = G.load_model(dist, args)
     iteration, release = dist_iteration(dist, common)
 
@@ -238,7 +251,7 @@ def run_check(job: dict, tp: int, pp: int) -> dict:
     local_step(load)
     # (b) the torch_dist reference (collective)
     ref_dir = local_step(lambda: G.resolve_ckpt_dir(job["reference"]))
-    ref_args = local_step(lambda: G.read_args(ref_dir))
+    ref_args = local_step(lambda: layout_vocab(G.read_args(ref_dir), tp))
     ref, _ = G.load_model(ref_dir, ref_args)
     a, b = G.unwrap(legacy).state_dict(), G.unwrap(ref).state_dict()
     at = {k for k, v in a.items() if isinstance(v, torch.Tensor)}
