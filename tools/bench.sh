@@ -118,6 +118,10 @@ convert_bench "Llama-3.2-1B shape, 4 layers" 4 "$DATA/llama-4" "$ROOT/tools/benc
 convert_bench "Nemotron-3-MoE shape (24 hybrid layers, 128 experts per MoE layer, ~3,300 tensors)" moe "$DATA/moe" "$ROOT/tools/bench/make_moe_model.py"
 ROWS=("${SAFETENSORS_ROWS[@]}")
 
+# Notes written by hand below this marker (variance across runs) survive a re-run.
+MARKER='<!-- notes below are kept by make bench -->'
+KEPT=""
+if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,\$p" "$OUT")"; fi
 {
     echo "# nembridge benchmarks"
     echo
@@ -148,5 +152,6 @@ ROWS=("${SAFETENSORS_ROWS[@]}")
     echo "Each nembridge run is followed by \`sync\`, like the copy. Targets (issue 5): import and export"
     echo "within 1.25× the durable copy, peak RSS ≤ 256 MiB whatever the model size."
     printf '%s\n' "${CONVERT_ROWS[@]}"
+    if [[ -n "$KEPT" ]]; then echo; printf '%s\n' "$KEPT"; fi
 } > "$OUT"
 echo "bench: wrote $OUT"
