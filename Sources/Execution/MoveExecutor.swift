@@ -17,6 +17,9 @@ public final class MoveExecutor: Sendable {
     public let chunkBytes: Int
     public let mode: CopyMode
     let pool: BufferPool
+    /// One run at a time: the workers of a run own the pool's buffers (a second run on the same
+    /// executor from another thread waits instead of sharing them).
+    let runLock = Mutex(())
 
     public init(workers: Int = 2, chunkBytes: Int = 16 << 20, mode: CopyMode = .kernel) {
         precondition(workers > 0 && chunkBytes > 0)
@@ -47,26 +50,28 @@ public final class MoveExecutor: Sendable {
         let failure = Mutex<(any Error)?>(nil)
         let mode = self.mode
         let pool = self.pool
-        DispatchQueue.concurrentPerform(iterations: min(workers, max(work.count, 1))) { worker in
-            let buffer = pool.buffer(worker)
-            while failure.withLock({ $0 == nil }) {
-                let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard index < work.count else { return }
-                let piece = work[index]
-                do {
-                    var copied = false
-                    if mode == .kernel {
-                        copied = try output.copy(from: piece.source, range: piece.range, to: piece.destinationOffset)
+        runLock.withLock { _ in
+            DispatchQueue.concurrentPerform(iterations: min(workers, max(work.count, 1))) { worker in
+                let buffer = pool.buffer(worker)
+                while failure.withLock({ $0 == nil }) {
+                    let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard index < work.count else { return }
+                    let piece = work[index]
+                    do {
+                        var copied = false
+                        if mode == .kernel {
+                            copied = try output.copy(from: piece.source, range: piece.range, to: piece.destinationOffset)
+                        }
+                        if !copied {
+                            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.range.count)])
+                            try piece.source.read(into: slice, at: piece.range.offset)
+                            try output.write(UnsafeRawBufferPointer(slice), at: piece.destinationOffset)
+                        }
+                        progress?.add(piece.range.count)
+                    } catch {
+                        failure.withLock { if $0 == nil { $0 = error } }
+                        return
                     }
-                    if !copied {
-                        let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.range.count)])
-                        try piece.source.read(into: slice, at: piece.range.offset)
-                        try output.write(UnsafeRawBufferPointer(slice), at: piece.destinationOffset)
-                    }
-                    progress?.add(piece.range.count)
-                } catch {
-                    failure.withLock { if $0 == nil { $0 = error } }
-                    return
                 }
             }
         }

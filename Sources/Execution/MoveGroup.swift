@@ -75,76 +75,78 @@ extension MoveExecutor {
         let chunk = chunkBytes
         let mode = self.mode
         let pool = self.pool
-        DispatchQueue.concurrentPerform(iterations: min(workers, max(groups.count, 1))) { worker in
-            let buffer = pool.buffer(worker)
-            while failure.withLock({ $0 == nil }) {
-                guard let index = take(worker) else { return }
-                let group = groups[index]
-                do {
-                    for step in group.steps {
-                        switch step {
-                        case .zeros(var left):
-                            guard let observer = group.observer else { continue }
-                            let zeroed = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(left, Int64(chunk)))])
-                            zeroed.initializeMemory(as: UInt8.self, repeating: 0)
-                            while left > 0 {
-                                let count = Int(min(left, Int64(zeroed.count)))
-                                try observer.consume(UnsafeRawBufferPointer(rebasing: zeroed[0..<count]))
-                                left -= Int64(count)
-                            }
-                        case .strided(let source, let firstRow, let stride, let segmentOffset, let segment, let rows, let destination):
-                            // Whole rows are read in blocks and compacted in place, so a column
-                            // slice costs one read per block, not one per row.
-                            let rowsPerBlock = stride <= Int64(chunk) ? max(1, Int64(chunk) / stride) : 0
-                            var row: Int64 = 0
-                            var written: Int64 = 0
-                            while row < rows {
-                                let count: Int64
-                                if rowsPerBlock > 0 {
-                                    count = min(rowsPerBlock, rows - row)
-                                    let block = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count * stride)])
-                                    try source.read(into: block, at: firstRow + row * stride)
-                                    for index in 0..<Int(count) {
-                                        let from = buffer.baseAddress! + index * Int(stride) + Int(segmentOffset)
-                                        let to = buffer.baseAddress! + index * Int(segment)
-                                        if from != to { memmove(to, from, Int(segment)) }
-                                    }
-                                } else {
-                                    count = 1
-                                    precondition(segment <= Int64(chunk), "a row segment larger than the buffer")
-                                    let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(segment)])
-                                    try source.read(into: piece, at: firstRow + row * stride + segmentOffset)
+        runLock.withLock { _ in
+            DispatchQueue.concurrentPerform(iterations: min(workers, max(groups.count, 1))) { worker in
+                let buffer = pool.buffer(worker)
+                while failure.withLock({ $0 == nil }) {
+                    guard let index = take(worker) else { return }
+                    let group = groups[index]
+                    do {
+                        for step in group.steps {
+                            switch step {
+                            case .zeros(var left):
+                                guard let observer = group.observer else { continue }
+                                let zeroed = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(left, Int64(chunk)))])
+                                zeroed.initializeMemory(as: UInt8.self, repeating: 0)
+                                while left > 0 {
+                                    let count = Int(min(left, Int64(zeroed.count)))
+                                    try observer.consume(UnsafeRawBufferPointer(rebasing: zeroed[0..<count]))
+                                    left -= Int64(count)
                                 }
-                                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<Int(count * segment)])
-                                try group.sink.write(bytes, at: destination + written)
-                                try group.observer?.consume(bytes)
-                                progress?.add(Int64(bytes.count))
-                                written += Int64(bytes.count)
-                                row += count
-                            }
-                        case .copy(let source, let range, let destination):
-                            if mode == .kernel, group.observer == nil,
-                                try group.sink.copy(from: source, range: range, to: destination)
-                            {
-                                progress?.add(range.count)
-                                continue
-                            }
-                            var done: Int64 = 0
-                            while done < range.count {
-                                let count = Int(min(Int64(chunk), range.count - done))
-                                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
-                                try source.read(into: slice, at: range.offset + done)
-                                try group.sink.write(UnsafeRawBufferPointer(slice), at: destination + done)
-                                try group.observer?.consume(UnsafeRawBufferPointer(slice))
-                                done += Int64(count)
-                                progress?.add(Int64(count))
+                            case .strided(let source, let firstRow, let stride, let segmentOffset, let segment, let rows, let destination):
+                                // Whole rows are read in blocks and compacted in place, so a column
+                                // slice costs one read per block, not one per row.
+                                let rowsPerBlock = stride <= Int64(chunk) ? max(1, Int64(chunk) / stride) : 0
+                                var row: Int64 = 0
+                                var written: Int64 = 0
+                                while row < rows {
+                                    let count: Int64
+                                    if rowsPerBlock > 0 {
+                                        count = min(rowsPerBlock, rows - row)
+                                        let block = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count * stride)])
+                                        try source.read(into: block, at: firstRow + row * stride)
+                                        for index in 0..<Int(count) {
+                                            let from = buffer.baseAddress! + index * Int(stride) + Int(segmentOffset)
+                                            let to = buffer.baseAddress! + index * Int(segment)
+                                            if from != to { memmove(to, from, Int(segment)) }
+                                        }
+                                    } else {
+                                        count = 1
+                                        precondition(segment <= Int64(chunk), "a row segment larger than the buffer")
+                                        let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(segment)])
+                                        try source.read(into: piece, at: firstRow + row * stride + segmentOffset)
+                                    }
+                                    let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<Int(count * segment)])
+                                    try group.sink.write(bytes, at: destination + written)
+                                    try group.observer?.consume(bytes)
+                                    progress?.add(Int64(bytes.count))
+                                    written += Int64(bytes.count)
+                                    row += count
+                                }
+                            case .copy(let source, let range, let destination):
+                                if mode == .kernel, group.observer == nil,
+                                    try group.sink.copy(from: source, range: range, to: destination)
+                                {
+                                    progress?.add(range.count)
+                                    continue
+                                }
+                                var done: Int64 = 0
+                                while done < range.count {
+                                    let count = Int(min(Int64(chunk), range.count - done))
+                                    let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+                                    try source.read(into: slice, at: range.offset + done)
+                                    try group.sink.write(UnsafeRawBufferPointer(slice), at: destination + done)
+                                    try group.observer?.consume(UnsafeRawBufferPointer(slice))
+                                    done += Int64(count)
+                                    progress?.add(Int64(count))
+                                }
                             }
                         }
+                        try group.observer?.finish()
+                    } catch {
+                        failure.withLock { if $0 == nil { $0 = error } }
+                        return
                     }
-                    try group.observer?.finish()
-                } catch {
-                    failure.withLock { if $0 == nil { $0 = error } }
-                    return
                 }
             }
         }

@@ -59,6 +59,8 @@ public struct MegatronInspectReport: Sendable {
     public let commonState: [(key: String, value: String)]
     /// `args` (an `argparse.Namespace`) as `(field, rendered value)`, sorted by field.
     public let args: [(name: String, value: String)]
+    /// Tensor-, pipeline- and expert-parallel sizes of a legacy checkpoint's rank files.
+    public var legacyLayout: (tensor: Int, pipeline: Int, expert: Int)?
 
     public var totalBytes: Int64 { tensors.reduce(0) { $0 + $1.bytes } }
 
@@ -146,11 +148,12 @@ public struct MegatronInspectReport: Sendable {
                 common.append((key, dropped.contains(key) ? "(training state, dropped by conversions) " + rendered : rendered))
             }
         }
-        return MegatronInspectReport(
+        var report = MegatronInspectReport(
             path: path, directory: folder.directory, format: folder.format, iteration: folder.iteration, backend: nil,
-            rootClass: "legacy: tp \(checkpoint.tensorParallelSize), pp \(checkpoint.pipelineParallelSize), ep \(checkpoint.expertParallelSize)",
-            version: nil, dataFiles: files, tensors: tensors, objects: objects,
+            rootClass: "", version: nil, dataFiles: files, tensors: tensors, objects: objects,
             commonStateSource: files.first, commonState: common, args: args)
+        report.legacyLayout = (checkpoint.tensorParallelSize, checkpoint.pipelineParallelSize, checkpoint.expertParallelSize)
+        return report
     }
 
     /// The machine-readable form (`--json`).
@@ -198,7 +201,11 @@ public struct MegatronInspectReport: Sendable {
                 return .string(iteration.description)
             } ?? .null),
             ("metadata_json", backend?.document ?? .null),
-            ("metadata_class", .string(rootClass)),
+            ("metadata_class", format == .legacyTorch ? .null : .string(rootClass)),
+            ("legacy_layout", legacyLayout.map { layout -> JSONValue in
+                .object([("tp", .number(JSONNumber(layout.tensor))), ("pp", .number(JSONNumber(layout.pipeline))),
+                         ("ep", .number(JSONNumber(layout.expert)))])
+            } ?? .null),
             ("metadata_version", version.map { .string($0) } ?? .null),
             ("data_files", strings(dataFiles)),
             ("tensors", .array(tensorsJSON)),
@@ -226,7 +233,8 @@ public struct MegatronInspectReport: Sendable {
             lines.append("metadata.json: " + members.joined(separator: ", "))
         }
         if format == .legacyTorch {
-            lines.append("\(rootClass); files \(dataFiles.joined(separator: ", "))")
+            let layout = legacyLayout.map { "tp \($0.tensor), pp \($0.pipeline), ep \($0.expert)" } ?? "?"
+            lines.append("rank files (\(layout)): \(dataFiles.joined(separator: ", "))")
         } else {
             lines.append(".metadata: \(rootClass)\(version.map { ", version \($0)" } ?? ""), data files \(dataFiles.joined(separator: ", "))")
         }

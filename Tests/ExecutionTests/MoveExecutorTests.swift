@@ -1,5 +1,7 @@
+import Dispatch
 import Execution
 import Foundation
+import Synchronization
 import NembridgeTestSupport
 import TensorCore
 import Testing
@@ -28,6 +30,31 @@ struct MoveExecutorTests {
         let expected = Array(sourceBytes[100_000...]) + Array(sourceBytes[40_000..<100_000]) + Array(sourceBytes[..<40_000])
         #expect(try TestCheckpoints.readFile(scratch + "/out") == expected)
         #expect(counter.completed == 100_003)
+    }
+
+    @Test("runs started from several threads on one executor each get their bytes (buffers are not shared)")
+    func concurrentRuns() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("exec")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let executor = MoveExecutor(workers: 2, chunkBytes: 256, mode: .buffered)
+        var generator = SystemRandomNumberGenerator()
+        let contents = (0..<6).map { _ in (0..<200_000).map { _ in UInt8.random(in: 0...255, using: &generator) } }
+        for (index, bytes) in contents.enumerated() { try Data(bytes).write(to: URL(fileURLWithPath: scratch + "/source\(index)")) }
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: contents.count) { index in
+            do {
+                let source = try ReadOnlyFile(path: scratch + "/source\(index)")
+                let output = try AtomicOutputFile(path: scratch + "/out\(index)")
+                try executor.run([ByteMove(source: source, range: ByteRange(offset: 0, count: 200_000), destinationOffset: 0)], into: output)
+                try output.publish()
+            } catch {
+                failures.withLock { $0 += 1 }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
+        for (index, bytes) in contents.enumerated() {
+            #expect(try TestCheckpoints.readFile(scratch + "/out\(index)") == bytes, "run \(index)")
+        }
     }
 
     @Test("a failing read stops the run with the source's name and offset")

@@ -330,3 +330,33 @@ def test_export_with_a_truncated_rank_file_fails_cleanly(nembridge, made, tmp_pa
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
     assert_export_fails_naming(nembridge, src, tmp_path, "mp_rank_00_001")
+
+
+# ------------------------------------------------------------------------------------------------
+# inspect: what nembridge reads in Megatron's own rank files
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_inspect_lists_megatrons_rank_files_as_torch_load_reads_them(nembridge, mlegacy, name):
+    report = nembridge.run("inspect", "--json", mlegacy[name]).ok().json()
+    assert report["format"] == "torch"
+    assert report["legacy_layout"] == {"tp": TP, "pp": PP, "ep": 1}
+    got = {t["key"]: t for t in report["tensors"]}
+    want = {}
+    for rel in RANK_FILES:
+        path = mlegacy[name] / rel
+        state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        rank = rel.split("/")[1]
+        for k, v in state.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            want[f"{rank}/{k}"] = v
+            t = got.get(f"{rank}/{k}")
+            assert t is not None, f"inspect misses {rank}/{k}"
+            assert t["shape"] == list(v.shape) and t["dtype"] == str(v.dtype).removeprefix("torch.")
+            # the byte range inspect reports holds exactly the tensor's bytes
+            (chunk,) = t["chunks"]
+            with open(path, "rb") as f:
+                f.seek(chunk["offset"])
+                raw = f.read(chunk["length"])
+            assert raw == v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), f"{rank}/{k}"
+    assert set(got) == set(want)
