@@ -71,7 +71,8 @@ public struct LegacyRankFile: Sendable {
     public let path: String
     public let file: ReadOnlyFile
     public let model: [(name: String, value: LegacyStateValue)]
-    /// Top-level entries other than `model`, in file order.
+    /// Top-level entries other than `model`, in file order; those a conversion drops (optimizer,
+    /// RNG, scheduler state) with the value `None`.
     public let topLevel: [(key: String, value: PickleValue)]
 }
 
@@ -156,11 +157,13 @@ public final class LegacyTorchCheckpoint: Sendable {
     /// The first rank file's `args` (an `argparse.Namespace`), if any.
     public var args: PickleValue? { ranks.first?.topLevel.first { $0.key == "args" }?.value }
 
+    /// Top-level entries a conversion carries (with `model`); the others are dropped.
+    static let keptTopLevel: Set<String> = ["args", "checkpoint_version", "iteration", "num_floating_point_operations_so_far"]
+
     /// Top-level entries that are not model weights and are dropped by a conversion (optimizer,
     /// RNG and scheduler state), by name.
     public var trainingStateKeys: [String] {
-        let kept: Set<String> = ["args", "checkpoint_version", "iteration", "num_floating_point_operations_so_far", "model"]
-        return Array(Set(ranks.flatMap { $0.topLevel.map(\.key) }).subtracting(kept)).sorted()
+        Array(Set(ranks.flatMap { $0.topLevel.map(\.key) }).subtracting(Self.keptTopLevel)).sorted()
     }
 
     static func rankFilePath(_ directory: String, _ name: String) -> String {
@@ -204,8 +207,12 @@ public final class LegacyTorchCheckpoint: Sendable {
                 throw MegatronCheckpointError.unsupportedFormat(
                     path: path, format: "virtual pipeline stages (`\(key)`)",
                     hint: "load it in Megatron-LM without --num-layers-per-virtual-pipeline-stage and save it again")
-            } else {
+            } else if Self.keptTopLevel.contains(key) {
                 topLevel.append((key, entry.value))
+            } else {
+                // Optimizer, RNG and scheduler state are never converted: only their names are
+                // kept (their value trees can be large), so memory does not grow with them.
+                topLevel.append((key, .none))
             }
         }
         guard let model, let modelEntries = model.dictEntries else {

@@ -145,7 +145,7 @@ public struct MegatronInspectReport: Sendable {
                     .sorted { $0.0 < $1.0 }
             } else {
                 let rendered = PickleRendering.render(value, limit: valueLength)
-                common.append((key, dropped.contains(key) ? "(training state, dropped by conversions) " + rendered : rendered))
+                common.append((key, dropped.contains(key) ? "(training state: not read, dropped by conversions)" : rendered))
             }
         }
         var report = MegatronInspectReport(

@@ -195,6 +195,46 @@ struct LegacyCheckpointTests {
         #expect(!fm.fileExists(atPath: scratch + "/o"))
     }
 
+    @Test("optimizer, RNG and scheduler state in rank files are listed by name, not kept, and not converted")
+    func trainingStateDropped() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("legacy-optim")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try Self.importLegacy("llama3-tiny/hf", scratch + "/legacy")
+        let original = try LegacyTorchCheckpoint(path: scratch + "/legacy")
+        let rank = original.ranks[0]
+        // The same rank file with training state added, its tensors copied over.
+        let optimizer = PickleValue.stringDict(["state": .dict([]), "param_groups": .list([.stringDict(["lr": .float(1e-4)])])])
+        let plan = try LegacyRankFilePlan(
+            rank: rank.rank, pipelineSize: 1, expertSize: 1,
+            topLevel: rank.topLevel.map { ($0.key, $0.value) } + [("model", nil), ("optimizer", optimizer), ("rng_state", .list([.int(7)]))],
+            model: rank.model.map { name, value in
+                if case .tensor(let tensor) = value { return (name, .tensor(dtype: tensor.dtype, shape: tensor.shape)) }
+                return (name, .none)
+            })
+        let directory = scratch + "/with-optimizer/release"
+        let writer = try LegacyTorchWriter(directory: directory, plans: [plan])
+        var index = 0
+        for (_, value) in rank.model {
+            guard case .tensor(let tensor) = value else { continue }
+            let bytes = try rank.file.readBytes(tensor.runs[0].source)
+            try writer.files[0].write(bytes, at: plan.tensorDataRange(index).offset)
+            try writer.recordData(file: 0, tensor: index, at: 0, count: Int64(bytes.count), crc: CRC32.checksum(bytes))
+            index += 1
+        }
+        try writer.finish()
+        try Data("release".utf8).write(to: URL(fileURLWithPath: scratch + "/with-optimizer/latest_checkpointed_iteration.txt"))
+        try FileManager.default.copyItem(atPath: scratch + "/legacy/nembridge", toPath: scratch + "/with-optimizer/nembridge")
+        let reread = try LegacyTorchCheckpoint(path: scratch + "/with-optimizer")
+        #expect(reread.trainingStateKeys == ["optimizer", "rng_state"])
+        #expect(reread.ranks[0].topLevel.first { $0.key == "optimizer" }?.value == PickleValue.none)
+        #expect(reread.args?["tensor_model_parallel_size"]?.intValue == 1)
+        let export = try MegatronExport(checkpoint: scratch + "/with-optimizer", output: scratch + "/hf")
+        #expect(export.skippedKeys == ["optimizer", "rng_state"])
+        try export.run(executor: MoveExecutor(workers: 2, chunkBytes: 8192))
+        #expect(try TestCheckpoints.readFile(scratch + "/hf/model.safetensors")
+            == TestCheckpoints.readFile(TestCheckpoints.path("llama3-tiny/hf/model.safetensors")))
+    }
+
     @Test("rank directory names: the pipeline field only when PP > 1, the expert field only when EP > 1")
     func rankNames() {
         #expect(LegacyRank(tensor: 3).directoryName(pipelineSize: 1, expertSize: 1) == "mp_rank_03")

@@ -360,3 +360,18 @@ def test_inspect_lists_megatrons_rank_files_as_torch_load_reads_them(nembridge, 
                 raw = f.read(chunk["length"])
             assert raw == v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), f"{rank}/{k}"
     assert set(got) == set(want)
+
+
+def test_many_rank_files_under_a_low_open_file_limit(nembridge, made, tmp_path):
+    """A legacy checkpoint keeps one file open per rank (1024 at PP 16 x TP 8 x EP 8, the usual
+    soft limit): nembridge raises its soft limit on open files to the hard one. Run with a soft
+    limit of 7 (stdio + 4 rank files + the output would not fit)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    out = tmp_path / "out"
+    p = subprocess.run([nembridge.exe, "export", "--megatron", str(made_ok(made, FIXTURES[0], "nlegacy")),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (7, hard)))
+    assert p.returncode == 0, p.stderr
+    assert_byte_identical(FIXTURES[0], out)
