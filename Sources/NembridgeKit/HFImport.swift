@@ -33,7 +33,17 @@ public struct HFImport: Sendable {
         /// Pipeline-parallel size: recorded in the args of a torch_dist checkpoint (its keys do
         /// not depend on it); the legacy format writes one file per stage.
         public var pipelineParallel = 1
+        /// Layers of the first / last pipeline stage when not the even split (Megatron-LM's
+        /// `--decoder-first-pipeline-num-layers` / `--decoder-last-pipeline-num-layers`).
+        public var firstStageLayers: Int?
+        public var lastStageLayers: Int?
         public var format: MegatronOutputFormat = .torchDist
+
+        /// The target layout.
+        public var parallelSizes: ParallelSizes {
+            ParallelSizes(tensor: tensorParallel, pipeline: pipelineParallel, expert: expertParallel, expertTensor: expertTensorParallel,
+                          firstStageLayers: firstStageLayers, lastStageLayers: lastStageLayers)
+        }
 
         public init() {}
     }
@@ -84,11 +94,7 @@ public struct HFImport: Sendable {
             dtypes[dialect.toTable(entry.info.name)] = entry.info.dtype
         }
         try model.checkTensorParallel(options.tensorParallel)
-        guard options.pipelineParallel >= 1, model.layerCount % options.pipelineParallel == 0 else {
-            throw MappingError.invalidConfigValue(
-                config: config.path, field: model.table.layerCountArgument,
-                reason: "\(model.layerCount) layers cannot be split evenly over --pp \(options.pipelineParallel) (Megatron-Core requires num_layers % pipeline_model_parallel_size == 0)")
-        }
+        _ = try options.parallelSizes.stageLayers(layerCount: model.layerCount, config: config.path, field: model.table.layerCountArgument)
         mapping = try MappingPlan(model: model, direction: .fromHF(
             shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
         try Self.checkExpertParallel(mapping, options.expertParallel)
@@ -284,6 +290,7 @@ public struct HFImport: Sendable {
         set("make_vocab_size_divisible_by", .int(Int64(options.vocabDivisor)))
         set("tensor_model_parallel_size", .int(Int64(options.tensorParallel)))
         set("pipeline_model_parallel_size", .int(Int64(options.pipelineParallel)))
+        for (name, value) in options.parallelSizes.pipelineSplitArguments where !value.isNone { set(name, value) }
         set("expert_model_parallel_size", .int(Int64(options.expertParallel)))
         set("bf16", .bool(dtype == .bfloat16))
         set("fp16", .bool(dtype == .float16))
@@ -395,8 +402,7 @@ public struct HFImport: Sendable {
         var dtypes: [String: DType] = [:]
         for item in layout.tensorItems { dtypes[item.key] = item.dtype }
         return try LegacyCheckpointPlan(
-            mapping: mapping, sizes: ParallelSizes(tensor: options.tensorParallel, pipeline: options.pipelineParallel,
-                                                   expert: options.expertParallel, expertTensor: options.expertTensorParallel),
+            mapping: mapping, sizes: options.parallelSizes,
             spec: options.spec, arguments: commonState["args"] ?? .none, iteration: options.iteration ?? 0,
             vocabDivisor: options.vocabDivisor,
             dtype: { key in

@@ -1,5 +1,6 @@
 import Foundation
 import MegatronCheckpoint
+import TorchPickle
 import WeightMapping
 
 /// Tensor-, pipeline-, expert- and expert-tensor-parallel sizes of a Megatron layout.
@@ -9,15 +10,65 @@ public struct ParallelSizes: Sendable, Hashable, CustomStringConvertible {
     public var expert: Int
     /// Megatron-Core's default is the tensor-parallel size.
     public var expertTensor: Int
+    /// Layers of the first / last pipeline stage when they differ from the even split
+    /// (Megatron-LM's `--decoder-first-pipeline-num-layers` / `--decoder-last-pipeline-num-layers`).
+    public var firstStageLayers: Int?
+    public var lastStageLayers: Int?
 
-    public init(tensor: Int = 1, pipeline: Int = 1, expert: Int = 1, expertTensor: Int? = nil) {
+    public init(tensor: Int = 1, pipeline: Int = 1, expert: Int = 1, expertTensor: Int? = nil,
+                firstStageLayers: Int? = nil, lastStageLayers: Int? = nil) {
         self.tensor = tensor
         self.pipeline = pipeline
         self.expert = expert
         self.expertTensor = expertTensor ?? tensor
+        self.firstStageLayers = firstStageLayers
+        self.lastStageLayers = lastStageLayers
     }
 
     public var description: String { "tp \(tensor), pp \(pipeline), ep \(expert), etp \(expertTensor)" }
+
+    /// The global layers of each pipeline stage, as Megatron-Core assigns them: the first and last
+    /// stage get their given counts, the other stages split the remaining layers evenly (all
+    /// stages, when neither is given). Throws the rule that is broken, naming `config`.
+    public func stageLayers(layerCount: Int, config: String, field: String) throws -> [Range<Int>] {
+        func fail(_ reason: String) -> MappingError { .invalidConfigValue(config: config, field: field, reason: reason) }
+        guard pipeline >= 1 else { throw fail("the pipeline-parallel size must be >= 1, not \(pipeline)") }
+        if (firstStageLayers != nil || lastStageLayers != nil) && pipeline == 1 {
+            throw fail("first/last pipeline-stage layer counts need a pipeline-parallel size > 1")
+        }
+        let first = firstStageLayers ?? 0, last = lastStageLayers ?? 0
+        guard first >= 0, last >= 0, first + last <= layerCount else {
+            throw fail("\(first) + \(last) layers on the first and last stage exceed the model's \(layerCount)")
+        }
+        let middleStages = pipeline - (firstStageLayers == nil ? 0 : 1) - (lastStageLayers == nil ? 0 : 1)
+        let middleLayers = layerCount - first - last
+        if middleStages == 0 {
+            guard middleLayers == 0 else {
+                throw fail("the first and last stage hold \(first + last) of \(layerCount) layers and no stage is left for the rest")
+            }
+        } else {
+            guard middleLayers % middleStages == 0 else {
+                let what = firstStageLayers == nil && lastStageLayers == nil ? "\(layerCount) layers" : "the \(middleLayers) layers between the first and last stage"
+                throw fail("\(what) cannot be split evenly over \(middleStages) pipeline stages (Megatron-Core requires it)")
+            }
+        }
+        let perMiddle = middleStages == 0 ? 0 : middleLayers / middleStages
+        var ranges: [Range<Int>] = []
+        var next = 0
+        for stage in 0..<pipeline {
+            let count = stage == 0 && firstStageLayers != nil ? first
+                : (stage == pipeline - 1 && lastStageLayers != nil ? last : perMiddle)
+            ranges.append(next..<(next + count))
+            next += count
+        }
+        return ranges
+    }
+
+    /// The Megatron-LM arguments describing an uneven split (none for an even one).
+    var pipelineSplitArguments: [(name: String, value: PickleValue)] {
+        [("decoder_first_pipeline_num_layers", firstStageLayers.map { .int(Int64($0)) } ?? .none),
+         ("decoder_last_pipeline_num_layers", lastStageLayers.map { .int(Int64($0)) } ?? .none)]
+    }
 }
 
 public enum LegacyLayoutError: Error, Equatable, CustomStringConvertible {
@@ -90,7 +141,7 @@ public struct LegacyLayout: Sendable {
     public enum ExpertNaming: Sendable { case grouped, sequential }
 
     /// - Parameters:
-    ///   - stageLayers: nil to split the layers evenly over the pipeline stages.
+    ///   - stageLayers: nil to split the layers over the pipeline stages as `sizes` says.
     ///   - moduleRenames: checkpoint-key fragment → state-dict fragment, for specs whose modules are
     ///     named differently from the checkpoint keys (the local spec's separate norms).
     ///   - vocabDivisor: Megatron-LM's `make_vocab_size_divisible_by`; vocabulary-parallel tensors
@@ -101,16 +152,8 @@ public struct LegacyLayout: Sendable {
                 moduleRenames: [(key: String, module: String)], vocabDivisor: Int? = nil) throws {
         self.sizes = sizes
         let layerCount = mapping.model.layerCount
-        if let stageLayers {
-            self.stageLayers = stageLayers
-        } else {
-            guard sizes.pipeline >= 1, layerCount % sizes.pipeline == 0 else {
-                throw LegacyLayoutError.unsupportedLayout(
-                    reason: "num_layers (\(layerCount)) must be divisible by the pipeline-parallel size (\(sizes.pipeline))")
-            }
-            let per = layerCount / sizes.pipeline
-            self.stageLayers = (0..<sizes.pipeline).map { ($0 * per)..<(($0 + 1) * per) }
-        }
+        self.stageLayers = try stageLayers
+            ?? sizes.stageLayers(layerCount: layerCount, config: mapping.model.configPath, field: mapping.model.table.layerCountArgument)
         guard sizes.expertTensor == sizes.tensor || sizes.expertTensor == 1 else {
             throw LegacyLayoutError.unsupportedLayout(
                 reason: "legacy files are written per tensor-parallel rank; an expert tensor-parallel size of \(sizes.expertTensor) must be 1 or the tensor-parallel size \(sizes.tensor)")

@@ -16,6 +16,9 @@ public struct MegatronReshard: Sendable {
         public var pipelineParallel = 1
         public var expertParallel = 1
         public var expertTensorParallel: Int?
+        /// Layers of the first / last pipeline stage when not the even split.
+        public var firstStageLayers: Int?
+        public var lastStageLayers: Int?
         /// The output format: torch_dist (layers stacked globally, any pipeline size reads it) or
         /// the legacy per-rank files.
         public var format: MegatronOutputFormat = .torchDist
@@ -24,6 +27,12 @@ public struct MegatronReshard: Sendable {
         public var fileCount = 2
 
         public init() {}
+
+        /// The target layout.
+        public var parallelSizes: ParallelSizes {
+            ParallelSizes(tensor: tensorParallel, pipeline: pipelineParallel, expert: expertParallel, expertTensor: expertTensorParallel,
+                          firstStageLayers: firstStageLayers, lastStageLayers: lastStageLayers)
+        }
     }
 
     /// The source's global tensors (a torch_dist checkpoint, or a legacy one placed by the mapping).
@@ -59,6 +68,7 @@ public struct MegatronReshard: Sendable {
             ("tensor_model_parallel_size", .int(Int64(options.tensorParallel))), ("expert_model_parallel_size", .int(Int64(options.expertParallel))),
             ("pipeline_model_parallel_size", .int(Int64(options.pipelineParallel))), ("ckpt_format", .string(options.format.rawValue)),
         ]
+        sizes.append(contentsOf: options.parallelSizes.pipelineSplitArguments)
         // Megatron-LM derives the expert tensor-parallel size when the args leave it unset.
         if arguments["expert_tensor_parallel_size"] != nil || options.expertTensorParallel != nil {
             sizes.append(("expert_tensor_parallel_size", .int(Int64(options.expertTensorParallel ?? options.tensorParallel))))
@@ -96,11 +106,7 @@ public struct MegatronReshard: Sendable {
         let tables = try MappingTable.load(directory: options.mappingsDirectory)
         var model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
         try model.checkTensorParallel(options.tensorParallel)
-        guard options.pipelineParallel >= 1, model.layerCount % options.pipelineParallel == 0 else {
-            throw MappingError.invalidConfigValue(
-                config: config.path, field: model.table.layerCountArgument,
-                reason: "\(model.layerCount) layers cannot be split evenly over --pp \(options.pipelineParallel) (Megatron-Core requires num_layers % pipeline_model_parallel_size == 0)")
-        }
+        _ = try options.parallelSizes.stageLayers(layerCount: model.layerCount, config: config.path, field: model.table.layerCountArgument)
         var arguments: PickleValue?
         var common: PickleValue?
         if folder.format == .legacyTorch {
@@ -169,6 +175,8 @@ public struct MegatronReshard: Sendable {
             var described = HFImport.Options()
             described.tensorParallel = options.tensorParallel
             described.pipelineParallel = options.pipelineParallel
+            described.firstStageLayers = options.firstStageLayers
+            described.lastStageLayers = options.lastStageLayers
             described.expertParallel = options.expertParallel
             described.expertTensorParallel = options.expertTensorParallel
             described.spec = mapping.model.spec
@@ -208,8 +216,7 @@ public struct MegatronReshard: Sendable {
             let spec = mapping.model.spec
             legacyPlan = try LegacyCheckpointPlan(
                 mapping: mapping,
-                sizes: ParallelSizes(tensor: options.tensorParallel, pipeline: options.pipelineParallel, expert: options.expertParallel,
-                                     expertTensor: options.expertTensorParallel),
+                sizes: options.parallelSizes,
                 spec: spec, arguments: arguments ?? .none,  // set above from the source or the config
                 iteration: { if case .number(let value)? = folder.iteration { value } else { 0 } }(),
                 vocabDivisor: arguments?["make_vocab_size_divisible_by"]?.intValue ?? 128,

@@ -40,6 +40,12 @@ struct Import: ParsableCommand {
     @Option(help: "Target pipeline-parallel size: recorded in the args of torch_dist; one file per stage for --ckpt-format torch.")
     var pp = 1
 
+    @Option(name: .customLong("decoder-first-pipeline-num-layers"), help: "Layers of the first pipeline stage, when not the even split (as Megatron-LM's flag).")
+    var firstStageLayers: Int?
+
+    @Option(name: .customLong("decoder-last-pipeline-num-layers"), help: "Layers of the last pipeline stage, when not the even split (as Megatron-LM's flag).")
+    var lastStageLayers: Int?
+
     @Option(help: "Output format: torch_dist, or torch (legacy mp_rank_*/model_optim_rng.pt, model weights and args only).")
     var ckptFormat: MegatronOutputFormat = .torchDist
 
@@ -65,6 +71,8 @@ struct Import: ParsableCommand {
             options.expertParallel = ep
             options.expertTensorParallel = etp
             options.pipelineParallel = pp
+            options.firstStageLayers = firstStageLayers
+            options.lastStageLayers = lastStageLayers
             options.format = ckptFormat
             if ckptFormat == .torch, compress != nil { throw ValidationError("--compress applies to --ckpt-format torch_dist only") }
             if let iteration, iteration < 1 { throw ValidationError("--iteration must be > 0 (Megatron-LM refuses iteration 0)") }

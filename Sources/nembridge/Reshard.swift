@@ -36,6 +36,12 @@ struct Reshard: ParsableCommand {
     @Option(help: "Target pipeline-parallel size (--megatron; one file per stage for --ckpt-format torch).")
     var pp = 1
 
+    @Option(name: .customLong("decoder-first-pipeline-num-layers"), help: "Layers of the first pipeline stage, when not the even split (as Megatron-LM's flag).")
+    var firstStageLayers: Int?
+
+    @Option(name: .customLong("decoder-last-pipeline-num-layers"), help: "Layers of the last pipeline stage, when not the even split (as Megatron-LM's flag).")
+    var lastStageLayers: Int?
+
     @Option(help: "Output format (--megatron): torch_dist or torch (legacy per-rank files).")
     var ckptFormat: MegatronOutputFormat = .torchDist
 
@@ -68,6 +74,8 @@ struct Reshard: ParsableCommand {
                 options.expertParallel = ep
                 options.expertTensorParallel = etp
                 options.pipelineParallel = pp
+                options.firstStageLayers = firstStageLayers
+                options.lastStageLayers = lastStageLayers
                 options.format = ckptFormat
                 options.hfConfigDirectory = hfConfig
                 options.fileCount = max(1, planned.workers)

@@ -235,6 +235,23 @@ struct LegacyCheckpointTests {
             == TestCheckpoints.readFile(TestCheckpoints.path("llama3-tiny/hf/model.safetensors")))
     }
 
+    @Test("pipeline stages get their layers as Megatron-Core assigns them: evenly, or first/last given and the rest even")
+    func stageLayers() throws {
+        func layers(_ count: Int, _ pp: Int, first: Int? = nil, last: Int? = nil) throws -> [Range<Int>] {
+            try ParallelSizes(pipeline: pp, firstStageLayers: first, lastStageLayers: last).stageLayers(layerCount: count, config: "c", field: "num_layers")
+        }
+        #expect(try layers(8, 4) == [0..<2, 2..<4, 4..<6, 6..<8])
+        #expect(try layers(6, 3, first: 1, last: 3) == [0..<1, 1..<3, 3..<6])
+        // 126 layers (Llama-3.1-405B) over 16 stages: 7 first, 7 last, 8 on each of the 14 others.
+        let big = try layers(126, 16, first: 7, last: 7)
+        #expect(big.first == 0..<7 && big.last == 119..<126 && big.dropFirst().dropLast().allSatisfy { $0.count == 8 })
+        #expect(try layers(10, 3, first: 2) == [0..<2, 2..<6, 6..<10])
+        let uneven = #expect(throws: MappingError.self) { try layers(6, 4) }
+        #expect(uneven?.description.contains("cannot be split evenly over 4 pipeline stages") == true)
+        #expect(throws: MappingError.self) { try layers(6, 1, first: 2) }
+        #expect(throws: MappingError.self) { try layers(6, 2, first: 2, last: 3) }
+    }
+
     @Test("rank directory names: the pipeline field only when PP > 1, the expert field only when EP > 1")
     func rankNames() {
         #expect(LegacyRank(tensor: 3).directoryName(pipelineSize: 1, expertSize: 1) == "mp_rank_03")

@@ -4,8 +4,8 @@ re-keyed, SequentialMLP experts).
 
 For nemotron3-moe-tiny at EP=2 (8 routed experts: 4 local experts per rank, `local_experts.<k>`),
 nemotron-h-tiny at TP=2 (Mamba in_proj/conv1d split per component, `conv1d_weight`) and
-nemotron3-super-tiny at EP=2 (LatentMoE, the MTP block), and nemotron-h-tiny at PP=2 (stage-local
-layer numbers; no forward across stages):
+nemotron3-super-tiny at EP=2 (LatentMoE, the MTP block), and nemotron-h-tiny at PP=2, evenly and
+with 1 + 3 layers (stage-local layer numbers; no forward across stages):
 - `nembridge import --spec local` -> DIST (torch_dist, TP=1), which Megatron-Core loads strictly
   through dist_checkpointing at the target layout (proven in test_hybrid / test_reshard_megatron);
 - `nembridge import --ckpt-format torch` and `nembridge reshard DIST --ckpt-format torch` at the
@@ -37,6 +37,9 @@ CASES = {
     "moe-ep2": ("nemotron3-moe-tiny", ["--ep", "2"], 1, 2, 1),
     "mamba-tp2": ("nemotron-h-tiny", ["--tp", "2"], 2, 1, 1),
     "mamba-pp2": ("nemotron-h-tiny", ["--pp", "2"], 1, 1, 2),
+    # 4 layers: 1 on the first stage, 3 on the last (Megatron-LM's --decoder-first/last-pipeline-num-layers)
+    "mamba-pp2-uneven": ("nemotron-h-tiny", ["--pp", "2", "--decoder-first-pipeline-num-layers", "1",
+                                             "--decoder-last-pipeline-num-layers", "3"], 1, 1, 2),
     "super-ep2": ("nemotron3-super-tiny", ["--ep", "2"], 1, 2, 1),
 }
 SOURCES = ["import", "reshard"]
@@ -83,7 +86,9 @@ def loads(checkpoints, tmp_path_factory) -> dict[tuple[str, str], list[dict]]:
         toks = TH.token_ids(TH.hf_config(name)["vocab_size"]).tolist()
         for source in ["dist"] + SOURCES:
             path = checkpoints[(case, source)]
+            uneven = case.endswith("-uneven")
             jobs.append({"hf": str(hf_dir(name)), "world_size": 2, "tp": tp, "ep": ep, "pp": pp,
+                         "first_stage_layers": 1 if uneven else None, "last_stage_layers": 3 if uneven else None,
                          "padded_vocab": padded_vocab(name, tp), "tokens": toks,
                          "checkpoint": str(ckpt_dir(path) if source == "dist" else path),
                          "format": "torch_dist" if source == "dist" else "torch",
@@ -123,6 +128,8 @@ def test_legacy_loads_per_rank_bit_identical_to_torch_dist(loads, case, source):
         # Each stage numbers its layers from 0: both ranks hold a `decoder.layers.0.`, the
         # embedding only on the first, the output layer only on the last.
         assert all(any(k.startswith("decoder.layers.0.") for k in x["state"]) for x in legacy)
+        layers = [len({k.split(".")[2] for k in x["state"] if k.startswith("decoder.layers.")}) for x in legacy]
+        assert layers == ([1, 3] if case.endswith("-uneven") else [2, 2])
         assert "embedding.word_embeddings.weight" in legacy[0]["state"]
         assert "embedding.word_embeddings.weight" not in legacy[1]["state"]
         assert "output_layer.weight" in legacy[1]["state"] and "output_layer.weight" not in legacy[0]["state"]

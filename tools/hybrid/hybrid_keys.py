@@ -135,6 +135,10 @@ def transformer_config(cfg: dict, dtype=torch.bfloat16):
         mamba_num_groups=cfg.get("n_groups", 8),
         mamba_num_heads=cfg["mamba_num_heads"],
     )
+    # an uneven pipeline split (hybrid_load jobs put it into cfg under these names)
+    for name in ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage"):
+        if cfg.get(name) is not None:
+            kw[name] = cfg[name]
     if "E" in pattern:  # the dense fixture's config.json carries MoE fields too; no E layer
         kw.update(
             num_moe_experts=cfg["n_routed_experts"],

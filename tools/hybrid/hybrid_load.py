@@ -20,6 +20,7 @@ mamba_ssm stand-in (tools/hybrid/mamba_ssm_standin).
 
 JOBS.json: a list of {"hf": HF_DIR, "checkpoint": DIR, "world_size": 1|2, "tp", "ep", "pp" (1
 by default; with 2 each rank builds and loads its stage, and no forward is run),
+"first_stage_layers"/"last_stage_layers" (optional: an uneven pipeline split),
 "padded_vocab", "tokens": [[...]] or null, "dump": OUT.pt, "format": "torch_dist" (default) or
 "torch"}. A "torch" (legacy) checkpoint is read as Megatron-LM's load_checkpoint reads it: the
 rank's file from get_checkpoint_name, torch.load, load_state_dict(strict=True) (`load_legacy`).
@@ -143,6 +144,9 @@ def run_job(job: dict) -> dict:
         out["tp_rank"] = ps.get_tensor_model_parallel_rank()
         out["ep_rank"] = ps.get_expert_model_parallel_rank()
         cfg = json.loads((Path(job["hf"]) / "config.json").read_text())
+        # an uneven pipeline split, as Megatron-LM's --decoder-first/last-pipeline-num-layers
+        cfg["num_layers_in_first_pipeline_stage"] = job.get("first_stage_layers")
+        cfg["num_layers_in_last_pipeline_stage"] = job.get("last_stage_layers")
         load = load_legacy if job.get("format") == "torch" else load_strict
         model = load(cfg, job["checkpoint"], job["padded_vocab"])
         for k, v in unwrap(model).state_dict().items():
