@@ -25,15 +25,16 @@ public struct LegacyRank: Sendable, Hashable, Comparable, CustomStringConvertibl
         return name
     }
 
-    /// Parses a rank directory name; nil if it is not one. `parts` says which fields it had
-    /// (1: tp; 2: tp and pp or tp and ep; 3: all), as the name alone cannot tell pp from ep.
+    /// The numbers of a rank directory name (1: tp; 2: tp and pp, or tp and ep; 3: all: the name
+    /// alone cannot tell pp from ep), or nil if it is not one. Fields are zero-padded to at least
+    /// 2 (tp) and 3 digits, as Python's `{:02d}`/`{:03d}` writes them.
     static func parse(_ name: String) -> (numbers: [Int], name: String)? {
         guard name.hasPrefix("mp_rank_") else { return nil }
         let fields = name.dropFirst("mp_rank_".count).split(separator: "_", omittingEmptySubsequences: false)
         guard (1...3).contains(fields.count) else { return nil }
         var numbers: [Int] = []
         for (index, field) in fields.enumerated() {
-            guard field.count == (index == 0 ? 2 : 3), field.allSatisfy(\.isASCII), let value = Int(field), value >= 0 else { return nil }
+            guard field.count >= (index == 0 ? 2 : 3), field.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(field) else { return nil }
             numbers.append(value)
         }
         return (numbers, name)
@@ -74,6 +75,11 @@ public struct LegacyRankFile: Sendable {
     /// Top-level entries other than `model`, in file order; those a conversion drops (optimizer,
     /// RNG, scheduler state) with the value `None`.
     public let topLevel: [(key: String, value: PickleValue)]
+
+    /// The same file placed at `rank`.
+    func at(_ rank: LegacyRank) -> LegacyRankFile {
+        LegacyRankFile(rank: rank, path: path, file: file, model: model, topLevel: topLevel)
+    }
 }
 
 /// A legacy Megatron checkpoint (`--ckpt-format torch`): one `torch.save` file per model-parallel
@@ -132,9 +138,12 @@ public final class LegacyTorchCheckpoint: Sendable {
             if entry.numbers.count == 3 { rank.expert = entry.numbers[2] }
             ranks[rank] = entry.name
         }
-        tensorParallelSize = (ranks.keys.map(\.tensor).max() ?? 0) + 1
-        pipelineParallelSize = (ranks.keys.map(\.pipeline).max() ?? 0) + 1
-        expertParallelSize = (ranks.keys.map(\.expert).max() ?? 0) + 1
+        // The grid is what the names and the args describe, whichever is larger: trailing ranks
+        // that are missing altogether (a partial copy) are then reported, not silently dropped.
+        tensorParallelSize = max((ranks.keys.map(\.tensor).max() ?? 0) + 1, args?["tensor_model_parallel_size"]?.intValue ?? 1)
+        pipelineParallelSize = max((ranks.keys.map(\.pipeline).max() ?? 0) + 1, secondIsPipeline ? pipelineArg ?? 1 : 1)
+        let expertArg = fieldCount == 3 || (fieldCount == 2 && !secondIsPipeline) ? args?["expert_model_parallel_size"]?.intValue ?? 1 : 1
+        expertParallelSize = max((ranks.keys.map(\.expert).max() ?? 0) + 1, expertArg)
         var files: [LegacyRankFile] = []
         for pipeline in 0..<pipelineParallelSize {
             for expert in 0..<expertParallelSize {
@@ -147,7 +156,7 @@ public final class LegacyTorchCheckpoint: Sendable {
                             path: directory,
                             reason: "rank \(rank) of the \(tensorParallelSize)×\(pipelineParallelSize)×\(expertParallelSize) (tp×pp×ep) grid is missing: no \(expected)/\(Self.fileName)")
                     }
-                    files.append(try Self.readRankFile(path: Self.rankFilePath(directory, name), rank: rank))
+                    files.append(name == first.name ? firstFile.at(rank) : try Self.readRankFile(path: Self.rankFilePath(directory, name), rank: rank))
                 }
             }
         }

@@ -156,6 +156,11 @@ struct LegacyCheckpointTests {
         try fm.removeItem(atPath: scratch + "/missing/release/mp_rank_01_001")
         let missing = #expect(throws: MegatronCheckpointError.self) { try MegatronExport(checkpoint: scratch + "/missing", output: scratch + "/o") }
         #expect(missing?.description.contains("mp_rank_01_001") == true)
+        // A partial copy without every tensor-parallel rank 1: the args still say TP=2.
+        try fm.copyItem(atPath: scratch + "/good", toPath: scratch + "/partial")
+        for name in ["mp_rank_01_000", "mp_rank_01_001"] { try fm.removeItem(atPath: scratch + "/partial/release/" + name) }
+        let partial = #expect(throws: MegatronCheckpointError.self) { try MegatronExport(checkpoint: scratch + "/partial", output: scratch + "/o") }
+        #expect(partial?.description.contains("2×2×1 (tp×pp×ep) grid is missing: no mp_rank_01_000") == true, "\(String(describing: partial))")
 
         // Rewrite one rank file with an extra tensor, then with a wrong shape.
         let good = try LegacyTorchCheckpoint(path: scratch + "/good")
