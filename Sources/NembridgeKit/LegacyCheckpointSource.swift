@@ -33,21 +33,34 @@ public struct LegacyCheckpointSource: Sendable {
         let sizes = ParallelSizes(tensor: checkpoint.tensorParallelSize, pipeline: checkpoint.pipelineParallelSize,
                                   expert: checkpoint.expertParallelSize,
                                   expertTensor: args?["expert_tensor_parallel_size"]?.intValue ?? checkpoint.tensorParallelSize)
-        // Each stage's layers, from the layer numbers its files hold.
-        var stageLayers: [Range<Int>] = []
-        var next = 0
+        // Each stage's layers: the split the args describe (even, or first/last given), when the
+        // layer numbers each stage's files hold fit it; else the layer numbers alone (a layer with
+        // no tensors at all, a DeciLM no-op block, is invisible in the files).
+        var observed: [Int] = []
         for stage in 0..<sizes.pipeline {
             let names = byRank[LegacyRank(tensor: 0, pipeline: stage, expert: 0)]?.model.map(\.name) ?? []
-            let count = names.compactMap { name -> Int? in
+            observed.append(names.compactMap { name -> Int? in
                 guard name.hasPrefix("decoder.layers.") else { return nil }
                 return Int(name.dropFirst("decoder.layers.".count).prefix { $0 != "." })
-            }.max().map { $0 + 1 } ?? 0
-            stageLayers.append(next..<(next + count))
-            next += count
+            }.max().map { $0 + 1 } ?? 0)
         }
-        guard next == model.layerCount else {
-            throw LegacyLayoutError.unsupportedLayout(
-                reason: "\(checkpoint.directory): the stages hold \(stageLayers.map(\.count)) layers, \(next) in all; the config has \(model.layerCount)")
+        var recorded = sizes
+        recorded.firstStageLayers = args?["decoder_first_pipeline_num_layers"]?.intValue
+        recorded.lastStageLayers = args?["decoder_last_pipeline_num_layers"]?.intValue
+        var stageLayers: [Range<Int>] = []
+        if let split = try? recorded.stageLayers(layerCount: model.layerCount, config: model.configPath, field: "num_layers"),
+            zip(split, observed).allSatisfy({ $0.count >= $1 }) {
+            stageLayers = split
+        } else {
+            var next = 0
+            for count in observed {
+                stageLayers.append(next..<(next + count))
+                next += count
+            }
+            guard next == model.layerCount else {
+                throw LegacyLayoutError.unsupportedLayout(
+                    reason: "\(checkpoint.directory): the stages hold \(observed) layers, \(next) in all; the config has \(model.layerCount)")
+            }
         }
         let allNames = checkpoint.ranks.flatMap { $0.model.map(\.name) }
         let naming: LegacyLayout.ExpertNaming = allNames.contains { $0.contains(".local_experts.") } ? .sequential : .grouped
