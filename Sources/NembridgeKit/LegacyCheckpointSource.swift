@@ -162,8 +162,4 @@ public struct LegacyCheckpointSource: Sendable {
         }
         return result
     }
-
-    /// The common state a torch_dist checkpoint of this model gets: the legacy args with the
-    /// format and parallel sizes of the target.
-    public var arguments: PickleValue? { checkpoint.args }
 }
