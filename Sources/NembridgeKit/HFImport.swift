@@ -290,7 +290,7 @@ public struct HFImport: Sendable {
         set("make_vocab_size_divisible_by", .int(Int64(options.vocabDivisor)))
         set("tensor_model_parallel_size", .int(Int64(options.tensorParallel)))
         set("pipeline_model_parallel_size", .int(Int64(options.pipelineParallel)))
-        for (name, value) in options.parallelSizes.pipelineSplitArguments where !value.isNone { set(name, value) }
+        for (name, value) in options.parallelSizes.pipelineSplitArguments(for: .none) { set(name, value) }
         set("expert_model_parallel_size", .int(Int64(options.expertParallel)))
         set("bf16", .bool(dtype == .bfloat16))
         set("fp16", .bool(dtype == .float16))

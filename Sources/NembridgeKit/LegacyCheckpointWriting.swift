@@ -31,7 +31,7 @@ public struct LegacyCheckpointPlan: Sendable {
         var sizeFields: [(name: String, value: PickleValue)] = [
             ("tensor_model_parallel_size", .int(Int64(sizes.tensor))), ("pipeline_model_parallel_size", .int(Int64(sizes.pipeline))),
             ("expert_model_parallel_size", .int(Int64(sizes.expert))), ("ckpt_format", .string("torch")),
-        ] + sizes.pipelineSplitArguments
+        ] + sizes.pipelineSplitArguments(for: arguments)
         if sizes.expertTensor != sizes.tensor || arguments["expert_tensor_parallel_size"] != nil {
             sizeFields.append(("expert_tensor_parallel_size", .int(Int64(sizes.expertTensor))))
         }

@@ -64,10 +64,15 @@ public struct ParallelSizes: Sendable, Hashable, CustomStringConvertible {
         return ranges
     }
 
-    /// The Megatron-LM arguments describing an uneven split (none for an even one).
-    var pipelineSplitArguments: [(name: String, value: PickleValue)] {
-        [("decoder_first_pipeline_num_layers", firstStageLayers.map { .int(Int64($0)) } ?? .none),
-         ("decoder_last_pipeline_num_layers", lastStageLayers.map { .int(Int64($0)) } ?? .none)]
+    /// The Megatron-LM arguments describing this split, to set in `arguments`: the counts given,
+    /// and `None` where `arguments` records a count this split does not have (args without them
+    /// are left as they are).
+    func pipelineSplitArguments(for arguments: PickleValue) -> [(name: String, value: PickleValue)] {
+        [("decoder_first_pipeline_num_layers", firstStageLayers), ("decoder_last_pipeline_num_layers", lastStageLayers)].compactMap { name, count in
+            if let count { return (name, .int(Int64(count))) }
+            if let recorded = arguments[name], !recorded.isNone { return (name, .none) }
+            return nil
+        }
     }
 }
 

@@ -68,7 +68,7 @@ public struct MegatronReshard: Sendable {
             ("tensor_model_parallel_size", .int(Int64(options.tensorParallel))), ("expert_model_parallel_size", .int(Int64(options.expertParallel))),
             ("pipeline_model_parallel_size", .int(Int64(options.pipelineParallel))), ("ckpt_format", .string(options.format.rawValue)),
         ]
-        sizes.append(contentsOf: options.parallelSizes.pipelineSplitArguments)
+        sizes.append(contentsOf: options.parallelSizes.pipelineSplitArguments(for: arguments))
         // Megatron-LM derives the expert tensor-parallel size when the args leave it unset.
         if arguments["expert_tensor_parallel_size"] != nil || options.expertTensorParallel != nil {
             sizes.append(("expert_tensor_parallel_size", .int(Int64(options.expertTensorParallel ?? options.tensorParallel))))
