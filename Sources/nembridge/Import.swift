@@ -5,7 +5,6 @@ import NembridgeKit
 import WeightMapping
 
 extension MegatronSpec: ExpressibleByArgument {}
-extension MegatronOutputFormat: ExpressibleByArgument {}
 
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -28,26 +27,7 @@ struct Import: ParsableCommand {
     @Option(help: "Pad the vocabulary to a multiple of this (× --tp), as Megatron-LM's --make-vocab-size-divisible-by.")
     var makeVocabSizeDivisibleBy = 128
 
-    @Option(help: "Target tensor-parallel size: vocabulary padding, and chunks as the TP ranks hold them.")
-    var tp = 1
-
-    @Option(help: "Target expert tensor-parallel size (default: --tp, as Megatron-Core).")
-    var etp: Int?
-
-    @Option(help: "Target expert-parallel size (experts must divide evenly; each EP rank reads whole items).")
-    var ep = 1
-
-    @Option(help: "Target pipeline-parallel size: recorded in the args of torch_dist; one file per stage for --ckpt-format torch.")
-    var pp = 1
-
-    @Option(name: .customLong("decoder-first-pipeline-num-layers"), help: "Layers of the first pipeline stage, when not the even split (as Megatron-LM's flag).")
-    var firstStageLayers: Int?
-
-    @Option(name: .customLong("decoder-last-pipeline-num-layers"), help: "Layers of the last pipeline stage, when not the even split (as Megatron-LM's flag).")
-    var lastStageLayers: Int?
-
-    @Option(help: "Output format: torch_dist, or torch (legacy mp_rank_*/model_optim_rng.pt, model weights and args only).")
-    var ckptFormat: MegatronOutputFormat = .torchDist
+    @OptionGroup(title: "Target Megatron layout") var layout: MegatronLayoutOptions
 
     @Option(help: "Write iter_XXXXXXX for this iteration (> 0) instead of release/.")
     var iteration: Int?
@@ -67,14 +47,14 @@ struct Import: ParsableCommand {
         try reportingFailures {
             var options = HFImport.Options()
             options.vocabDivisor = makeVocabSizeDivisibleBy
-            options.tensorParallel = tp
-            options.expertParallel = ep
-            options.expertTensorParallel = etp
-            options.pipelineParallel = pp
-            options.firstStageLayers = firstStageLayers
-            options.lastStageLayers = lastStageLayers
-            options.format = ckptFormat
-            if ckptFormat == .torch, compress != nil { throw ValidationError("--compress applies to --ckpt-format torch_dist only") }
+            options.tensorParallel = layout.tp
+            options.expertParallel = layout.ep
+            options.expertTensorParallel = layout.etp
+            options.pipelineParallel = layout.pp
+            options.firstStageLayers = layout.firstStageLayers
+            options.lastStageLayers = layout.lastStageLayers
+            options.format = layout.ckptFormat
+            if layout.ckptFormat == .torch, compress != nil { throw ValidationError("--compress applies to --ckpt-format torch_dist only") }
             if let iteration, iteration < 1 { throw ValidationError("--iteration must be > 0 (Megatron-LM refuses iteration 0)") }
             options.iteration = iteration
             options.spec = spec
@@ -89,7 +69,7 @@ struct Import: ParsableCommand {
             }
             let plan = try HFImport(source: source, output: output, options: options)
             for warning in plan.warnings { FileHandle.standardError.write(Data("nembridge: warning: \(warning)\n".utf8)) }
-            let legacy = ckptFormat == .torch ? try plan.legacyPlan() : nil
+            let legacy = plan.legacy
             guard let seconds = try planned.run(phase: "import", planText: { plan.planText() + (legacy.map { "\n" + $0.planText() } ?? "") },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
             else { return }

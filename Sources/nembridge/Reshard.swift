@@ -24,26 +24,7 @@ struct Reshard: ParsableCommand {
     @Option(name: .customLong("megatron"), help: "Source Megatron torch_dist checkpoint.")
     var megatron: String?
 
-    @Option(help: "Target tensor-parallel size (--megatron).")
-    var tp = 1
-
-    @Option(help: "Target expert-parallel size (--megatron).")
-    var ep = 1
-
-    @Option(help: "Target expert tensor-parallel size (--megatron; default --tp).")
-    var etp: Int?
-
-    @Option(help: "Target pipeline-parallel size (--megatron; one file per stage for --ckpt-format torch).")
-    var pp = 1
-
-    @Option(name: .customLong("decoder-first-pipeline-num-layers"), help: "Layers of the first pipeline stage, when not the even split (as Megatron-LM's flag).")
-    var firstStageLayers: Int?
-
-    @Option(name: .customLong("decoder-last-pipeline-num-layers"), help: "Layers of the last pipeline stage, when not the even split (as Megatron-LM's flag).")
-    var lastStageLayers: Int?
-
-    @Option(help: "Output format (--megatron): torch_dist or torch (legacy per-rank files).")
-    var ckptFormat: MegatronOutputFormat = .torchDist
+    @OptionGroup(title: "Target Megatron layout (with --megatron)") var layout: MegatronLayoutOptions
 
     @Option(help: "Folder with the model's config.json, when the checkpoint has none recorded (--megatron).")
     var hfConfig: String?
@@ -70,13 +51,13 @@ struct Reshard: ParsableCommand {
             if let megatron {
                 guard source == nil else { throw ValidationError("give --hf or --megatron, not both") }
                 var options = MegatronReshard.Options()
-                options.tensorParallel = tp
-                options.expertParallel = ep
-                options.expertTensorParallel = etp
-                options.pipelineParallel = pp
-                options.firstStageLayers = firstStageLayers
-                options.lastStageLayers = lastStageLayers
-                options.format = ckptFormat
+                options.tensorParallel = layout.tp
+                options.expertParallel = layout.ep
+                options.expertTensorParallel = layout.etp
+                options.pipelineParallel = layout.pp
+                options.firstStageLayers = layout.firstStageLayers
+                options.lastStageLayers = layout.lastStageLayers
+                options.format = layout.ckptFormat
                 options.hfConfigDirectory = hfConfig
                 options.fileCount = max(1, planned.workers)
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
