@@ -56,6 +56,9 @@ public struct HFImport: Sendable {
     public let commonState: PickleValue
     /// Per tensor item: the moves that fill it and the zero rows.
     let fills: [ItemFill]
+    /// The rank files written instead of `layout` for `--ckpt-format torch`: each rank's tensors
+    /// are chunks of `layout`, filled by the same moves.
+    public private(set) var legacy: LegacyCheckpointPlan?
     public let warnings: [String]
     /// How the source spells the table's HF names (recorded for export).
     public let dialect: HFNameDialect
@@ -176,6 +179,7 @@ public struct HFImport: Sendable {
             }
         }
         self.fills = fills
+        if options.format == .torch { legacy = try makeLegacyPlan() }
     }
 
     /// Megatron-Core's rules for `--ep`: the routed experts divide evenly over it, and a model
@@ -318,9 +322,9 @@ public struct HFImport: Sendable {
         let folder = try OutputFolder(path: outputPath)
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
-        if options.format == .torch {
-            let entries = try legacyPlan().write(iterationPath: iterationPath, iterationName: iterationDirectoryName,
-                                                 executor: executor, progress: progress)
+        if let legacy {
+            let entries = try legacy.write(iterationPath: iterationPath, iterationName: iterationDirectoryName,
+                                           executor: executor, progress: progress)
             try ChecksumManifest(kind: "megatron-torch", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
             try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
             try recordSource(into: folder.stagedPath("nembridge/hf"))
@@ -397,7 +401,7 @@ public struct HFImport: Sendable {
 
     /// The legacy layout of this import (`--ckpt-format torch`): each rank's tensors are the
     /// chunks planned for torch_dist, in state-dict order.
-    public func legacyPlan() throws -> LegacyCheckpointPlan {
+    private func makeLegacyPlan() throws -> LegacyCheckpointPlan {
         let layout = self.layout
         var dtypes: [String: DType] = [:]
         for item in layout.tensorItems { dtypes[item.key] = item.dtype }

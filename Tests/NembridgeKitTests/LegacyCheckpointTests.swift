@@ -101,7 +101,7 @@ struct LegacyCheckpointTests {
         options.pipelineParallel = 2
         options.format = .torch
         options.spec = .local
-        let plan = try HFImport(source: TestCheckpoints.path("llama3-tiny/hf"), output: scratch + "/unused", options: options).legacyPlan()
+        let plan = try #require(try HFImport(source: TestCheckpoints.path("llama3-tiny/hf"), output: scratch + "/unused", options: options).legacy)
         let layout = plan.layout
         #expect(layout.stageLayers == [0..<1, 1..<2])
         let lastStage = try #require(layout.entries[LegacyRank(tensor: 1, pipeline: 1)])
@@ -135,7 +135,7 @@ struct LegacyCheckpointTests {
             options.expertParallel = 4
             options.format = .torch
             options.spec = spec
-            let plan = try HFImport(source: TestCheckpoints.path("nemotron3-moe-tiny/hf"), output: "/nonexistent", options: options).legacyPlan()
+            let plan = try #require(try HFImport(source: TestCheckpoints.path("nemotron3-moe-tiny/hf"), output: "/nonexistent", options: options).legacy)
             // 8 experts over 4 EP ranks: global expert 7 is local expert 1 of EP rank 3.
             let rank3 = try #require(plan.layout.entries[LegacyRank(tensor: 0, pipeline: 0, expert: 3)])
             let entry = try #require(rank3.first { $0.name == expected }, "\(spec)")
