@@ -62,44 +62,24 @@ extension MappingTable {
         ignore = try top["ignore"].map { node in
             try reader.strings(node, "ignore").map { try reader.pattern($0, at: node, "ignore") }
         } ?? []
-        var extra: [MegatronSpec: [ExtraStateModule]] = [:]
-        if let node = top["extra_state"] {
-            for (key, value) in try reader.orderedMapping(node, "extra_state") {
-                guard let spec = MegatronSpec(rawValue: key) else {
-                    throw reader.error(node, "extra_state keys are specs: \(MegatronSpec.allCases.map(\.rawValue))")
-                }
-                guard case .sequence(let items) = value else { throw reader.error(value, "extra_state.\(key) must be a list") }
-                extra[spec] = try items.map { item in
-                    if case .mapping = item {
-                        let fields = try reader.mapping(item, allowed: ["module", "layer_when", "when_set"], required: ["module"],
-                                                        context: "extra_state.\(key)")
-                        let pattern = try reader.pattern(try reader.string(fields["module"]!, "extra_state.module"), at: item, "extra_state")
-                        let when = try fields["layer_when"].map { node in
-                            try reader.orderedMapping(node, "extra_state.layer_when").map { ($0.key, try reader.jsonValue($0.value)) }
-                        } ?? []
-                        return ExtraStateModule(pattern: pattern, layerWhen: when,
-                                                whenSet: try fields["when_set"].map { try reader.strings($0, "extra_state.when_set") } ?? [])
-                    }
-                    return ExtraStateModule(pattern: try reader.pattern(try reader.string(item, "extra_state"), at: item, "extra_state"),
-                                            layerWhen: [], whenSet: [])
-                }
+        extraState = try reader.listsPerSpec(top["extra_state"], "extra_state") { item, key in
+            if case .mapping = item {
+                let fields = try reader.mapping(item, allowed: ["module", "layer_when", "when_set"], required: ["module"],
+                                                context: "extra_state.\(key)")
+                let pattern = try reader.pattern(try reader.string(fields["module"]!, "extra_state.module"), at: item, "extra_state")
+                let when = try fields["layer_when"].map { node in
+                    try reader.orderedMapping(node, "extra_state.layer_when").map { ($0.key, try reader.jsonValue($0.value)) }
+                } ?? []
+                return ExtraStateModule(pattern: pattern, layerWhen: when,
+                                        whenSet: try fields["when_set"].map { try reader.strings($0, "extra_state.when_set") } ?? [])
             }
+            return ExtraStateModule(pattern: try reader.pattern(try reader.string(item, "extra_state"), at: item, "extra_state"),
+                                    layerWhen: [], whenSet: [])
         }
-        extraState = extra
-        var renames: [MegatronSpec: [(key: String, module: String)]] = [:]
-        if let node = top["state_dict_names"] {
-            for (key, value) in try reader.orderedMapping(node, "state_dict_names") {
-                guard let spec = MegatronSpec(rawValue: key) else {
-                    throw reader.error(node, "state_dict_names keys are specs: \(MegatronSpec.allCases.map(\.rawValue))")
-                }
-                guard case .sequence(let items) = value else { throw reader.error(value, "state_dict_names.\(key) must be a list") }
-                renames[spec] = try items.map { item in
-                    let fields = try reader.mapping(item, allowed: ["key", "module"], required: ["key", "module"], context: "state_dict_names.\(key)")
-                    return (try reader.string(fields["key"]!, "state_dict_names.key"), try reader.string(fields["module"]!, "state_dict_names.module"))
-                }
-            }
+        stateDictRenames = try reader.listsPerSpec(top["state_dict_names"], "state_dict_names") { item, key in
+            let fields = try reader.mapping(item, allowed: ["key", "module"], required: ["key", "module"], context: "state_dict_names.\(key)")
+            return (try reader.string(fields["key"]!, "state_dict_names.key"), try reader.string(fields["module"]!, "state_dict_names.module"))
         }
-        stateDictRenames = renames
         if let node = top["layer_config"] {
             let fields = try reader.mapping(node, allowed: ["list", "values", "pattern"], context: "layer_config")
             let values = try fields["values"].map { valuesNode in
@@ -252,6 +232,21 @@ struct TableReader {
         try checkPlain(node, context)
         guard case .scalar(let scalar) = node else { throw error(node, "\(context) must be a string") }
         return scalar.string
+    }
+
+    /// A section keyed by spec (`te:`, `local:`), each a list read item by item: `extra_state`,
+    /// `state_dict_names`.
+    func listsPerSpec<Item>(_ node: Node?, _ section: String, _ read: (Node, String) throws -> Item) throws -> [MegatronSpec: [Item]] {
+        guard let node else { return [:] }
+        var lists: [MegatronSpec: [Item]] = [:]
+        for (key, value) in try orderedMapping(node, section) {
+            guard let spec = MegatronSpec(rawValue: key) else {
+                throw error(node, "\(section) keys are specs: \(MegatronSpec.allCases.map(\.rawValue))")
+            }
+            guard case .sequence(let items) = value else { throw error(value, "\(section).\(key) must be a list") }
+            lists[spec] = try items.map { try read($0, key) }
+        }
+        return lists
     }
 
     func strings(_ node: Node, _ context: String) throws -> [String] {
