@@ -64,16 +64,23 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def load_strict(cfg: dict, ckpt: str, padded_vocab: int):
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.validation import StrictHandling
-
+def nan_filled(cfg: dict, padded_vocab: int):
+    """The model with every floating parameter and buffer NaN, so a region a load does not
+    fill cannot keep its init values."""
     torch.manual_seed(0)
     model = build(cfg, padded_vocab)
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             if t.is_floating_point():
                 t.fill_(float("nan"))
+    return model
+
+
+def load_strict(cfg: dict, ckpt: str, padded_vocab: int):
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    model = nan_filled(cfg, padded_vocab)
     sharded = {"model": E.model_sharded_state_dict(model)}
     loaded = dist_checkpointing.load(sharded, ckpt, strict=StrictHandling.RAISE_ALL)
     model.load_state_dict(loaded["model"], strict=True)
@@ -100,12 +107,7 @@ def load_legacy(cfg: dict, ckpt: str, padded_vocab: int):
         expert_parallel=ps.get_expert_model_parallel_world_size() > 1,
         expert_rank=ps.get_expert_model_parallel_rank())
     state = torch.load(name, map_location="cpu", weights_only=False)
-    torch.manual_seed(0)
-    model = build(cfg, padded_vocab)
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
-                t.fill_(float("nan"))
+    model = nan_filled(cfg, padded_vocab)
     unwrap(model).load_state_dict(state["model"], strict=True)
     return model
 
