@@ -53,9 +53,19 @@ public struct TorchDistLayout: Sendable {
         }
         var tensorItems: [TensorItem] = []
         var index: [DCPStorageKey: Int] = [:]
+        // An archive's layout depends only on dtype and shape: 40,000 expert chunks share a few
+        // dozen, so each is built once and shared (a layout with its zip entries is ~2 KB).
+        var archives: [ArchiveShape: TorchSaveArchive.TensorArchivePlan] = [:]
         for (key, tensor) in tensors {
             for chunk in tensor.chunks {
-                let archive = try TorchSaveArchive.tensorArchivePlan(dtype: tensor.dtype, shape: chunk.sizes)
+                let shapeKey = ArchiveShape(dtype: tensor.dtype, shape: chunk.sizes)
+                let archive: TorchSaveArchive.TensorArchivePlan
+                if let known = archives[shapeKey] {
+                    archive = known
+                } else {
+                    archive = try TorchSaveArchive.tensorArchivePlan(dtype: tensor.dtype, shape: chunk.sizes)
+                    archives[shapeKey] = archive
+                }
                 let file = sizes.indices.min { sizes[$0] < sizes[$1] }!
                 let item = TensorItem(key: key, chunk: chunk, dtype: tensor.dtype, file: file, itemOffset: sizes[file], archive: archive)
                 let storageKey = DCPStorageKey(fqn: key, offsets: chunk.offsets)
@@ -70,6 +80,11 @@ public struct TorchDistLayout: Sendable {
         self.objectItems = objectItems
         itemIndex = index
         metadata = DCPMetadata(tensors: tensors.map { ($0.key, $0.metadata) }, bytesItems: objects.map(\.key), storage: storage)
+    }
+
+    private struct ArchiveShape: Hashable {
+        let dtype: DType
+        let shape: [Int]
     }
 
     /// The tensor item holding the chunk of `key` at `offsets`.

@@ -99,7 +99,7 @@ public final class HFCheckpointFolder: Sendable {
         let bytes = try file.readBytes(ByteRange(offset: 0, count: file.size))
         let document: JSONValue
         do {
-            document = try JSONParser.parse(bytes)
+            document = try JSONParser.parse(bytes, dialect: .python)
         } catch {
             throw HFFolderError.invalidIndex(file: path, reason: error.description)
         }

@@ -19,7 +19,7 @@ public struct HFConfig: Sendable, Equatable {
             throw HFFolderError.invalidConfig(file: path, reason: "not UTF-8")
         }
         do {
-            document = try JSONParser.parse(bytes)
+            document = try JSONParser.parse(bytes, dialect: .python)
         } catch {
             throw HFFolderError.invalidConfig(file: path, reason: error.description)
         }

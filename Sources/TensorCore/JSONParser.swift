@@ -13,16 +13,30 @@ public struct JSONParser {
     /// serde_json's `remaining_depth` starts at 128 and fails when it reaches 0.
     public static let nestingLimit = 128
 
+    /// Which documents are accepted beyond RFC 8259.
+    public enum Dialect: Sendable {
+        /// serde_json's verdicts (safetensors headers).
+        case strict
+        /// Python's `json` module as `json.dump` writes by default: also the tokens `NaN`,
+        /// `Infinity` and `-Infinity` (published `config.json` files carry
+        /// `"time_step_limit": [0.0, Infinity]`). They keep their spelling as the number's text.
+        case python
+    }
+
     private let bytes: [UInt8]
+    private let dialect: Dialect
     private var position = 0
     private var depth = 0
 
-    private init(_ bytes: [UInt8]) { self.bytes = bytes }
+    private init(_ bytes: [UInt8], dialect: Dialect) {
+        self.bytes = bytes
+        self.dialect = dialect
+    }
 
     /// Parses one JSON document from UTF-8 `bytes`. The caller checks UTF-8 validity first when
     /// it matters which of the two errors is reported.
-    public static func parse(_ bytes: [UInt8]) throws(Failure) -> JSONValue {
-        var parser = JSONParser(bytes)
+    public static func parse(_ bytes: [UInt8], dialect: Dialect = .strict) throws(Failure) -> JSONValue {
+        var parser = JSONParser(bytes, dialect: dialect)
         parser.skipWhitespace()
         let value = try parser.parseValue()
         parser.skipWhitespace()
@@ -30,8 +44,8 @@ public struct JSONParser {
         return value
     }
 
-    public static func parse(_ text: String) throws(Failure) -> JSONValue {
-        try parse(Array(text.utf8))
+    public static func parse(_ text: String, dialect: Dialect = .strict) throws(Failure) -> JSONValue {
+        try parse(Array(text.utf8), dialect: dialect)
     }
 
     private func failure(_ reason: String) -> Failure { Failure(reason: reason, offset: position) }
@@ -56,6 +70,15 @@ public struct JSONParser {
         case UInt8(ascii: "t"): try expectLiteral("true"); return .bool(true)
         case UInt8(ascii: "f"): try expectLiteral("false"); return .bool(false)
         case UInt8(ascii: "n"): try expectLiteral("null"); return .null
+        case UInt8(ascii: "N") where dialect == .python:
+            try expectLiteral("NaN")
+            return .number(JSONNumber(text: "NaN"))
+        case UInt8(ascii: "I") where dialect == .python:
+            try expectLiteral("Infinity")
+            return .number(JSONNumber(text: "Infinity"))
+        case UInt8(ascii: "-") where dialect == .python && position + 1 < bytes.count && bytes[position + 1] == UInt8(ascii: "I"):
+            try expectLiteral("-Infinity")
+            return .number(JSONNumber(text: "-Infinity"))
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try parseNumber())
         default: throw failure("expected value")
         }

@@ -359,12 +359,14 @@ args:
   mamba_head_dim: mamba_head_dim
   mamba_num_groups: n_groups
   mamba_state_dim: ssm_state_size
-  num_moe_experts: {from: n_routed_experts, default: null}
-  moe_ffn_hidden_size: {from: moe_intermediate_size, default: null}
-  moe_shared_expert_intermediate_size: {from: moe_shared_expert_intermediate_size, default: null}
-  moe_router_topk: {from: num_experts_per_tok, default: null}
-  moe_router_topk_scaling_factor: {from: routed_scaling_factor, default: null, type: float}
-  moe_latent_size: {from: moe_latent_size, default: null}
+  # MoE sizes describe the E layers: required when there are some, None for a dense model (whose
+  # published config has no MoE fields, while transformers' own config writes MoE defaults).
+  num_moe_experts: {from: n_routed_experts, with_layers: {kind: E}}
+  moe_ffn_hidden_size: {from: moe_intermediate_size, with_layers: {kind: E}}
+  moe_shared_expert_intermediate_size: {from: moe_shared_expert_intermediate_size, default: null, with_layers: {kind: E}}
+  moe_router_topk: {from: num_experts_per_tok, with_layers: {kind: E}}
+  moe_router_topk_scaling_factor: {from: routed_scaling_factor, default: null, type: float, with_layers: {kind: E}}
+  moe_latent_size: {from: moe_latent_size, default: null, with_layers: {kind: E}}
   vocab_size: vocab_size
   max_position_embeddings: max_position_embeddings
   seq_length: max_position_embeddings

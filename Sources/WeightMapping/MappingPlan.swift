@@ -91,6 +91,7 @@ public struct MappingPlan: Sendable {
     public init(model: ResolvedModel, direction: Direction) throws {
         self.model = model
         var hfTensors: [HFTensorSpec] = []
+        var hfTensorIndex: [String: Int] = [:]
         var megatronTensors: [MegatronTensorSpec] = []
         var correspondences: [RowCorrespondence] = []
         var zeroFills: [RowBlock] = []
@@ -178,13 +179,15 @@ public struct MappingPlan: Sendable {
                 if rule.padsVocab { padded = expansion.megatronShape.first }
                 for role in rule.op.roles {
                     let name = hfNames[role]!
-                    if let earlier = hfTensors.first(where: { $0.name == name }) {
+                    if let position = hfTensorIndex[name] {
+                        let earlier = hfTensors[position]
                         // One HF tensor cut into several Megatron tensors (row slices): one shape.
                         guard earlier.shape == expansion.hfShapes[role]! else {
                             throw MappingError.shapeMismatch(tensor: name, expected: earlier.shape, actual: expansion.hfShapes[role]!,
                                                              reason: "rules disagree on its shape")
                         }
                     } else {
+                        hfTensorIndex[name] = hfTensors.count
                         hfTensors.append(HFTensorSpec(name: name, shape: expansion.hfShapes[role]!))
                     }
                 }
@@ -230,10 +233,12 @@ public struct MappingPlan: Sendable {
             let pattern = module.pattern
             let hasLayer = pattern.placeholders.contains("layer")
             let hasMTP = pattern.placeholders.contains("mtp") || pattern.text.hasPrefix("mtp.")
-            let experts = pattern.placeholders.contains("expert") ? Array(0..<(try count("expert"))) : [-1]
             let places: [(layer: Int, mtp: Int)] = hasMTP
                 ? model.mtpValues.indices.filter { model.mtpMatches($0, module.layerWhen) }.map { (-1, $0) }
                 : (hasLayer ? (0..<layerCount).filter { model.layerMatches($0, module.layerWhen) }.map { ($0, -1) } : [(-1, -1)])
+            // A dense model has no expert count: only modules that exist need one.
+            guard !places.isEmpty else { continue }
+            let experts = pattern.placeholders.contains("expert") ? Array(0..<(try count("expert"))) : [-1]
             for (layer, mtp) in places {
                 for expert in experts {
                     var values: [String: Int] = [:]

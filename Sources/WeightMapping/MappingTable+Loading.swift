@@ -305,7 +305,7 @@ struct TableReader {
 
     func argumentRule(name: String, _ node: Node) throws -> ArgumentRule {
         if case .mapping = node {
-            let fields = try mapping(node, allowed: ["from", "default", "derive", "map", "type", "first_layer"], context: "args.\(name)")
+            let fields = try mapping(node, allowed: ["from", "default", "derive", "map", "type", "first_layer", "with_layers"], context: "args.\(name)")
             var defaultValue: ArgumentDefault?
             if let literal = fields["default"] { defaultValue = .literal(try jsonValue(literal)) }
             if let derive = fields["derive"] {
@@ -331,15 +331,21 @@ struct TableReader {
                 } ?? []
                 firstLayer = (expression, conditions)
             }
+            let withLayers = try fields["with_layers"].map { node in
+                try orderedMapping(node, "args.\(name).with_layers").map { ($0.key, try jsonValue($0.value)) }
+            } ?? []
+            if !withLayers.isEmpty && sources.isEmpty { throw error(node, "args.\(name): `with_layers` needs `from`") }
             if sources.isEmpty && defaultValue == nil && firstLayer == nil { throw error(node, "args.\(name): needs `from`, `default` or `derive`") }
             let valueMap = try fields["map"].map { map in
                 Dictionary(uniqueKeysWithValues: try orderedMapping(map, "args.\(name).map").map { ($0.key, try jsonValue($0.value)) })
             } ?? [:]
             let type = try fields["type"].map { try string($0, "args.\(name).type") }
             if let type, !["int", "float"].contains(type) { throw error(fields["type"], "args.\(name): type must be int or float") }
-            return ArgumentRule(name: name, fields: sources, defaultValue: defaultValue, valueMap: valueMap, firstLayer: firstLayer, type: type)
+            return ArgumentRule(name: name, fields: sources, defaultValue: defaultValue, valueMap: valueMap, firstLayer: firstLayer,
+                                withLayers: withLayers, type: type)
         }
-        return ArgumentRule(name: name, fields: try strings(node, "args.\(name)"), defaultValue: nil, valueMap: [:], firstLayer: nil, type: nil)
+        return ArgumentRule(name: name, fields: try strings(node, "args.\(name)"), defaultValue: nil, valueMap: [:], firstLayer: nil,
+                            withLayers: [], type: nil)
     }
 
     func rule(_ node: Node, number: Int) throws -> MappingRule {

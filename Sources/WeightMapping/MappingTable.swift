@@ -86,6 +86,10 @@ public struct ArgumentRule: Sendable {
     /// When no field is present: an expression over the values of the first layer matching
     /// `where` (DeciLM's global `num_query_groups` from its first attention block).
     public let firstLayer: (expression: ArgumentExpression, where: [(name: String, value: JSONValue)])?
+    /// The argument describes layers of one kind (MoE sizes for `E` layers): required when a
+    /// decoder or MTP layer matches these conditions, None when none does (a dense model's
+    /// published config has no MoE fields; transformers' own writes MoE defaults even then).
+    public let withLayers: [(name: String, value: JSONValue)]
     /// `int` or `float` when Megatron-LM declares the argument so (config.json may write
     /// `500000.0` where Megatron-LM's `--rotary-base` is an int).
     public let type: String?

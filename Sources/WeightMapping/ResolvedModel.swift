@@ -36,6 +36,7 @@ public struct ResolvedModel: Sendable {
         self.spec = spec
         var resolved: [(name: String, value: JSONValue)] = []
         var deferred: [ArgumentRule] = []
+        var absentLayerArguments: [ArgumentRule] = []
         for rule in table.arguments {
             var value: JSONValue?
             var fromConfig = false
@@ -60,6 +61,12 @@ public struct ResolvedModel: Sendable {
                     }
                     value = .number(JSONNumber(computed))
                 }
+            }
+            if value == nil, !rule.withLayers.isEmpty {
+                // Required only if a layer of that kind exists: decided once the layers are known.
+                absentLayerArguments.append(rule)
+                resolved.append((rule.name, .null))
+                continue
             }
             guard var found = value else {
                 throw MappingError.missingConfigField(
@@ -134,6 +141,19 @@ public struct ResolvedModel: Sendable {
             }
             if let position = arguments.lastIndex(where: { $0.name == rule.name }) {
                 arguments[position].value = .number(JSONNumber(result))
+            }
+        }
+        for rule in table.arguments where !rule.withLayers.isEmpty {
+            let mtp = mtpValues
+            let used = values.contains { layer in rule.withLayers.allSatisfy { layer[$0.name] == $0.value } }
+                || mtp.contains { layer in rule.withLayers.allSatisfy { layer[$0.name] == $0.value } }
+            if !used {
+                if let position = arguments.lastIndex(where: { $0.name == rule.name }) { arguments[position].value = .null }
+            } else if absentLayerArguments.contains(where: { $0.name == rule.name }) {
+                let kinds = rule.withLayers.map { "\($0.name) \(JSONWriter.compact($0.value))" }.joined(separator: ", ")
+                throw MappingError.missingConfigField(
+                    config: configPath, field: rule.fields.joined(separator: "` or `"),
+                    neededFor: "Megatron argument `\(rule.name)` (the model has layers of \(kinds))")
             }
         }
         let config = self.config

@@ -23,6 +23,29 @@ struct JSONTests {
         #expect(((try? result.get()) != nil) == accepted, "\(text)")
     }
 
+    /// Python's `json.loads` verdicts (checked with CPython 3.11): `json.dump` writes
+    /// non-finite floats as these bare tokens, and published config.json files carry them.
+    @Test("Python's json dialect: NaN, Infinity, -Infinity and nothing else", arguments: [
+        ("[NaN, Infinity, -Infinity]", true), ("{\"a\": Infinity}", true), ("[nan]", false), ("[-NaN]", false),
+        ("[+Infinity]", false), ("[Infinityx]", false), ("[-Inf]", false), ("[- Infinity]", false),
+    ])
+    func pythonDialect(_ text: String, _ accepted: Bool) throws {
+        let result = Result { try JSONParser.parse(text, dialect: .python) }
+        #expect(((try? result.get()) != nil) == accepted, "\(text)")
+        #expect((try? JSONParser.parse(text)) == nil, "strict parsing refuses \(text)")
+    }
+
+    @Test("non-finite numbers keep their spelling and read as doubles")
+    func nonFiniteValues() throws {
+        let value = try JSONParser.parse("[0.0, Infinity, -Infinity, NaN]", dialect: .python)
+        let doubles = value.arrayValue?.compactMap { if case .number(let n) = $0 { n.doubleValue } else { nil } }
+        #expect(doubles?.count == 4)
+        #expect(doubles?[1] == .infinity)
+        #expect(doubles?[2] == -.infinity)
+        #expect(doubles?[3].isNaN == true)
+        #expect(JSONWriter.compact(value) == "[0.0,Infinity,-Infinity,NaN]")
+    }
+
     @Test("nesting: 127 levels parse, 128 do not (serde_json's recursion limit)")
     func nesting() {
         let ok = String(repeating: "[", count: 127) + String(repeating: "]", count: 127)
