@@ -41,6 +41,7 @@ if [[ $# -eq 0 ]]; then
     # Everything else in TestCheckpoints/, each made by the real library it is about.
     "$PY" "$SCRIPT_DIR/make_malformed_corpus.py"
     "$PY" "$SCRIPT_DIR/fixtures/make_super_fixture.py"
+    "$PY" "$SCRIPT_DIR/fixtures/make_dialect_fixtures.py"
     "$SCRIPT_DIR/megatron/make_megatron_fixtures.sh"
     (cd "$ROOT" && "$PY" "$SCRIPT_DIR/make_pickle_corpus.py")
     (cd "$ROOT" && "$PY" "$SCRIPT_DIR/make_zip_corpus.py")

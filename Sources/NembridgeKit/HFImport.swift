@@ -430,6 +430,13 @@ public struct HFImport: Sendable {
             try copyFileContents(from: (source.directory as NSString).appendingPathComponent(name),
                                  to: (directory as NSString).appendingPathComponent(name))
         }
+        // Each file's `__metadata__` as the source had it (published Nemotron 3 shards have none),
+        // so export writes the same headers.
+        let metadata = JSONValue.object(zip(source.fileNames, source.files).map { name, file in
+            (name, file.header.metadata.map { entries in .object(entries.map { ($0.key, .string($0.value)) }) } ?? .null)
+        })
+        try writeText(JSONWriter.pythonIndented(.object([("metadata", metadata)])) + "\n",
+                      to: (directory as NSString).appendingPathComponent(Self.metadataFile))
         if dialect != .identity {
             let note = JSONValue.object([("hf_prefix", .string(dialect.source)), ("table_prefix", .string(dialect.prefix))])
             try writeText(JSONWriter.pythonIndented(note) + "\n", to: (directory as NSString).appendingPathComponent(Self.dialectFile))
@@ -438,6 +445,8 @@ public struct HFImport: Sendable {
 
     /// Records how the source spelled the table's names, for export.
     public static let dialectFile = "nembridge-hf-names.json"
+    /// Records each source file's `__metadata__` (or its absence), for export.
+    public static let metadataFile = "nembridge-hf-metadata.json"
 
     private func writeText(_ text: String, to path: String) throws {
         let file = try AtomicOutputFile(path: path)

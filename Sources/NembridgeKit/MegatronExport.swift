@@ -55,6 +55,8 @@ public struct MegatronExport: Sendable {
     public let dialect: HFNameDialect
     /// Training-state keys (optimizer, RNG) present in the checkpoint and not exported.
     public let skippedKeys: [String]
+    /// `__metadata__` of each output file as the imported source had it (absent: not recorded).
+    let shardMetadata: [String: [(key: String, value: String)]?]
     /// Per HF tensor: the reads that fill it, relative to the tensor's first byte.
     let reads: [String: [(file: ReadOnlyFile, source: ByteRange, destinationOffset: Int64)]]
 
@@ -139,10 +141,34 @@ public struct MegatronExport: Sendable {
         }
         self.shards = shards
         self.indexBytes = indexBytes
+        shardMetadata = try Self.recordedMetadata((directory as NSString).appendingPathComponent(HFImport.metadataFile))
         self.reads = reads
         companionFiles = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
-            $0 != HFCheckpointFolder.indexFileName && $0 != HFImport.dialectFile && !$0.hasPrefix(".") && !$0.hasSuffix(".safetensors")
+            $0 != HFCheckpointFolder.indexFileName && $0 != HFImport.dialectFile && $0 != HFImport.metadataFile
+                && !$0.hasPrefix(".") && !$0.hasSuffix(".safetensors")
         }.sorted()
+    }
+
+    /// Per source file name, the `__metadata__` recorded at import (nil inside: the file had none).
+    static func recordedMetadata(_ path: String) throws -> [String: [(key: String, value: String)]?] {
+        guard FileManager.default.fileExists(atPath: path) else { return [:] }
+        guard let files = try HFConfig(path: path).document["metadata"]?.objectMembers else {
+            throw ExportError.damagedRecord(file: path, reason: "needs an object member `metadata`")
+        }
+        var result: [String: [(key: String, value: String)]?] = [:]
+        for (name, value) in files {
+            if value.isNull { result[name] = .some(nil); continue }
+            guard let members = value.objectMembers else {
+                throw ExportError.damagedRecord(file: path, reason: "metadata of `\(name)` is neither an object nor null")
+            }
+            result[name] = try members.map { member in
+                guard let text = member.value.stringValue else {
+                    throw ExportError.damagedRecord(file: path, reason: "metadata `\(member.key)` of `\(name)` is not a string")
+                }
+                return (member.key, text)
+            }
+        }
+        return result
     }
 
     /// Where the HF side's config lives: given, or recorded at import beside the iterations.
@@ -188,7 +214,11 @@ public struct MegatronExport: Sendable {
         // file serialize on its inode lock).
         let reads = self.reads
         let entries = try PlannedWriting.writeSafetensors(
-            shards: shards.map { (folder.stagedPath($0.name), $0.name, $0.tensors, [("format", "pt")]) }, executor: executor,
+            shards: shards.map { shard in
+                // The source file's own header metadata when recorded, else transformers' usual one.
+                let metadata = shardMetadata[shard.name] ?? [("format", "pt")]
+                return (folder.stagedPath(shard.name), shard.name, shard.tensors, metadata)
+            }, executor: executor,
             progress: progress
         ) { tensor, start in
             (reads[tensor.name] ?? []).sorted { $0.destinationOffset < $1.destinationOffset }.map {

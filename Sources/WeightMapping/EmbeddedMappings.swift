@@ -568,7 +568,7 @@ extra_state:
     - "output_layer"
     - {module: "decoder.layers.{layer}.mlp.fc1_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
     - {module: "decoder.layers.{layer}.mlp.fc2_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
-    - {module: "mtp.layers.0.eh_proj", when_set: [mtp_layers_block_type], layer_when: {first: true}}
+    - {module: "mtp.layers.0.eh_proj", layer_when: {first: true}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_qkv", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_proj", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.linear_fc1", layer_when: {kind: "-"}}
@@ -593,7 +593,7 @@ extra_state:
     - "output_layer"
     - {module: "decoder.layers.{layer}.mlp.fc1_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
     - {module: "decoder.layers.{layer}.mlp.fc2_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
-    - {module: "mtp.layers.0.eh_proj", when_set: [mtp_layers_block_type], layer_when: {first: true}}
+    - {module: "mtp.layers.0.eh_proj", layer_when: {first: true}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_qkv", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_proj", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.linear_fc1", layer_when: {kind: "-"}}

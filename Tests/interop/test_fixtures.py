@@ -35,7 +35,8 @@ def test_readme_hashes(folder):
 
 def test_total_size_small():
     total = sum(p.stat().st_size for p in CHECKPOINTS.rglob("*") if p.is_file())
-    assert total < 5 * 10**6, total
+    # 5.4 MB with the published-dialect fixtures (dialects/, 0.47 MB)
+    assert total < 6 * 10**6, total
 
 
 def test_malformed_manifest_matches_reader():

@@ -45,12 +45,18 @@ HYBRID_LOAD = ROOT / "tools" / "hybrid" / "hybrid_load.py"
 PYTHON = sys.executable
 TIMEOUT = 600
 
-# fixture -> world-size-2 layout (tp, ep)
-FIXTURES = {"nemotron-h-tiny": (2, 1), "nemotron3-moe-tiny": (1, 2)}
+# fixture -> world-size-2 layout (tp, ep). The dialects/ fixtures carry the config.json field
+# sets as published on the hub (tools/fixtures/make_dialect_fixtures.py): no MoE fields in the
+# dense ones, `hybrid_override_pattern` strings, `attention_head_dim`, `torch_dtype`, `norm_eps`,
+# safetensors headers without `__metadata__`, `mtp_hybrid_override_pattern`.
+DIALECTS = {"dialects/nemotron-h-8b": (2, 1), "dialects/nemotron-nano-9b-v2": (2, 1),
+            "dialects/nemotron3-nano-30b-a3b": (1, 2)}
+FIXTURES = {"nemotron-h-tiny": (2, 1), "nemotron3-moe-tiny": (1, 2), **DIALECTS}
 MOE = "nemotron3-moe-tiny"
 SUPER = "nemotron3-super-tiny"          # LatentMoE + MTP (tools/fixtures/make_super_fixture.py)
 SUPER_LATENT = "nemotron3-super-tiny-no-mtp"  # derived: mtp.* dropped, num_nextn_predict_layers 0
-SUPER_SOURCES = {SUPER_LATENT: (1, 2), SUPER: (1, 2)}
+SUPER_DIALECT = "dialects/nemotron3-super-120b-a12b"
+SUPER_SOURCES = {SUPER_LATENT: (1, 2), SUPER: (1, 2), SUPER_DIALECT: (1, 2)}
 LAYOUT = {**FIXTURES, **SUPER_SOURCES}
 SUPER_KEYS = ROOT / "TestCheckpoints" / "hybrid-keys" / f"{SUPER}-ws1.json"
 # Megatron-Core runs; world-size-2 jobs of sources expected to fail come last (a failing rank
@@ -153,7 +159,7 @@ def expected_full(name: str) -> dict[str, torch.Tensor]:
         return torch.cat([t, torch.zeros((P - V, *t.shape[1:]), dtype=t.dtype)])
 
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    hd = cfg.get("head_dim") or cfg.get("attention_head_dim") or cfg["hidden_size"] // nh
     out = {"embedding.word_embeddings.weight": pad(W["backbone.embeddings.weight"]),
            "decoder.final_norm.weight": W["backbone.norm_f.weight"],
            "output_layer.weight": pad(W["lm_head.weight"])}
@@ -201,7 +207,8 @@ def expected_full(name: str) -> dict[str, torch.Tensor]:
         layer(kind, f"decoder.layers.{n}.", f"backbone.layers.{n}.")
     if int(cfg.get("num_nextn_predict_layers") or 0):
         # one (repeated) Megatron MTP layer; HF flattens depth d, position i to d*Lp+i (d = 0)
-        mp = "".join(SYMBOL[t] for t in cfg["mtp_layers_block_type"])
+        mp = cfg.get("mtp_hybrid_override_pattern") or \
+            "".join(SYMBOL[t] for t in cfg["mtp_layers_block_type"])
         for p in ("enorm", "hnorm", "eh_proj"):
             out[f"mtp.layers.0.{p}.weight"] = W[f"mtp.layers.0.{p}.weight"]
         for i, kind in enumerate(mp):
@@ -300,10 +307,11 @@ def imported(nembridge, tmp_path_factory) -> dict[str, Path | str]:
     root = tmp_path_factory.mktemp("hybrid-import")
     outs = {}
     for name in LAYOUT:
-        r = nembridge.run("import", "--hf", src_dir(name), "--out", root / name, "--spec", "local")
+        out = root / name.replace("/", "-")
+        r = nembridge.run("import", "--hf", src_dir(name), "--out", out, "--spec", "local")
         if name in FIXTURES:
             r.ok()
-        outs[name] = root / name if r.returncode == 0 else f"import exited {r.returncode}: " \
+        outs[name] = out if r.returncode == 0 else f"import exited {r.returncode}: " \
                                                             f"{r.stderr.strip()[:3000]}"
     return outs
 
@@ -327,7 +335,7 @@ def megatron(imported, tmp_path_factory) -> dict[tuple[str, int], list[dict]]:
                      "world_size": ws, "tp": tp, "ep": ep,
                      "padded_vocab": args.padded_vocab_size,
                      "tokens": token_ids(hf_config(name)["vocab_size"]).tolist(),
-                     "dump": str(work / f"{name}.ws{ws}.pt")})
+                     "dump": str(work / f"{name.replace('/', '-')}.ws{ws}.pt")})
     (work / "jobs.json").write_text(json.dumps(jobs))
     env = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     p = subprocess.run([PYTHON, str(HYBRID_LOAD), "--jobs", str(work / "jobs.json")],
@@ -357,7 +365,7 @@ def loaded(megatron, name: str, ws: int, imported=None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # (a) strict load + bit-exact
 
-@pytest.mark.parametrize("name", [*FIXTURES, SUPER_LATENT])
+@pytest.mark.parametrize("name", [*FIXTURES, SUPER_LATENT, SUPER_DIALECT])
 def test_common_state_args_describe_hf_config(imported, name):
     cfg = hf_config(name)
     a = read_common_args(ckpt_dir(import_ok(imported, name)))
@@ -378,6 +386,9 @@ def test_common_state_args_describe_hf_config(imported, name):
                     moe_router_topk_scaling_factor=cfg["routed_scaling_factor"],
                     moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
                     moe_router_dtype="fp32", moe_latent_size=cfg.get("moe_latent_size"))
+    else:  # a dense model: no MoE, whatever MoE defaults its config.json carries
+        want.update(num_moe_experts=None, moe_ffn_hidden_size=None, moe_router_topk=None,
+                    moe_latent_size=None)
     got = {k: getattr(a, k, "<missing>") for k in want}
     assert got == want, {k: (got[k], want[k]) for k in want if got[k] != want[k]}
 
@@ -491,7 +502,7 @@ def test_super_mtp_keys_match_megatron(imported):
 # (c) round trip + verify
 
 ROUND_TRIPS = [pytest.param(n, spec, ep, id=f"{n}-{spec}-ep{ep}")
-               for n in FIXTURES for spec in ("local", "te") for ep in (1,)] + \
+               for n in [*FIXTURES, SUPER_DIALECT] for spec in ("local", "te") for ep in (1,)] + \
               [pytest.param(MOE, "te", ep, id=f"{MOE}-te-ep{ep}") for ep in (2, 4)]
 
 
