@@ -64,6 +64,11 @@ public indirect enum JSONValue: Sendable, Equatable {
         if case .null = self { return true }
         return false
     }
+
+    public var isNumber: Bool {
+        if case .number = self { return true }
+        return false
+    }
 }
 
 /// A JSON number token, kept as written.

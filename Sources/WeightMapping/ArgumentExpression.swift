@@ -74,12 +74,17 @@ public indirect enum ArgumentExpression: Sendable, Equatable {
         case .name(let name): return lookup(name)
         case .binary(let op, let left, let right):
             guard let a = left.evaluate(lookup), let b = right.evaluate(lookup) else { return nil }
+            // Config numbers are input: an overflow is no value, never a trap.
+            let result: (partialValue: Int, overflow: Bool)
             switch op {
-            case "+": return a + b
-            case "-": return a - b
-            case "*": return a * b
-            default: return b == 0 ? nil : a / b
+            case "+": result = a.addingReportingOverflow(b)
+            case "-": result = a.subtractingReportingOverflow(b)
+            case "*": result = a.multipliedReportingOverflow(by: b)
+            default:
+                guard b != 0 else { return nil }
+                result = a.dividedReportingOverflow(by: b)
             }
+            return result.overflow ? nil : result.partialValue
         }
     }
 }

@@ -79,6 +79,22 @@ config_json_args: [heterogeneous_layers_config_encoded_json]
 # Megatron-Core requires these to be multiples of the tensor-parallel size.
 tensor_parallel_divides: [num_attention_heads]
 
+# Sizes config.json states that the tensors must bear out (table names); per-layer FFN and
+# query-group sizes differ by block and are checked by the ops.
+shape_checks:
+  - {hf: "model.embed_tokens.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "lm_head.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "model.norm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "model.layers.{layer}.input_layernorm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "model.layers.{layer}.post_attention_layernorm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "model.layers.{layer}.self_attn.q_proj.weight", value: "num_attention_heads * kv_channels", axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.self_attn.o_proj.weight", value: hidden_size, axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.self_attn.linear_attn.weight", value: hidden_size, axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.gate_proj.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.up_proj.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.down_proj.weight", value: hidden_size, axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.linear_mlp.weight", value: hidden_size, axis: 0, rank: 2}
+
 rules:
   - {hf: "model.embed_tokens.weight", mc: "embedding.word_embeddings.weight", tp: vocab, pad: vocab}
   # Normal attention, with this layer's own query groups.
@@ -218,6 +234,23 @@ fixed_args:
 tensor_parallel_divides: [num_attention_heads]
 
 # In model order (embeddings, layers, final norm, head): export writes tensors in this order.
+# Sizes config.json states that the tensors must bear out (table names): a config that lies
+# about a size, or a tensor with extra axes, is refused instead of converted.
+shape_checks:
+  - {hf: "model.embed_tokens.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "lm_head.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "model.norm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "model.layers.{layer}.input_layernorm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "model.layers.{layer}.post_attention_layernorm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "model.layers.{layer}.self_attn.q_proj.weight", value: "num_attention_heads * kv_channels", axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.self_attn.k_proj.weight", value: "num_query_groups * kv_channels", axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.self_attn.v_proj.weight", value: "num_query_groups * kv_channels", axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.self_attn.o_proj.weight", value: hidden_size, axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.gate_proj.weight", value: ffn_hidden_size, axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.up_proj.weight", value: ffn_hidden_size, axis: 0, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.down_proj.weight", value: ffn_hidden_size, axis: 1, rank: 2}
+  - {hf: "model.layers.{layer}.mlp.down_proj.weight", value: hidden_size, axis: 0}
+
 rules:
   - {hf: "model.embed_tokens.weight", mc: "embedding.word_embeddings.weight", tp: vocab, pad: vocab}
   - hf: "model.layers.{layer}.input_layernorm.weight"
@@ -392,6 +425,27 @@ fixed_args:
 
 # Megatron-Core requires these to be multiples of the tensor-parallel size.
 tensor_parallel_divides: [num_attention_heads, mamba_num_heads, mamba_num_groups]
+
+# Sizes config.json states that the tensors must bear out (table names): a config that lies
+# about a size, or a tensor with extra axes, is refused instead of converted.
+shape_checks:
+  - {hf: "backbone.embeddings.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "lm_head.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "backbone.norm_f.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "backbone.layers.{layer}.norm.weight", value: hidden_size, axis: 0, rank: 1}
+  - {hf: "backbone.layers.{layer}.mixer.in_proj.weight", value: hidden_size, axis: 1, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.out_proj.weight", value: hidden_size, axis: 0, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.out_proj.weight", value: "mamba_num_heads * mamba_head_dim", axis: 1}
+  - {hf: "backbone.layers.{layer}.mixer.A_log", value: mamba_num_heads, axis: 0, rank: 1}
+  - {hf: "backbone.layers.{layer}.mixer.q_proj.weight", value: "num_attention_heads * kv_channels", axis: 0, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.k_proj.weight", value: "num_query_groups * kv_channels", axis: 0, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.o_proj.weight", value: hidden_size, axis: 0, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.up_proj.weight", value: ffn_hidden_size, axis: 0, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.down_proj.weight", value: ffn_hidden_size, axis: 1, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.gate.weight", value: num_moe_experts, axis: 0, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.experts.{expert}.down_proj.weight", value: moe_ffn_hidden_size, axis: 1, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.shared_experts.down_proj.weight", value: moe_shared_expert_intermediate_size, axis: 1, rank: 2}
+  - {hf: "backbone.layers.{layer}.mixer.fc1_latent_proj.weight", value: moe_latent_size, axis: 0, rank: 2}
 
 rules:
   - {hf: "backbone.embeddings.weight", mc: "embedding.word_embeddings.weight", tp: vocab, pad: vocab}

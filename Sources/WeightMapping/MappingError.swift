@@ -10,6 +10,8 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Tensors a rule needs that the source does not have.
     case missingTensors(side: String, names: [String])
     case shapeMismatch(tensor: String, expected: [Int], actual: [Int], reason: String)
+    /// A tensor with another number of axes than the architecture's (a norm stored as [1, H]).
+    case unexpectedRank(tensor: String, shape: [Int], expectedRank: Int, architecture: String)
     /// Rows of a target tensor that no source fills (a table bug, never silently zero).
     case unfilledTarget(tensor: String, reason: String)
     case inconsistentLayers(key: String, reason: String)
@@ -32,6 +34,8 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
             "\(names.count) \(side) tensor(s) needed by the mapping are missing: \(Self.list(names))"
         case .shapeMismatch(let tensor, let expected, let actual, let reason):
             "tensor `\(tensor)`: shape \(actual) does not match the expected \(expected) (\(reason))"
+        case .unexpectedRank(let tensor, let shape, let expectedRank, let architecture):
+            "tensor `\(tensor)`: shape \(shape) has \(shape.count) axes, a \(architecture) model's has \(expectedRank)"
         case .unfilledTarget(let tensor, let reason):
             "target `\(tensor)` is not fully filled: \(reason)"
         case .inconsistentLayers(let key, let reason):

@@ -99,8 +99,32 @@ public struct MappingPlan: Sendable {
         var padded: Int?
         let layerCount = model.layerCount
         let stacked = model.table.stackedPlaceholders
+        // Config counts are believed only as far as the tensors go: every layer and every expert
+        // holds tensors, so a count beyond the source's tensors is refused before anything
+        // proportional to it is built.
+        let tensorBound: Int? = if case .fromHF(let shapes, _, _) = direction { shapes.count } else { nil }
+        if case .fromHF(let shapes, _, _) = direction {
+            // Stated sizes against the source tensors first, so a lie is named as such.
+            try Self.checkStatedSizes(model, shapes.keys.sorted().map { HFTensorSpec(name: $0, shape: shapes[$0]!) })
+        }
+        if let tensorBound, layerCount > tensorBound {
+            throw MappingError.invalidConfigValue(
+                config: model.configPath, field: model.configField(of: model.table.layerCountArgument),
+                reason: "\(layerCount) layers, but the checkpoint has only \(tensorBound) tensors")
+        }
+        let expertArgument = model.table.expertCountArgument ?? "num_moe_experts"
+        var expertCount: Int?
         func count(_ placeholder: String) throws -> Int {
-            placeholder == "layer" ? layerCount : try model.int(model.table.expertCountArgument ?? "num_moe_experts")
+            guard placeholder != "layer" else { return layerCount }
+            if let expertCount { return expertCount }
+            let experts = try model.int(expertArgument)
+            guard experts >= 1, experts <= min(tensorBound ?? Int.max, ResolvedModel.largestLayerCount) else {
+                throw MappingError.invalidConfigValue(
+                    config: model.configPath, field: model.configField(of: expertArgument),
+                    reason: "\(experts) experts per layer" + (tensorBound.map { ", but the checkpoint has only \($0) tensors" } ?? " is more than any model has"))
+            }
+            expertCount = experts
+            return experts
         }
 
         // Layer-major model order: rules before the first layered rule, then every layer's
@@ -207,6 +231,7 @@ public struct MappingPlan: Sendable {
             throw MappingError.missingTensors(side: side, names: Array(Set(missing)).sorted())
         }
         try Self.checkStackedShapes(megatronTensors)
+        try Self.checkStatedSizes(model, hfTensors)
         switch direction {
         case .fromHF(let shapes, _, _):
             let used = Set(hfTensors.map(\.name))
@@ -284,6 +309,37 @@ public struct MappingPlan: Sendable {
         var key = pieces.joined()
         if key.hasSuffix(".") { key.removeLast() }
         return (key, prefix, sizes)
+    }
+
+    /// The table's `shape_checks`: sizes the config states must be the tensors' sizes.
+    private static func checkStatedSizes(_ model: ResolvedModel, _ tensors: [HFTensorSpec]) throws {
+        for check in model.table.shapeChecks {
+            for tensor in tensors {
+                guard let placeholders = check.tensor.match(tensor.name) else { continue }
+                if let rank = check.rank, tensor.shape.count != rank {
+                    throw MappingError.unexpectedRank(tensor: tensor.name, shape: tensor.shape, expectedRank: rank,
+                                                      architecture: model.table.name)
+                }
+                guard let expression = check.value, let axis = check.axis else { continue }
+                let layer = placeholders["layer"]
+                func value(_ name: String) -> JSONValue? {
+                    layer.flatMap { model.layerValues.indices.contains($0) ? model.layerValues[$0][name] : nil } ?? model.argument(name)
+                }
+                for name in expression.names {
+                    if let found = value(name), !found.isNull, found.intValue == nil {
+                        throw MappingError.invalidConfigValue(
+                            config: model.configPath, field: model.configField(of: name),
+                            reason: "\(String(JSONWriter.compact(found).prefix(80))) is not an integer (`\(tensor.name)` has shape \(tensor.shape))")
+                    }
+                }
+                guard let expected = expression.evaluate({ value($0)?.intValue }) else { continue }
+                guard axis < tensor.shape.count, tensor.shape[axis] == expected else {
+                    throw MappingError.invalidConfigValue(
+                        config: model.configPath, field: expression.names.map(model.configField(of:)).joined(separator: "`, `"),
+                        reason: "`\(expression)` is \(expected), but `\(tensor.name)` has shape \(tensor.shape) (axis \(axis))")
+                }
+            }
+        }
     }
 
     /// Every layer of a stacked key must have the same shape and split.

@@ -20,7 +20,7 @@ extension MappingTable {
         let top = try reader.mapping(root, allowed: [
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
-            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names",
+            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -106,6 +106,10 @@ extension MappingTable {
                            pattern: try reader.layerPattern(fields["pattern"]!, context: "mtp.pattern"))
         }
         tensorParallelDivides = try top["tensor_parallel_divides"].map { try reader.strings($0, "tensor_parallel_divides") } ?? []
+        shapeChecks = try top["shape_checks"].map { node in
+            guard case .sequence(let items) = node else { throw reader.error(node, "shape_checks must be a list") }
+            return try items.enumerated().map { index, item in try reader.shapeCheck(item, context: "shape_checks[\(index)]") }
+        } ?? []
         hfPrefixAliases = try top["hf_prefix_aliases"].map { node in
             try reader.orderedMapping(node, "hf_prefix_aliases").map { ($0.key, try reader.strings($0.value, "hf_prefix_aliases.\($0.key)")) }
         } ?? []
@@ -256,6 +260,32 @@ struct TableReader {
         case .sequence(let sequence): return try sequence.map { try string($0, context) }
         default: throw error(node, "\(context) must be a string or a list of strings")
         }
+    }
+
+    func shapeCheck(_ node: Node, context: String) throws -> ShapeCheck {
+        let fields = try mapping(node, allowed: ["hf", "value", "axis", "rank"], required: ["hf"], context: context)
+        let tensor = try pattern(try string(fields["hf"]!, "\(context).hf"), at: fields["hf"]!, "\(context).hf")
+        func integer(_ key: String) throws -> Int? {
+            guard let field = fields[key] else { return nil }
+            guard let value = Int(try string(field, "\(context).\(key)")), value >= 0 else {
+                throw error(field, "\(context).\(key) must be a non-negative integer")
+            }
+            return value
+        }
+        var value: ArgumentExpression?
+        if let text = fields["value"] {
+            do {
+                value = try ArgumentExpression.parse(try string(text, "\(context).value"))
+            } catch let failure as ArgumentExpression.ParseError {
+                throw error(text, "\(context).value: \(failure.reason)")
+            }
+        }
+        let axis = try integer("axis")
+        let rank = try integer("rank")
+        guard (value == nil) == (axis == nil), value != nil || rank != nil else {
+            throw error(node, "\(context): give `value` with `axis`, and/or `rank`")
+        }
+        return ShapeCheck(tensor: tensor, value: value, axis: axis, rank: rank, line: node.mark?.line ?? 0)
     }
 
     func pattern(_ text: String, at node: Node, _ context: String) throws -> NamePattern {

@@ -234,8 +234,22 @@ public struct MappingTable: Sendable {
     public let hfPrefixAliases: [(prefix: String, alternatives: [String])]
     /// Megatron arguments that must be multiples of the tensor-parallel size (heads, groups).
     public let tensorParallelDivides: [String]
+    /// Sizes the config claims that the tensors must bear out (`shape_checks`).
+    public let shapeChecks: [ShapeCheck]
     /// MTP layers, when the architecture has them.
     public let mtp: MTPSpec?
     /// Megatron-Bridge's provider for `run_config.yaml`, when the table gives one.
     public let bridgeProvider: BridgeProviderSpec?
+}
+
+/// A size the config states and the tensors must agree with: every HF tensor matching `tensor`
+/// (in the table's spelling) has `rank` axes (when given) and `value` rows on `axis` (when given), `value` being an
+/// expression over Megatron arguments and the layer's own values. A config that lies about a size
+/// is refused instead of being written into the checkpoint's args.
+public struct ShapeCheck: Sendable {
+    public let tensor: NamePattern
+    public let value: ArgumentExpression?
+    public let axis: Int?
+    public let rank: Int?
+    public let line: Int
 }

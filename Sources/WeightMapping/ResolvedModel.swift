@@ -81,6 +81,14 @@ public struct ResolvedModel: Sendable {
                 }
                 found = mapped
             }
+            if let type = rule.type, !found.isNull, !found.isNumber {
+                throw MappingError.invalidConfigValue(config: configPath, field: rule.fields.first ?? rule.name,
+                                                      reason: "\(String(JSONWriter.compact(found).prefix(80))) is not a number, as Megatron argument `\(rule.name)` needs")
+            }
+            if case .number(let number) = found, let integer = number.intValue, integer.magnitude > Self.largestDimension {
+                throw MappingError.invalidConfigValue(config: configPath, field: rule.fields.first ?? rule.name,
+                                                      reason: "\(number.text) is out of range for Megatron argument `\(rule.name)` (at most \(Self.largestDimension))")
+            }
             if let type = rule.type, case .number(let number) = found {
                 guard let double = number.doubleValue else {
                     throw MappingError.invalidConfigValue(config: configPath, field: rule.name, reason: "not a number")
@@ -110,6 +118,13 @@ public struct ResolvedModel: Sendable {
         }
         guard let layers = declared ?? kinds?.count, layers > 0 else {
             throw MappingError.missingConfigField(config: configPath, field: table.layerCountArgument, neededFor: "the layer count")
+        }
+        // Per-layer values are allocated per claimed layer: a count no model has is refused first
+        // (MappingPlan then bounds it by the tensors present).
+        guard layers <= Self.largestLayerCount else {
+            let field = table.arguments.first { $0.name == table.layerCountArgument }?.fields.first ?? table.layerCountArgument
+            throw MappingError.invalidConfigValue(config: configPath, field: field,
+                                                  reason: "\(layers) layers is more than any model has (at most \(Self.largestLayerCount))")
         }
         if declared == nil {
             resolved.removeAll { $0.name == table.layerCountArgument }
@@ -280,6 +295,12 @@ public struct ResolvedModel: Sendable {
         }
     }
 
+    /// The largest integer a Megatron argument may hold (2^40: no dimension, vocabulary or
+    /// sequence length comes near it), so products of a few of them cannot overflow silently.
+    public static let largestDimension: UInt = 1 << 40
+    /// The most layers (and experts per layer) a config may claim before the tensors are seen.
+    public static let largestLayerCount = 1 << 16
+
     /// An argument's integer value.
     public func int(_ name: String) throws -> Int {
         guard let value = arguments.last(where: { $0.name == name })?.value.intValue else {
@@ -289,6 +310,11 @@ public struct ResolvedModel: Sendable {
     }
 
     public func argument(_ name: String) -> JSONValue? { arguments.last(where: { $0.name == name })?.value }
+
+    /// The config field a Megatron argument is read from (for messages), or the argument's name.
+    public func configField(of argument: String) -> String {
+        table.arguments.first { $0.name == argument }?.fields.first ?? argument
+    }
 
     /// A config field by dotted path (`rope_parameters.rope_theta`).
     static func lookup(_ config: JSONValue, path: String) -> JSONValue? {
