@@ -23,26 +23,31 @@ TENSORS=$("$BIN" inspect "$SRC" --json | "$PY" -c 'import json,sys; print(len(js
 ROWS=()
 run() {
     local label="$1" cleanup="$2"; shift 2
-    local times=() rss=0
+    local times=() cpus=() rss=0
     for i in $(seq 0 "$RUNS"); do
         eval "$cleanup"
         local line
-        /usr/bin/time -o "$DATA/time.txt" -f "%e %M" "$@" >/dev/null 2>"$DATA/stderr.txt" \
+        /usr/bin/time -o "$DATA/time.txt" -f "%e %M %U %S" "$@" >/dev/null 2>"$DATA/stderr.txt" \
             || { cat "$DATA/stderr.txt" >&2; echo "bench: $label failed" >&2; exit 1; }
         line=$(tail -1 "$DATA/time.txt")
         [[ $i -eq 0 ]] && continue   # warm-up
-        times+=("${line% *}")
-        (( ${line#* } > rss )) && rss=${line#* }
+        local wall mem user sys
+        read -r wall mem user sys <<< "$line"
+        times+=("$wall")
+        cpus+=("$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')")
+        (( mem > rss )) && rss=$mem
     done
     eval "$cleanup"
-    local median
+    local median cpu
     median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    local rate
+    cpu=$(printf '%s\n' "${cpus[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    local rate per_gb
     rate=$(awk -v b="$BYTES" -v s="$median" 'BEGIN { if (s > 0) printf "%.2f", b/s/1e9; else print "-" }')
-    [[ "${NO_RATE:-0}" == 1 ]] && rate="-"
-    ROWS+=("| $label | $median | $rate | $((rss / 1024)) MiB |")
+    per_gb=$(awk -v b="$BYTES" -v c="$cpu" 'BEGIN { if (b > 0) printf "%.2f", c/(b/1e9); else print "-" }')
+    [[ "${NO_RATE:-0}" == 1 ]] && rate="-" && per_gb="-"
+    ROWS+=("| $label | $median | $rate | $per_gb | $((rss / 1024)) MiB |")
     LAST_MEDIAN=$median
-    echo "bench: $label: ${median}s (${rate} GB/s), peak RSS $((rss / 1024)) MiB"
+    echo "bench: $label: ${median}s (${rate} GB/s, ${per_gb} CPU s/GB), peak RSS $((rss / 1024)) MiB"
 }
 
 clean_out='rm -rf "$DATA/out" "$DATA/out.safetensors"'
@@ -105,7 +110,7 @@ convert_bench() {
         ZSTD_NOTE="zstd:3 checkpoint: $zsize bytes vs $plain uncompressed (ratio $(awk -v a="$plain" -v b="$zsize" 'BEGIN { printf "%.3f", a/b }'))."
     fi
     rm -rf "$DATA/mc-src"
-    CONVERT_ROWS+=("" "### $label: $size bytes" "" "| what | wall s | GB/s | peak RSS |" "| --- | --- | --- | --- |")
+    CONVERT_ROWS+=("" "### $label: $size bytes" "" "| what | wall s | GB/s | CPU s/GB | peak RSS |" "| --- | --- | --- | --- | --- |")
     CONVERT_ROWS+=("${ROWS[@]}")
     CONVERT_ROWS+=("" "$RATIO_NOTE")
     if [[ -n "${RESHARD_NOTE:-}" ]]; then CONVERT_ROWS+=("$RESHARD_NOTE"); RESHARD_NOTE=""; fi
@@ -116,7 +121,18 @@ SAFETENSORS_BYTES=$BYTES
 convert_bench "Llama-3.2-1B shape, 16 layers" 16 "$DATA/llama-16" "$ROOT/tools/bench/make_llama_model.py"
 convert_bench "Llama-3.2-1B shape, 4 layers" 4 "$DATA/llama-4" "$ROOT/tools/bench/make_llama_model.py" 4
 convert_bench "Nemotron-3-MoE shape (24 hybrid layers, 128 experts per MoE layer, ~3,300 tensors)" moe "$DATA/moe" "$ROOT/tools/bench/make_moe_model.py"
+# A real run at a real model's size: Nemotron-H-8B's published shapes (16.2 GB, 4 shards), the
+# sparse folder's headers with weight-like data written in (one run after the warm-up: it is large).
+if [[ ! -f "$DATA/nemotron-h-8b/config.json" ]]; then
+    rm -rf "$DATA/nemotron-h-8b"
+    python3 "$ROOT/tools/realscale/make_sparse.py" "$DATA/nemotron-h-8b" nemotron-h-8b >/dev/null
+    "$PY" "$ROOT/tools/bench/fill_sparse.py" "$DATA/nemotron-h-8b"
+fi
+SAVED_RUNS=$RUNS; RUNS=1
+convert_bench "Nemotron-H-8B published shapes, real data (52 layers, 4 shards of ≤ 5 GB)" large "$DATA/nemotron-h-8b" true
+RUNS=$SAVED_RUNS
 ROWS=("${SAFETENSORS_ROWS[@]}")
+REALSCALE_ROWS="$("$ROOT/tools/bench/realscale.sh" "$BIN" "$DATA")"
 
 # Notes written by hand below this marker (variance across runs) survive a re-run.
 MARKER='<!-- notes below are kept by make bench -->'
@@ -136,8 +152,8 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "- Input: generated Llama-shaped bf16 \`model.safetensors\`, $SAFETENSORS_BYTES bytes, $TENSORS tensors"
     echo "- nembridge $("$BIN" --version)"
     echo
-    echo "| what | wall s | GB/s | peak RSS |"
-    echo "| --- | --- | --- | --- |"
+    echo "| what | wall s | GB/s | CPU s/GB | peak RSS |"
+    echo "| --- | --- | --- | --- | --- |"
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "Every nembridge row fsyncs its output and publishes it by rename; the output bytes equal the"
@@ -152,6 +168,16 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "Each nembridge run is followed by \`sync\`, like the copy. Targets (issue 5): import and export"
     echo "within 1.25× the durable copy, peak RSS ≤ 256 MiB whatever the model size."
     printf '%s\n' "${CONVERT_ROWS[@]}"
+    echo
+    echo "## Real-scale planning"
+    echo
+    echo "Sparse Hugging Face folders at the real dimensions of the published models"
+    echo "(tools/realscale/make_sparse.py: the published config.json field sets, real safetensors"
+    echo "headers, tensor data as file holes), planned without moving data: \`inspect\` and"
+    echo "\`import --dry-run\` at TP=1 and at the published training layouts. Best of 3 runs, peak RSS"
+    echo "of the 3. Target (issue 12): every plan ≤ 2 s and ≤ 128 MiB."
+    echo
+    printf '%s\n' "$REALSCALE_ROWS"
     if [[ -n "$KEPT" ]]; then echo; printf '%s\n' "$KEPT"; fi
 } > "$OUT"
 echo "bench: wrote $OUT"
