@@ -1,13 +1,20 @@
 import Synchronization
 
-/// Bytes done out of a known total, shared by workers and read by whoever displays progress.
+/// Bytes done out of a known total, shared by workers and read by whoever displays progress; and
+/// the run's notes for the user (what was cleaned up or dropped), shown by the same display.
 public final class ProgressCounter: Sendable {
     public let total: Int64
     private let done = Atomic<Int64>(0)
+    private let noteList = Mutex<[String]>([])
 
     public init(total: Int64) { self.total = total }
 
     public func add(_ bytes: Int64) { done.wrappingAdd(bytes, ordering: .relaxed) }
 
     public var completed: Int64 { done.load(ordering: .relaxed) }
+
+    public func note(_ text: String) { noteList.withLock { $0.append(text) } }
+
+    /// The notes so far, in order.
+    public var notes: [String] { noteList.withLock { $0 } }
 }

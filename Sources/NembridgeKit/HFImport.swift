@@ -320,6 +320,7 @@ public struct HFImport: Sendable {
     /// Writes the checkpoint under a staging name and publishes it by rename.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
         let folder = try OutputFolder(path: outputPath)
+        for note in folder.notes { progress?.note(note) }
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
         if let legacy {

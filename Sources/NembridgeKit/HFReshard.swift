@@ -65,6 +65,7 @@ public struct HFReshard: Sendable {
     /// Writes the folder under a staging name and publishes it by rename.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
         let folder = try OutputFolder(path: outputPath)
+        for note in folder.notes { progress?.note(note) }
         let source = self.source
         let entries = try PlannedWriting.writeSafetensors(
             shards: files.map { (folder.stagedPath($0.name), $0.name, $0.tensors, $0.metadata) }, executor: executor, progress: progress

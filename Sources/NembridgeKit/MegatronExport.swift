@@ -210,6 +210,7 @@ public struct MegatronExport: Sendable {
     /// Writes the folder under a staging name and publishes it by rename.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
         let folder = try OutputFolder(path: outputPath)
+        for note in folder.notes { progress?.note(note) }
         // All shards at once, one lane per file: workers write different files (writes to one
         // file serialize on its inode lock).
         let reads = self.reads

@@ -242,6 +242,7 @@ public struct MegatronReshard: Sendable {
 
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
         let folder = try OutputFolder(path: outputPath)
+        for note in folder.notes { progress?.note(note) }
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
         if let legacyPlan {

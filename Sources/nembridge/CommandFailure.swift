@@ -17,3 +17,7 @@ func reportingFailures(_ body: () throws -> Void) throws {
 func writeStandardOutput(_ text: String) {
     FileHandle.standardOutput.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
 }
+
+func writeStandardError(_ text: String) {
+    FileHandle.standardError.write(Data(text.utf8))
+}

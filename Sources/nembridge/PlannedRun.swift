@@ -22,6 +22,10 @@ struct PlannedRunOptions: ParsableArguments {
         let counter = ProgressCounter(total: totalBytes)
         let display = ProgressDisplay(phase: phase, counter: counter)
         let start = Date()
+        defer {
+            // What the run cleaned up or dropped (an interrupted run's staging folder...), also on failure.
+            for note in counter.notes { writeStandardError("nembridge: note: \(note)\n") }
+        }
         try run(MoveExecutor(workers: max(1, workers), mode: .buffered), counter)
         display.finish()
         return Date().timeIntervalSince(start)
