@@ -1,4 +1,5 @@
 import Foundation
+import TensorCore
 
 /// An output folder built under a staging name beside its target and published by one rename,
 /// so the folder under its real name is complete or absent. The target must not exist yet.
@@ -10,9 +11,9 @@ public final class OutputFolder: @unchecked Sendable {
 
         public var description: String {
             switch self {
-            case .alreadyExists(let path): "\(path): output already exists (nembridge never overwrites; remove it or choose another --out)"
-            case .cannotCreate(let path, let reason): "\(path): cannot create output folder: \(reason)"
-            case .cannotPublish(let path, let reason): "\(path): cannot publish output folder: \(reason)"
+            case .alreadyExists(let path): "\(MessageText.path(path)): output already exists (nembridge never overwrites; remove it or choose another --out)"
+            case .cannotCreate(let path, let reason): "\(MessageText.path(path)): cannot create output folder: \(MessageText.quoted(reason, limit: nil))"
+            case .cannotPublish(let path, let reason): "\(MessageText.path(path)): cannot publish output folder: \(MessageText.quoted(reason, limit: nil))"
             }
         }
     }
