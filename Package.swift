@@ -69,7 +69,7 @@ let package = Package(
         .executableTarget(
             name: "nembridge",
             dependencies: [
-                "NembridgeKit",
+                "NembridgeKit", "Execution", "SafetensorsFormat", "WeightMapping", "TensorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -247,7 +247,7 @@ public struct MegatronReshard: Sendable {
         if let legacyPlan {
             let entries = try legacyPlan.write(iterationPath: iterationPath, iterationName: iterationDirectoryName, executor: executor,
                                                progress: progress)
-            try ChecksumManifest(kind: "megatron-torch", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            try ChecksumManifest(kind: .megatronTorch, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
         } else {
             let fills = self.fills
             let entries = try PlannedWriting.writeTorchDist(
@@ -255,7 +255,7 @@ public struct MegatronReshard: Sendable {
             ) { index, base in
                 fills[index].map { MoveGroup.Step.copy(source: $0.file, range: $0.source, destinationOffset: base + $0.dataOffset) }
             }
-            try ChecksumManifest(kind: "megatron-torch_dist", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            try ChecksumManifest(kind: .megatronTorchDist, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
             if let commonState {
                 let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
                 try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)

@@ -288,7 +288,8 @@ public struct MappingPlan: Sendable {
             if let earlier = first[tensor.key] {
                 guard earlier.shape == tensor.shape else {
                     throw MappingError.inconsistentLayers(
-                        key: tensor.key, reason: "\(earlier.name) has shape \(earlier.shape), \(tensor.name) has \(tensor.shape)")
+                        key: tensor.key, reason: "\(earlier.name) has shape \(earlier.shape), \(tensor.name) has \(tensor.shape)",
+                        tensors: [earlier.name, tensor.name])
                 }
             } else {
                 first[tensor.key] = tensor
