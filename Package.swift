@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "TorchZip", dependencies: ["TensorCore", "CPlatform"]),
         // Pickle VM that executes nothing (read) and protocol 2 emitter (write), for DCP `.metadata`,
         // torch.save `data.pkl` and Megatron's common state.
-        .target(name: "TorchPickle"),
+        .target(name: "TorchPickle", dependencies: ["TensorCore"]),
         // Megatron-Core torch_dist checkpoints: DCP `.metadata`, `.distcp` items (torch.save zips,
         // optionally zstd), common state, the Megatron folder layout. Knows no architecture.
         .target(
@@ -69,7 +69,7 @@ let package = Package(
         .executableTarget(
             name: "nembridge",
             dependencies: [
-                "NembridgeKit",
+                "NembridgeKit", "Execution", "SafetensorsFormat", "WeightMapping", "TensorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -40,16 +40,24 @@ public struct ChecksumManifest: Sendable, Equatable {
         public var reason: String?
 
         public var description: String {
-            if let actual { return "`\(name)` in \(file): xxh3 \(actual.hexDigest), manifest says \(expected.hexDigest)" }
-            return "`\(name)` in \(file): \(reason ?? "unreadable")"
+            let place = "`\(MessageText.quoted(name))` in \(MessageText.path(file))"
+            if let actual { return "\(place): xxh3 \(actual.hexDigest), manifest says \(expected.hexDigest)" }
+            return "\(place): \(MessageText.quoted(reason ?? "unreadable", limit: nil))"
         }
     }
 
-    /// What the folder holds (`hf-safetensors`, `megatron-torch_dist`).
-    public var kind: String
+    /// What the folder holds: which reader `verify DIR` checks it with.
+    public enum Kind: String, Sendable, CaseIterable {
+        case hfSafetensors = "hf-safetensors"
+        case megatronTorchDist = "megatron-torch_dist"
+        /// The legacy per-rank format (`--ckpt-format torch`).
+        case megatronTorch = "megatron-torch"
+    }
+
+    public var kind: Kind
     public var entries: [Entry]
 
-    public init(kind: String, entries: [Entry]) {
+    public init(kind: Kind, entries: [Entry]) {
         self.kind = kind
         self.entries = entries
     }
@@ -57,7 +65,7 @@ public struct ChecksumManifest: Sendable, Equatable {
     /// Hashes each range of each file under `root` (read back through a bounded buffer per
     /// worker; the bytes were just written, so they come from the page cache).
     public static func compute(
-        kind: String, root: String, items: [(name: String, file: String, range: ByteRange)], workers: Int = 2
+        kind: Kind, root: String, items: [(name: String, file: String, range: ByteRange)], workers: Int = 2
     ) throws -> ChecksumManifest {
         var opened: [String: ReadOnlyFile] = [:]
         for item in items where opened[item.file] == nil {
@@ -125,7 +133,7 @@ public struct ChecksumManifest: Sendable, Equatable {
         .object([
             ("format", .string(Self.format)),
             ("algorithm", .string("xxh3-64")),
-            ("kind", .string(kind)),
+            ("kind", .string(kind.rawValue)),
             ("tensors", .array(entries.map { entry -> JSONValue in
                 var fields: [(key: String, value: JSONValue)] = [
                     ("name", .string(entry.name)), ("file", .string(entry.file)),
@@ -149,31 +157,34 @@ public struct ChecksumManifest: Sendable, Equatable {
     public struct Invalid: Error, Equatable, CustomStringConvertible {
         public var file: String
         public var reason: String
-        public var description: String { "\(file): invalid manifest: \(reason)" }
+        public var description: String { "\(MessageText.path(file)): invalid manifest: \(MessageText.quoted(reason, limit: nil))" }
     }
 
     public init(path: String) throws {
-        let file = try ReadOnlyFile(path: path)
+        let bytes = try ReadOnlyFile.contents(atPath: path)
         let document: JSONValue
         do {
-            document = try JSONParser.parse(try file.readBytes(ByteRange(offset: 0, count: file.size)))
-        } catch let error as JSONParser.Failure {
+            document = try JSONParser.parse(bytes)
+        } catch {
             throw Invalid(file: path, reason: error.description)
         }
-        guard document["format"]?.stringValue == Self.format, let kind = document["kind"]?.stringValue,
+        guard document["format"]?.stringValue == Self.format, let kindName = document["kind"]?.stringValue,
             let tensors = document["tensors"]?.arrayValue
         else { throw Invalid(file: path, reason: "not a \(Self.format) document") }
+        guard let kind = Kind(rawValue: kindName) else {
+            throw Invalid(file: path, reason: "unknown kind `\(MessageText.quoted(kindName))` (known: \(Kind.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
         self.kind = kind
         entries = try tensors.map { item in
             guard let name = item["name"]?.stringValue, let relative = item["file"]?.stringValue,
-                !relative.hasPrefix("/"), !relative.split(separator: "/").contains(".."),
-                let offset = item["offset"]?.intValue, let count = item["bytes"]?.intValue, offset >= 0, count >= 0,
+                !relative.hasPrefix("/"), !relative.contains("\0"), !relative.split(separator: "/").contains(".."),
+                let offset = item["offset"]?.intValue, let count = item["bytes"]?.intValue,
+                let range = ByteRange(validatingOffset: Int64(offset), count: Int64(count)),
                 let hex = item["xxh3"]?.stringValue, let digest = UInt64(hex, radix: 16)
-            else { throw Invalid(file: path, reason: "malformed entry \(JSONWriter.compact(item))") }
+            else { throw Invalid(file: path, reason: "malformed entry \(MessageText.quoted(JSONWriter.compact(item)))") }
             let dtype = item["dtype"]?.stringValue.flatMap { DType(safetensorsName: $0) }
             let shape = item["shape"]?.arrayValue.map { $0.compactMap(\.intValue) }
-            return Entry(name: name, file: relative, range: ByteRange(offset: Int64(offset), count: Int64(count)), xxh3: digest,
-                         dtype: dtype, shape: shape)
+            return Entry(name: name, file: relative, range: range, xxh3: digest, dtype: dtype, shape: shape)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TensorCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,11 +22,11 @@ public final class OutputFolder: @unchecked Sendable {
 
         public var description: String {
             switch self {
-            case .alreadyExists(let path): "\(path): output already exists (nembridge never overwrites; remove it or choose another --out)"
-            case .cannotCreate(let path, let reason): "\(path): cannot create output folder: \(reason)"
-            case .cannotPublish(let path, let reason): "\(path): cannot publish output folder: \(reason)"
+            case .alreadyExists(let path): "\(MessageText.path(path)): output already exists (nembridge never overwrites; remove it or choose another --out)"
+            case .cannotCreate(let path, let reason): "\(MessageText.path(path)): cannot create output folder: \(MessageText.quoted(reason, limit: nil))"
+            case .cannotPublish(let path, let reason): "\(MessageText.path(path)): cannot publish output folder: \(MessageText.quoted(reason, limit: nil))"
             case .inUse(let path, let owner):
-                "\(path): another nembridge run is writing this output (\(owner)); wait for it to finish or stop it"
+                "\(MessageText.path(path)): another nembridge run is writing this output (\(MessageText.quoted(owner))); wait for it to finish or stop it"
             }
         }
     }

@@ -18,10 +18,14 @@ public final class ChunkedTensorSet: GlobalTensorSource {
         var index: [String: Int] = [:]
         for tensor in tensors {
             let metadata = DCPTensorMetadata(dtype: tensor.dtype, size: tensor.size, chunks: tensor.chunks.map(\.chunk))
+            try TorchDistCheckpoint.checkSize(metadata, key: tensor.key, metadataPath: path)
             for data in tensor.chunks {
                 let chunk = data.chunk
                 let inside = chunk.offsets.count == tensor.size.count && chunk.sizes.count == tensor.size.count
-                    && chunk.offsets.indices.allSatisfy { chunk.offsets[$0] >= 0 && chunk.sizes[$0] >= 0 && chunk.offsets[$0] + chunk.sizes[$0] <= tensor.size[$0] }
+                    && chunk.offsets.indices.allSatisfy {
+                        chunk.offsets[$0] >= 0 && chunk.sizes[$0] >= 0 && chunk.offsets[$0] <= tensor.size[$0]
+                            && chunk.sizes[$0] <= tensor.size[$0] - chunk.offsets[$0]
+                    }
                 guard inside else {
                     throw MegatronCheckpointError.chunkOutOfBounds(file: data.dataFile, key: tensor.key, offsets: chunk.offsets, sizes: chunk.sizes, shape: tensor.size)
                 }

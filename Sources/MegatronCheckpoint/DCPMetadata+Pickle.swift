@@ -12,7 +12,7 @@ extension DCPMetadata {
     public init(pickle bytes: [UInt8], file: String) throws {
         let root: PickleValue
         do {
-            root = try PickleReader.read(bytes)
+            root = try PickleReader.read(bytes, globals: CheckpointGlobals.policy)
         } catch {
             throw MegatronCheckpointError.invalidMetadata(file: file, reason: "\(error)")
         }
@@ -20,7 +20,7 @@ extension DCPMetadata {
         guard let object = root.object, let className = object.className else {
             throw fail("the root is not a Metadata object")
         }
-        guard className.hasSuffix("Metadata") else { throw fail("the root is a `\(className)`, not a DCP Metadata") }
+        guard className.hasSuffix("Metadata") else { throw fail("the root is a `\(MessageText.quoted(className))`, not a DCP Metadata") }
         rootClass = className
         guard case .dict(let stateDictEntries)? = root["state_dict_metadata"] else {
             throw fail("no `state_dict_metadata` dict")
@@ -29,20 +29,20 @@ extension DCPMetadata {
         var bytesItems: [String] = []
         for entry in stateDictEntries {
             guard let fqn = entry.key.stringValue else { throw fail("a state_dict_metadata key is not a string") }
-            guard let className = entry.value.object?.className else { throw fail("`\(fqn)`: entry is not an object") }
+            guard let className = entry.value.object?.className else { throw fail("`\(MessageText.quoted(fqn))`: entry is not an object") }
             if className.hasSuffix("BytesStorageMetadata") {
                 bytesItems.append(fqn)
                 continue
             }
-            guard className.hasSuffix("TensorStorageMetadata") else { throw fail("`\(fqn)`: unexpected entry class `\(className)`") }
-            guard let properties = entry.value["properties"] else { throw fail("`\(fqn)`: no properties") }
+            guard className.hasSuffix("TensorStorageMetadata") else { throw fail("`\(MessageText.quoted(fqn))`: unexpected entry class `\(MessageText.quoted(className))`") }
+            guard let properties = entry.value["properties"] else { throw fail("`\(MessageText.quoted(fqn))`: no properties") }
             let (dtype, requiresGrad) = try Self.parseProperties(properties, fqn: fqn, fail: fail)
-            guard let size = entry.value["size"].flatMap(Self.parseSize) else { throw fail("`\(fqn)`: no size") }
-            guard case .list(let chunkValues)? = entry.value["chunks"] else { throw fail("`\(fqn)`: no chunks list") }
+            guard let size = entry.value["size"].flatMap(Self.parseSize) else { throw fail("`\(MessageText.quoted(fqn))`: no size") }
+            guard case .list(let chunkValues)? = entry.value["chunks"] else { throw fail("`\(MessageText.quoted(fqn))`: no chunks list") }
             let chunks = try chunkValues.map { chunk -> DCPChunk in
                 guard let offsets = chunk["offsets"].flatMap(Self.parseSize), let sizes = chunk["sizes"].flatMap(Self.parseSize),
                     offsets.count == size.count, sizes.count == size.count
-                else { throw fail("`\(fqn)`: malformed chunk") }
+                else { throw fail("`\(MessageText.quoted(fqn))`: malformed chunk") }
                 return DCPChunk(offsets: offsets, sizes: sizes)
             }
             tensors.append((fqn, DCPTensorMetadata(dtype: dtype, size: size, chunks: chunks, requiresGrad: requiresGrad)))
@@ -56,13 +56,13 @@ extension DCPMetadata {
             guard let path = entry.value["relative_path"]?.stringValue,
                 let offset = entry.value["offset"]?.int64Value, let length = entry.value["length"]?.int64Value,
                 offset >= 0, length >= 0
-            else { throw fail("`\(fqn)`: malformed _StorageInfo") }
-            guard !path.contains("/"), path != "..", !path.isEmpty else { throw fail("`\(fqn)`: data file `\(path)` is not a plain file name") }
+            else { throw fail("`\(MessageText.quoted(fqn))`: malformed _StorageInfo") }
+            guard !path.contains("/"), !path.contains("\0"), path != "..", path != ".", !path.isEmpty else { throw fail("`\(MessageText.quoted(fqn))`: data file `\(MessageText.quoted(path))` is not a plain file name") }
             var transforms: [String]?
             if let value = entry.value["transform_descriptors"], value != .none {
-                guard case .list(let items) = value else { throw fail("`\(fqn)`: transform_descriptors is not a list") }
+                guard case .list(let items) = value else { throw fail("`\(MessageText.quoted(fqn))`: transform_descriptors is not a list") }
                 transforms = try items.map { item in
-                    guard let text = item.stringValue else { throw fail("`\(fqn)`: transform descriptor is not a string") }
+                    guard let text = item.stringValue else { throw fail("`\(MessageText.quoted(fqn))`: transform descriptor is not a string") }
                     return text
                 }
             }
@@ -104,8 +104,8 @@ extension DCPMetadata {
             dtypeValue = value["dtype"]
             requiresGrad = value["requires_grad"]?.boolValue ?? false
         }
-        guard let global = dtypeValue?.globalName, global.module == "torch" else { throw fail("`\(fqn)`: no dtype in properties") }
-        guard let dtype = DType(torchName: global.name) else { throw fail("`\(fqn)`: unknown dtype torch.\(global.name)") }
+        guard let global = dtypeValue?.globalName, global.module == "torch" else { throw fail("`\(MessageText.quoted(fqn))`: no dtype in properties") }
+        guard let dtype = DType(torchName: global.name) else { throw fail("`\(MessageText.quoted(fqn))`: unknown dtype torch.\(global.name)") }
         return (dtype, requiresGrad)
     }
 

@@ -113,7 +113,12 @@ public final class LegacyTorchCheckpoint: Sendable {
     public init(directory: String, folder: MegatronCheckpointFolder? = nil) throws {
         self.directory = directory
         self.folder = folder
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            throw MegatronCheckpointError.notACheckpoint(path: directory, reason: "cannot list the directory (\(error.localizedDescription))")
+        }
         let parsed = names.compactMap(LegacyRank.parse).sorted { $0.name < $1.name }
         guard let first = parsed.first else {
             throw MegatronCheckpointError.notACheckpoint(path: directory, reason: "no mp_rank_* directories")
@@ -199,7 +204,7 @@ public final class LegacyTorchCheckpoint: Sendable {
         }
         let value: PickleValue
         do {
-            value = try PickleReader.read(try archive.contents(of: pickleEntry))
+            value = try PickleReader.read(try archive.contents(of: pickleEntry), globals: CheckpointGlobals.policy)
         } catch let error as ZipError {
             throw fail("data.pkl", "\(error)")
         } catch {

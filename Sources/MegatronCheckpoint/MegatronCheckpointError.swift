@@ -18,41 +18,53 @@ public enum MegatronCheckpointError: Error, Equatable, Sendable, CustomStringCon
     case decompressionFailed(file: String, key: String, offset: Int64, reason: String)
     /// A requested box of a tensor is not fully covered by its chunks (or reaches outside it).
     case boxNotCovered(file: String, key: String, offsets: [Int], sizes: [Int], shape: [Int], missingElements: Int)
+    /// The common state (`common.pt`, or the `common_state/shard_0_1` item: `key`) is not the
+    /// dict Megatron saves.
+    case invalidCommonState(file: String, key: String?, reason: String)
+    /// A tensor whose shape holds more bytes than 64 bits can count.
+    case tensorTooLarge(file: String, key: String, shape: [Int], dtype: DType)
     /// libzstd refused a parameter or failed while compressing.
     case compressionFailed(reason: String)
 
     public var description: String {
-        switch self {
+        // Paths, keys and reasons carry text read from the checkpoint: escaped, one line.
+        let p = { (path: String) in MessageText.path(path) }, q = { (text: String) in MessageText.quoted(text) }
+        let r = { (text: String) in MessageText.quoted(text, limit: nil) }
+        return switch self {
         case .notACheckpoint(let path, let reason):
-            "\(path): not a Megatron-Core checkpoint: \(reason)"
+            "\(p(path)): not a Megatron-Core checkpoint: \(r(reason))"
         case .unsupportedFormat(let path, let format, let hint):
-            "\(path): \(format) checkpoints are not supported yet (\(hint))"
+            "\(p(path)): \(r(format)) checkpoints are not supported yet (\(hint))"
         case .invalidMetadata(let file, let reason):
-            "\(file): invalid DCP metadata: \(reason)"
+            "\(p(file)): invalid DCP metadata: \(r(reason))"
         case .invalidItem(let file, let key, let offset, let reason):
-            "\(file): item `\(key)` at offset \(offset): \(reason)"
+            "\(p(file)): item `\(q(key))` at offset \(offset): \(r(reason))"
         case .missingDataFile(let metadata, let key, let file):
-            "\(metadata): data file `\(file)` of `\(key)` does not exist"
+            "\(p(metadata)): data file `\(q(file))` of `\(q(key))` does not exist"
         case .chunkOutOfBounds(let file, let key, let offsets, let sizes, let shape):
-            "\(file): chunk of `\(key)` at offsets \(offsets) with sizes \(sizes) is outside the tensor's shape \(shape)"
+            "\(p(file)): chunk of `\(q(key))` at offsets \(offsets) with sizes \(sizes) is outside the tensor's shape \(shape)"
         case .overlappingChunks(let file, let key, let first, let second):
-            "\(file): chunks of `\(key)` at offsets \(first) and \(second) overlap"
+            "\(p(file)): chunks of `\(q(key))` at offsets \(first) and \(second) overlap"
         case .missingStorage(let file, let key, let offsets):
-            "\(file): no storage entry for `\(key)`\(offsets.map { " at offsets \($0)" } ?? "")"
+            "\(p(file)): no storage entry for `\(q(key))`\(offsets.map { " at offsets \($0)" } ?? "")"
         case .keyNotFound(let file, let key):
-            "\(file): no key `\(key)`"
+            "\(p(file)): no key `\(q(key))`"
         case .dtypeMismatch(let file, let key, let expected, let actual):
-            "\(file): `\(key)` is stored as \(actual), the metadata says \(expected)"
+            "\(p(file)): `\(q(key))` is stored as \(actual), the metadata says \(expected)"
         case .unsupportedDType(let key, let dtype):
-            "`\(key)`: dtype \(dtype) has no torch equivalent"
+            "`\(q(key))`: dtype \(dtype) has no torch equivalent"
         case .unsupportedTransform(let file, let key, let transform):
-            "\(file): item `\(key)` uses transform `\(transform)`, which nembridge does not read"
+            "\(p(file)): item `\(q(key))` uses transform `\(q(transform))`, which nembridge does not read"
         case .decompressionFailed(let file, let key, let offset, let reason):
-            "\(file): item `\(key)` at offset \(offset): zstd: \(reason)"
+            "\(p(file)): item `\(q(key))` at offset \(offset): zstd: \(r(reason))"
         case .boxNotCovered(let file, let key, let offsets, let sizes, let shape, let missing):
-            "\(file): box of `\(key)` at offsets \(offsets) with sizes \(sizes) (tensor shape \(shape)) is not covered by chunks: \(missing) elements missing"
+            "\(p(file)): box of `\(q(key))` at offsets \(offsets) with sizes \(sizes) (tensor shape \(shape)) is not covered by chunks: \(missing) elements missing"
+        case .invalidCommonState(let file, let key, let reason):
+            "\(p(file)): \(key.map { "item `\(q($0))`: " } ?? "")not a Megatron common state: \(r(reason))"
+        case .tensorTooLarge(let file, let key, let shape, let dtype):
+            "\(p(file)): `\(q(key))` of shape \(shape) and dtype \(dtype) has more bytes than 64 bits can count"
         case .compressionFailed(let reason):
-            "zstd compression failed: \(reason)"
+            "zstd compression failed: \(r(reason))"
         }
     }
 }

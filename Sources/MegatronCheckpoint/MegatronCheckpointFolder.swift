@@ -1,4 +1,5 @@
 import Foundation
+import TensorCore
 
 /// Where a Megatron-Core checkpoint is and which format it has, found from a path that is a
 /// save directory (with `latest_checkpointed_iteration.txt`), an iteration directory
@@ -94,8 +95,17 @@ public struct MegatronCheckpointFolder: Sendable, Equatable {
         }
         let metadataJSON = (directory as NSString).appendingPathComponent(ShardedBackendMetadata.fileName)
         // An invalid metadata.json is not an error: Megatron's `maybe_load_config` treats the
-        // directory as not distributed and goes on to the other checks.
-        if names.contains(ShardedBackendMetadata.fileName), let backend = try? ShardedBackendMetadata(path: metadataJSON) {
+        // directory as not distributed and goes on to the other checks. One that cannot be read
+        // (a directory, a FIFO, no permission) is, as `open()` fails there too.
+        var backend: ShardedBackendMetadata?
+        if names.contains(ShardedBackendMetadata.fileName) {
+            do {
+                backend = try ShardedBackendMetadata(path: metadataJSON)
+            } catch is MegatronCheckpointError {
+                backend = nil
+            }
+        }
+        if let backend {
             switch backend.shardedBackend {
             case "torch_dist":
                 return .torchDist(backend)
@@ -105,7 +115,7 @@ public struct MegatronCheckpointFolder: Sendable, Equatable {
                     hint: "load it with Megatron-Core <= 0.15 and save it again with --ckpt-format torch_dist")
             default:
                 throw MegatronCheckpointError.unsupportedFormat(
-                    path: directory, format: "`\(backend.shardedBackend)` dist-ckpt backend",
+                    path: directory, format: "`\(MessageText.quoted(backend.shardedBackend))` dist-ckpt backend",
                     hint: "only the torch_dist backend is read")
             }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import TensorCore
 
 /// Which saved iteration a Megatron save directory points at: the contents of
 /// `latest_checkpointed_iteration.txt`, and the name of the iteration directory.
@@ -40,7 +41,7 @@ public enum MegatronIteration: Sendable, Hashable, CustomStringConvertible {
         }
         guard let value = Int(trimmed) else {
             throw MegatronCheckpointError.notACheckpoint(
-                path: file, reason: "expected an iteration number or `release`, found `\(trimmed.prefix(40))`")
+                path: file, reason: "expected an iteration number or `release`, found `\(MessageText.quoted(trimmed, limit: 40))`")
         }
         guard value > 0 else {
             throw MegatronCheckpointError.notACheckpoint(path: file, reason: "iteration \(value) is not > 0")
@@ -48,14 +49,18 @@ public enum MegatronIteration: Sendable, Hashable, CustomStringConvertible {
         self = .number(value)
     }
 
-    /// Reads `latest_checkpointed_iteration.txt` at `path`.
+    /// Reads `latest_checkpointed_iteration.txt` at `path` (a regular file of at most 4 KiB).
     public init(trackerFile path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw MegatronCheckpointError.notACheckpoint(path: path, reason: "cannot read the file")
-        }
-        guard data.count <= 4096, let text = String(data: data, encoding: .utf8) else {
+        let bytes: [UInt8]
+        do {
+            bytes = try ReadOnlyFile.contents(atPath: path, limit: 4096)
+        } catch FileIOError.tooLarge(_, let size, _) {
             throw MegatronCheckpointError.notACheckpoint(
-                path: path, reason: "expected an iteration number or `release`, found \(data.count) bytes of other data")
+                path: path, reason: "expected an iteration number or `release`, found \(size) bytes of other data")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw MegatronCheckpointError.notACheckpoint(
+                path: path, reason: "expected an iteration number or `release`, found \(bytes.count) bytes that are not UTF-8")
         }
         try self.init(trackerText: text, file: path)
     }

@@ -46,17 +46,18 @@ public struct ShardedBackendMetadata: Sendable, Equatable {
         document = json
     }
 
-    /// Reads and interprets `path`.
+    /// Reads and interprets `path` (a regular file).
     public init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw FileIOError(path: path, operation: .read, errno: nil)
-        }
+        let bytes = try ReadOnlyFile.contents(atPath: path, limit: Self.sizeLimit)
         let json: JSONValue
         do {
-            json = try JSONParser.parse(Array(data))
+            json = try JSONParser.parse(bytes)
         } catch {
             throw MegatronCheckpointError.invalidMetadata(file: path, reason: "not JSON: \(error)")
         }
         try self.init(json: json, file: path)
     }
+
+    /// Megatron writes four short fields; anything near this size is not a `metadata.json`.
+    static let sizeLimit: Int64 = 1 << 20
 }

@@ -25,13 +25,21 @@ public protocol GlobalTensorSource: Sendable {
 extension GlobalTensorSource {
     public typealias BoxPiece = TensorBoxPiece
 
-    /// Bytes of a box of `key` with `sizes`, in the tensor's dtype.
+    /// Bytes of a box of `key` with `sizes`, in the tensor's dtype; `tensorTooLarge` when they
+    /// do not fit `Int64`.
     public func boxByteCount(key: String, sizes: [Int]) throws -> Int64 {
         let tensor = try self.tensor(key)
         guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
             throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)
         }
-        return Int64(BoxGeometry.volume(sizes) * elementSize)
+        guard let elements = ShapeArithmetic.elementCount(sizes) else {
+            throw MegatronCheckpointError.tensorTooLarge(file: metadataPath, key: key, shape: sizes, dtype: tensor.dtype)
+        }
+        let (bytes, overflow) = elements.multipliedReportingOverflow(by: elementSize)
+        guard !overflow else {
+            throw MegatronCheckpointError.tensorTooLarge(file: metadataPath, key: key, shape: sizes, dtype: tensor.dtype)
+        }
+        return Int64(bytes)
     }
 
     /// The reads that fill the box at `offsets` with `sizes` of tensor `key`, sorted by
@@ -42,12 +50,15 @@ extension GlobalTensorSource {
         precondition(offsets.count == tensor.size.count && sizes.count == tensor.size.count,
                      "box rank \(offsets.count)/\(sizes.count) for `\(key)` of rank \(tensor.size.count)")
         let box = DCPChunk(offsets: offsets, sizes: sizes)
-        let total = BoxGeometry.volume(sizes)
         func notCovered(_ missing: Int) -> MegatronCheckpointError {
             .boxNotCovered(file: metadataPath, key: key, offsets: offsets, sizes: sizes, shape: tensor.size, missingElements: missing)
         }
-        let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] + sizes[$0] <= tensor.size[$0] }
-        guard inside else { throw notCovered(total) }
+        // Inside the tensor (whose byte size was checked at open), so no volume below overflows.
+        let inside = offsets.indices.allSatisfy {
+            offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] <= tensor.size[$0] && sizes[$0] <= tensor.size[$0] - offsets[$0]
+        }
+        guard inside else { throw notCovered(ShapeArithmetic.elementCount(sizes) ?? Int.max) }
+        let total = BoxGeometry.volume(sizes)
         if total == 0 { return [] }
         guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
             throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)

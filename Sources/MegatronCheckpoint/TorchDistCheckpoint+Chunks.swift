@@ -61,19 +61,25 @@ extension TorchDistCheckpoint {
     /// order of the tensor. One run when the strides are row-major.
     static func runs(of saved: TorchSavedTensor, elementSize: Int, storage: ByteRange,
                      fail: (String) -> MegatronCheckpointError) throws -> [ChunkData.Run] {
-        guard let count = ShapeArithmetic.elementCount(saved.shape) else { throw fail("shape \(saved.shape) overflows") }
+        // Counting a zero dimension as one: a view with no elements must still have a shape whose
+        // rows can be measured by the planners.
+        guard let count = ShapeArithmetic.elementCount(saved.shape), ShapeArithmetic.elementCount(saved.shape.map { max($0, 1) }) != nil,
+            count.multipliedReportingOverflow(by: elementSize).overflow == false
+        else { throw fail("shape \(saved.shape) has no valid element count") }
         if count == 0 { return [] }
         guard saved.strides.allSatisfy({ $0 >= 0 }) else { throw fail("negative strides \(saved.strides)") }
         // The highest element index the view touches must lie inside the storage.
         var last = saved.storageOffset
         for (size, stride) in zip(saved.shape, saved.strides) {
             let (product, overflow) = (size - 1).multipliedReportingOverflow(by: stride)
-            guard !overflow else { throw fail("strides \(saved.strides) overflow") }
-            last += product
+            let (sum, sumOverflow) = last.addingReportingOverflow(product)
+            guard !overflow, !sumOverflow else { throw fail("strides \(saved.strides) overflow") }
+            last = sum
         }
-        let (needed, overflow) = (last + 1).multipliedReportingOverflow(by: elementSize)
-        guard !overflow, Int64(needed) <= storage.count else {
-            throw fail("the view (offset \(saved.storageOffset), shape \(saved.shape), strides \(saved.strides)) needs \(needed) bytes, the storage record has \(storage.count)")
+        let (end, endOverflow) = last.addingReportingOverflow(1)
+        let (needed, overflow) = end.multipliedReportingOverflow(by: elementSize)
+        guard !endOverflow, !overflow, Int64(needed) <= storage.count else {
+            throw fail("the view (offset \(saved.storageOffset), shape \(saved.shape), strides \(saved.strides)) needs more bytes than the storage record's \(storage.count)")
         }
         let contiguous = ShapeArithmetic.strides(saved.shape)
         if saved.strides == contiguous || count == 1 {

@@ -28,7 +28,7 @@ extension TorchDistCheckpoint {
         let (archive, info, decoded) = try itemArchive(storageKey)
         let pickle = try record("data.pkl", of: archive, info: info, key: key, decoded: decoded)
         do {
-            return try PickleReader.read(pickle)
+            return try PickleReader.read(pickle, globals: CheckpointGlobals.policy)
         } catch {
             throw MegatronCheckpointError.invalidItem(
                 file: dataFile(info).path, key: key, offset: info.offset, reason: "data.pkl: \(error)")
@@ -38,15 +38,48 @@ extension TorchDistCheckpoint {
     /// The common state dict (`args`, `checkpoint_version`, `iteration`, …): `common.pt` in the
     /// checkpoint directory when it exists (Megatron-Core ≤ 0.18, and preferred by the loader
     /// when present), else the `common_state/shard_0_1` item with its one-element list
-    /// unwrapped. Nil when there is neither (plain DCP checkpoints).
+    /// unwrapped. Nil when there is neither (plain DCP checkpoints). Anything but a dict of that
+    /// shape throws `invalidCommonState` naming the file.
     public func commonState() throws -> PickleValue? {
         let commonPath = (directory as NSString).appendingPathComponent("common.pt")
         if FileManager.default.fileExists(atPath: commonPath) {
-            return try Self.readTorchSave(path: commonPath)
+            return try Self.checkedCommonState(try Self.readTorchSave(path: commonPath), file: commonPath, key: nil)
         }
         guard metadata.bytesItems.contains(Self.commonStateKey) else { return nil }
         let value = try objectValue(key: Self.commonStateKey)
-        if case .list(let items) = value, items.count == 1 { return items[0] }
+        let info = try storageInfo(key: Self.commonStateKey, offsets: nil)
+        let state: PickleValue
+        if case .list(let items) = value, items.count == 1 { state = items[0] } else { state = value }
+        return try Self.checkedCommonState(state, file: dataFile(info).path, key: Self.commonStateKey)
+    }
+
+    /// `value` when it has the shape Megatron saves its common state in: a dict with str keys,
+    /// `args` an `argparse.Namespace` (or None), `iteration` an int and `checkpoint_version` a
+    /// number when present.
+    static func checkedCommonState(_ value: PickleValue, file: String, key: String?) throws -> PickleValue {
+        func fail(_ reason: String) -> MegatronCheckpointError { .invalidCommonState(file: file, key: key, reason: reason) }
+        guard case .dict(let entries) = value else { throw fail("the saved object is a \(value.kindName), not a dict") }
+        for entry in entries {
+            guard let name = entry.key.stringValue else { throw fail("a key is a \(entry.key.kindName), not a str") }
+            switch name {
+            case "args":
+                if entry.value.isNone { continue }
+                guard entry.value.isObject(of: "argparse", "Namespace") || entry.value.isObject(of: "types", "SimpleNamespace"),
+                    case .dict(let fields)? = entry.value.object?.state
+                else { throw fail("`args` is a \(entry.value.kindName), not an argparse.Namespace") }
+                if let field = fields.first(where: { $0.key.stringValue == nil }) {
+                    throw fail("an `args` field name is a \(field.key.kindName), not a str")
+                }
+            case "iteration":
+                guard entry.value.int64Value != nil else { throw fail("`iteration` is a \(entry.value.kindName), not an int") }
+            case "checkpoint_version":
+                guard entry.value.doubleValue != nil else {
+                    throw fail("`checkpoint_version` is a \(entry.value.kindName), not a number")
+                }
+            default:
+                continue
+            }
+        }
         return value
     }
 
@@ -65,7 +98,7 @@ extension TorchDistCheckpoint {
             throw MegatronCheckpointError.invalidItem(file: path, key: "data.pkl", offset: 0, reason: reason)
         }
         do {
-            return try PickleReader.read(pickle)
+            return try PickleReader.read(pickle, globals: CheckpointGlobals.policy)
         } catch {
             throw MegatronCheckpointError.invalidItem(file: path, key: "data.pkl", offset: 0, reason: "\(error)")
         }

@@ -58,7 +58,10 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         do {
             let file = try ReadOnlyFile(path: metadataPath)
             bytes = try file.readBytes(ByteRange(offset: 0, count: file.size))
-        } catch let error as FileIOError where error.operation == .open {
+        } catch let error as FileIOError {
+            // A missing or unreadable .metadata means this is no DCP directory; a .metadata that
+            // is a directory or a FIFO is reported as such.
+            guard case .failed(_, .open, _, _) = error else { throw error }
             throw MegatronCheckpointError.notACheckpoint(path: directory, reason: "no readable .metadata (\(error))")
         }
         metadata = try DCPMetadata(pickle: bytes, file: metadataPath)
@@ -73,8 +76,9 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         var seen = Set<String>()
         for (fqn, tensor) in metadata.tensors {
             guard seen.insert(fqn).inserted else {
-                throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(fqn)` is listed twice")
+                throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(MessageText.quoted(fqn))` is listed twice")
             }
+            try checkSize(tensor, key: fqn, metadataPath: metadataPath)
             for chunk in tensor.chunks {
                 let inside = chunk.offsets.indices.allSatisfy { axis in
                     chunk.offsets[axis] >= 0 && chunk.sizes[axis] >= 0 && chunk.offsets[axis] <= tensor.size[axis]
@@ -98,7 +102,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         }
         for fqn in metadata.bytesItems {
             guard seen.insert(fqn).inserted else {
-                throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(fqn)` is listed twice")
+                throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(MessageText.quoted(fqn))` is listed twice")
             }
             let key = DCPStorageKey(fqn: fqn, offsets: nil)
             guard metadata.storage[key] != nil else {
@@ -123,10 +127,28 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
             guard info.length <= file.size, info.offset <= file.size - info.length else {
                 throw MegatronCheckpointError.invalidItem(
                     file: file.path, key: key.fqn, offset: info.offset,
-                    reason: "the item's \(info.length) bytes end at \(info.offset + info.length), past the end of the file (\(file.size) bytes; truncated?)")
+                    reason: "the item's \(info.length) bytes at offset \(info.offset) run past the end of the file (\(file.size) bytes; truncated?)")
             }
         }
         return files
+    }
+
+    /// A tensor's global size must be non-negative, and its bytes (counting a zero dimension as
+    /// one, so that every box of it can be measured) must fit `Int64`: then no chunk or box
+    /// arithmetic on it can overflow.
+    static func checkSize(_ tensor: DCPTensorMetadata, key: String, metadataPath: String) throws {
+        guard tensor.size.allSatisfy({ $0 >= 0 }) else {
+            throw MegatronCheckpointError.invalidMetadata(
+                file: metadataPath, reason: "`\(MessageText.quoted(key))` has a negative size \(tensor.size)")
+        }
+        var bytes = torchElementSize(tensor.dtype) ?? 1
+        for dimension in tensor.size {
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: max(dimension, 1))
+            guard !overflow, product <= Int(Int64.max) else {
+                throw MegatronCheckpointError.tensorTooLarge(file: metadataPath, key: key, shape: tensor.size, dtype: tensor.dtype)
+            }
+            bytes = product
+        }
     }
 
     /// The metadata of tensor `key`.

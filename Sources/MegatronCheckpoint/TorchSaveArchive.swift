@@ -15,7 +15,11 @@ public enum TorchSaveArchive {
     /// A whole archive for a pickled object (`torch.save(value)`): Megatron's ShardedObjects are
     /// `torch.save([value])`, and DCP bytes items hold such archives.
     public static func objectArchive(_ value: PickleValue) throws -> [UInt8] {
-        let pickle = PickleWriter.write(value)
+        try objectArchive(pickle: PickleWriter.write(value))
+    }
+
+    /// A whole archive whose `data.pkl` is `pickle`, as `torch.save` lays it out.
+    public static func objectArchive(pickle: [UInt8]) throws -> [UInt8] {
         var records: [(String, [UInt8])] = [("data.pkl", pickle)]
         records.append(contentsOf: formatRecords)
         records.append(versionRecord)

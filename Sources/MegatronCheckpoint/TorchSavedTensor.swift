@@ -36,7 +36,7 @@ public struct TorchSavedTensor: Sendable, Equatable {
             .invalidItem(file: context, key: "data.pkl", offset: 0, reason: reason)
         }
         let value: PickleValue
-        do { value = try PickleReader.read(bytes) } catch { throw fail("\(error)") }
+        do { value = try PickleReader.read(bytes, globals: CheckpointGlobals.policy) } catch { throw fail("\(error)") }
         try self.init(value: value, context: context, name: "data.pkl")
     }
 
@@ -72,7 +72,7 @@ public struct TorchSavedTensor: Sendable, Equatable {
             }
             dtype = parsed
         }
-        guard !key.contains("/"), key != ".." else { throw fail("storage key `\(key)` is not a plain name") }
+        guard !key.contains("/"), !key.contains("\0"), key != ".." else { throw fail("storage key `\(MessageText.quoted(key))` is not a plain name") }
         self.init(dtype: dtype, shape: shape, strides: strides, storageOffset: offset, storageKey: key)
     }
 

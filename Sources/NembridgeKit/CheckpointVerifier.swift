@@ -45,7 +45,7 @@ public enum CheckpointVerifier {
         var problems: [String: String] = [:]
         var extra: [TensorComparison] = []
         switch manifest.kind {
-        case "hf-safetensors":
+        case .hfSafetensors:
             let folder = try HFCheckpointFolder(directory: path)
             let listed = Set(manifest.entries.map(\.name))
             for entry in manifest.entries {
@@ -64,7 +64,7 @@ public enum CheckpointVerifier {
                 extra.append(TensorComparison(name: item.info.name, status: .missingInFirst, dtypes: (nil, item.info.dtype),
                                               shapes: (nil, item.info.shape), bytes: item.info.byteCount))
             }
-        case "megatron-torch_dist":
+        case .megatronTorchDist:
             let checkpoint = try TorchDistCheckpoint(path: path)
             let listedDTypes = Dictionary(manifest.entries.map { ($0.name, $0.dtype) }, uniquingKeysWith: { first, _ in first })
             var places: [String: (String, ByteRange)] = [:]
@@ -103,7 +103,7 @@ public enum CheckpointVerifier {
                     problems[entry.name] = "the checkpoint places it at \(place.0) \(place.1), the manifest at \(entry.file) \(entry.range)"
                 }
             }
-        case "megatron-torch":
+        case .megatronTorch:
             // Parses every rank file (zip directory, data.pkl, storages): a damaged file fails here.
             let checkpoint = try LegacyTorchCheckpoint(path: path)
             let iteration = (checkpoint.directory as NSString).lastPathComponent
@@ -122,8 +122,6 @@ public enum CheckpointVerifier {
                     problems[entry.name] = "the checkpoint places it at \(place.0) \(place.1), the manifest at \(entry.file) \(entry.range)"
                 }
             }
-        default:
-            break
         }
         let checked = ChecksumManifest(kind: manifest.kind, entries: manifest.entries.filter { problems[$0.name] == nil })
         for mismatch in checked.verify(root: path, workers: workers) { problems[mismatch.name] = mismatch.description }
@@ -136,8 +134,8 @@ public enum CheckpointVerifier {
             }
             return item
         } + extra
-        return VerificationReport(mode: "manifest \(manifest.kind)", first: path, second: nil, comparisons: comparisons,
-                                  notes: problems.sorted { $0.key < $1.key }.map { "`\($0.key)`: \($0.value)" })
+        return VerificationReport(mode: "manifest \(manifest.kind.rawValue)", first: path, second: nil, comparisons: comparisons,
+                                  notes: problems.sorted { $0.key < $1.key }.map { "`\(MessageText.quoted($0.key))`: \($0.value)" })
     }
 
     public static func verify(_ firstPath: String, _ secondPath: String, mappingsDirectory: String? = nil) throws -> VerificationReport {
@@ -200,8 +198,10 @@ public enum CheckpointVerifier {
                                 objectsCompared: Bool) throws -> VerificationReport {
         var comparisons: [TensorComparison] = []
         let keysA = Set(a.globalTensors.map(\.fqn))
+        // Looked up in the list, not through `tensor(_:)`: only an absent key is "missing".
+        let tensorsB = Dictionary(b.globalTensors.map { ($0.fqn, $0.metadata) }, uniquingKeysWith: { first, _ in first })
         for (key, tensor) in a.globalTensors where !MappingPlan.isTrainingState(key) {
-            guard let other = try? b.tensor(key) else {
+            guard let other = tensorsB[key] else {
                 comparisons.append(TensorComparison(name: key, status: .missingInSecond, dtypes: (tensor.dtype, nil),
                                                     shapes: (tensor.size, nil), bytes: 0))
                 continue

@@ -107,8 +107,8 @@ public struct HFImport: Sendable {
         for item in mapping.correspondences {
             let dtype = dtypes[item.hf.tensor]!
             if let earlier = megatronDType[item.megatron.tensor], earlier != dtype {
-                throw MappingError.shapeMismatch(tensor: item.hf.tensor, expected: [], actual: [],
-                                                 reason: "dtype \(dtype) differs from \(earlier) of the other sources of `\(item.megatron.tensor)`")
+                throw MappingError.dtypeConflict(tensor: item.hf.tensor, dtypes: [earlier, dtype].sorted { $0.rawValue < $1.rawValue },
+                                                 reason: "\(dtype) differs from \(earlier) of the other sources of `\(item.megatron.tensor)`")
             }
             megatronDType[item.megatron.tensor] = dtype
         }
@@ -263,7 +263,7 @@ public struct HFImport: Sendable {
 
     static func rowBytes(_ shape: [Int], _ dtype: DType, tensor: String) throws -> Int64 {
         guard let bytes = ShapeArithmetic.byteCount(Array(shape.dropFirst()), dtype) else {
-            throw MappingError.shapeMismatch(tensor: tensor, expected: shape, actual: shape, reason: "rows of \(dtype) are not whole bytes")
+            throw MappingError.unsupportedDType(tensor: tensor, dtype: dtype, reason: "rows of shape \(Array(shape.dropFirst())) are not whole bytes")
         }
         return Int64(bytes)
     }
@@ -326,7 +326,7 @@ public struct HFImport: Sendable {
         if let legacy {
             let entries = try legacy.write(iterationPath: iterationPath, iterationName: iterationDirectoryName,
                                            executor: executor, progress: progress)
-            try ChecksumManifest(kind: "megatron-torch", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            try ChecksumManifest(kind: .megatronTorch, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
             try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
             try recordSource(into: folder.stagedPath("nembridge/hf"))
             try folder.publish()
@@ -358,10 +358,10 @@ public struct HFImport: Sendable {
                               ByteRange(offset: info.offset, count: info.length)))
             }
             items.sort { $0.0 < $1.0 }
-            manifest = try ChecksumManifest.compute(kind: "megatron-torch_dist", root: folder.stagingPath, items: items,
+            manifest = try ChecksumManifest.compute(kind: .megatronTorchDist, root: folder.stagingPath, items: items,
                                                     workers: executor.workers)
         } else {
-            manifest = ChecksumManifest(kind: "megatron-torch_dist",
+            manifest = ChecksumManifest(kind: .megatronTorchDist,
                                         entries: try writePlain(iterationPath: iterationPath, executor: executor, progress: progress))
         }
         try manifest.write(to: folder.stagedPath(ChecksumManifest.fileName))

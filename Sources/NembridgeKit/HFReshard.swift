@@ -85,7 +85,7 @@ public struct HFReshard: Sendable {
                              into: output)
             try output.publish()
         }
-        try ChecksumManifest(kind: "hf-safetensors", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        try ChecksumManifest(kind: .hfSafetensors, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
         try folder.publish()
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import MegatronCheckpoint
+import Synchronization
 import TensorCore
 import TorchPickle
 import WeightMapping
@@ -70,21 +71,33 @@ public struct LegacyCheckpointSource: Sendable {
                                expertNaming: naming, renames: renames)
         let localShapes = tensorsByRank
         let paths = Dictionary(checkpoint.ranks.map { ($0.rank, $0.path) }, uniquingKeysWith: { first, _ in first })
+        // A name the layout cannot place is an error of its own, not a missing tensor: the
+        // planner's callback cannot throw, so the first such error is kept and thrown in place of
+        // the planner's.
+        let namingError = Mutex<(any Error)?>(nil)
         do {
             mapping = try MappingPlan(model: model, direction: .fromLocalShards(
                 localShape: { name in
-                    guard let (local, stage, expertRank) = try? namer.local(name) else { return nil }
-                    return localShapes[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)]?[local]?.shape
+                    let placed: (name: String, stage: Int, expertRank: Int?)
+                    do {
+                        placed = try namer.local(name)
+                    } catch {
+                        namingError.withLock { $0 = $0 ?? error }
+                        return nil
+                    }
+                    return localShapes[LegacyRank(tensor: 0, pipeline: placed.stage, expert: placed.expertRank ?? 0)]?[placed.name]?.shape
                 }, tensorParallel: sizes.tensor, expertTensorParallel: sizes.expertTensor))
         } catch let error as MappingError {
+            if let naming = namingError.withLock({ $0 }) { throw naming }
             // Global shapes come from the tensor-rank-0 files: name the file and entry the message is about.
-            let text = error.description
-            let places = Self.mappingNames(in: text).compactMap { name -> String? in
-                guard let (local, stage, expertRank) = try? namer.local(name),
-                    let path = paths[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)] else { return nil }
-                return "`\(local)` in \(path)"
+            // (Names the layout has no local name for, such as stacked keys, name no file.)
+            let places = error.tensorNames.filter(Self.isPerLayerMegatronName).compactMap { name -> String? in
+                let local: String, stage: Int, expertRank: Int?
+                do { (local, stage, expertRank) = try namer.local(name) } catch { return nil }
+                guard let path = paths[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)] else { return nil }
+                return "`\(MessageText.quoted(local))` in \(MessageText.path(path))"
             }
-            throw LegacyLayoutError.inconsistentShards(directory: checkpoint.directory, reason: text, entries: places)
+            throw LegacyLayoutError.inconsistentShards(directory: checkpoint.directory, reason: error.description, entries: places)
         }
         layout = try LegacyLayout(mapping: mapping, sizes: sizes, stageLayers: stageLayers, expertNaming: naming, moduleRenames: renames)
 
@@ -145,10 +158,10 @@ public struct LegacyCheckpointSource: Sendable {
         }
     }
 
-    /// Per-layer Megatron names (`decoder.layers.3.…`, `embedding.…`, `output_layer.…`) a message mentions.
-    static func mappingNames(in text: String) -> [String] {
-        text.split(whereSeparator: { " `,;:()[]".contains($0) }).map(String.init)
-            .filter { $0.hasPrefix("decoder.layers.") || $0.hasPrefix("embedding.") || $0.hasPrefix("output_layer.") || $0.hasPrefix("mtp.") }
+    /// Whether `name` is a per-layer Megatron name (`decoder.layers.3.…`, `embedding.…`,
+    /// `output_layer.…`, `mtp.…`), one a rank file holds under a local name.
+    static func isPerLayerMegatronName(_ name: String) -> Bool {
+        name.hasPrefix("decoder.layers.") || name.hasPrefix("embedding.") || name.hasPrefix("output_layer.") || name.hasPrefix("mtp.")
     }
 
     /// The runs covering bytes `[start, start + count)` of a tensor laid out by `runs`, rebased to 0.

@@ -51,8 +51,8 @@ public struct LegacyCheckpointPlan: Sendable {
                 case .tensor(let shape, let pieces):
                     let types = Set(try pieces.map { try dtype($0.key) })
                     guard types.count == 1, let type = types.first else {
-                        throw MappingError.shapeMismatch(tensor: entry.name, expected: shape, actual: shape,
-                                                         reason: "its parts have different dtypes (\(types.map(\.description).sorted().joined(separator: ", ")))")
+                        throw MappingError.dtypeConflict(tensor: entry.name, dtypes: types.sorted { $0.rawValue < $1.rawValue },
+                                                         reason: "the parts of one rank file entry")
                     }
                     model.append((entry.name, .tensor(dtype: type, shape: shape)))
                 }

@@ -1,5 +1,6 @@
 import Foundation
 import MegatronCheckpoint
+import TensorCore
 import TorchPickle
 import WeightMapping
 
@@ -86,16 +87,19 @@ public enum LegacyLayoutError: Error, Equatable, CustomStringConvertible {
     case inconsistentShards(directory: String, reason: String, entries: [String])
 
     public var description: String {
-        switch self {
-        case .unsupportedLayout(let reason): "cannot use this layout: \(reason)"
+        // Entry names come from the rank files: quoted, one line.
+        let p = { (path: String) in MessageText.path(path) }, q = { (text: String) in MessageText.quoted(text) }
+        let r = { (text: String) in MessageText.quoted(text, limit: nil) }
+        return switch self {
+        case .unsupportedLayout(let reason): "cannot use this layout: \(r(reason))"
         case .unexpectedEntries(let file, let names):
-            "\(file): \(names.count) model entr\(names.count == 1 ? "y" : "ies") the mapping does not place: \(names.prefix(8).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
+            "\(p(file)): \(names.count) model entr\(names.count == 1 ? "y" : "ies") the mapping does not place: \(names.prefix(8).map(q).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
         case .missingEntries(let file, let names):
-            "\(file): \(names.count) model entr\(names.count == 1 ? "y is" : "ies are") missing: \(names.prefix(8).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
+            "\(p(file)): \(names.count) model entr\(names.count == 1 ? "y is" : "ies are") missing: \(names.prefix(8).map(q).joined(separator: ", "))\(names.count > 8 ? ", …" : "")"
         case .shapeMismatch(let file, let name, let expected, let actual):
-            "\(file): `\(name)` has shape \(actual), the layout expects \(expected) for this rank"
+            "\(p(file)): `\(q(name))` has shape \(actual), the layout expects \(expected) for this rank"
         case .inconsistentShards(let directory, let reason, let entries):
-            "\(directory): the rank files' tensors do not fit the model: \(reason)" + (entries.isEmpty ? "" : " (read as \(entries.joined(separator: ", ")))")
+            "\(p(directory)): the rank files' tensors do not fit the model: \(r(reason))" + (entries.isEmpty ? "" : " (read as \(r(entries.joined(separator: ", "))))")
         }
     }
 }

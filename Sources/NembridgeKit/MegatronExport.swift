@@ -14,9 +14,9 @@ public enum ExportError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .hfConfigRequired(let checkpoint):
-            "\(checkpoint): no Hugging Face config.json recorded with this checkpoint (it was not imported by nembridge); give the model's config folder with --hf-config DIR"
+            "\(MessageText.path(checkpoint)): no Hugging Face config.json recorded with this checkpoint (it was not imported by nembridge); give the model's config folder with --hf-config DIR"
         case .damagedRecord(let file, let reason):
-            "\(file): damaged record of the imported model: \(reason)"
+            "\(MessageText.path(file)): damaged record of the imported model: \(MessageText.quoted(reason, limit: nil))"
         }
     }
 }
@@ -234,7 +234,7 @@ public struct MegatronExport: Sendable {
         for name in companionFiles {
             try copyFileContents(from: (configDirectory as NSString).appendingPathComponent(name), to: folder.stagedPath(name))
         }
-        try ChecksumManifest(kind: "hf-safetensors", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        try ChecksumManifest(kind: .hfSafetensors, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
         try folder.publish()
     }
 

@@ -248,7 +248,7 @@ public struct MegatronReshard: Sendable {
         if let legacyPlan {
             let entries = try legacyPlan.write(iterationPath: iterationPath, iterationName: iterationDirectoryName, executor: executor,
                                                progress: progress)
-            try ChecksumManifest(kind: "megatron-torch", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            try ChecksumManifest(kind: .megatronTorch, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
         } else {
             let fills = self.fills
             let entries = try PlannedWriting.writeTorchDist(
@@ -256,7 +256,7 @@ public struct MegatronReshard: Sendable {
             ) { index, base in
                 fills[index].map { MoveGroup.Step.copy(source: $0.file, range: $0.source, destinationOffset: base + $0.dataOffset) }
             }
-            try ChecksumManifest(kind: "megatron-torch_dist", entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            try ChecksumManifest(kind: .megatronTorchDist, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
             if let commonState {
                 let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
                 try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)
@@ -264,13 +264,13 @@ public struct MegatronReshard: Sendable {
             }
             let runConfig = (directory as NSString).appendingPathComponent("run_config.yaml")
             if FileManager.default.fileExists(atPath: runConfig) {
-                try FileManager.default.copyItem(atPath: runConfig, toPath: (iterationPath as NSString).appendingPathComponent("run_config.yaml"))
+                try copyFileContents(from: runConfig, to: (iterationPath as NSString).appendingPathComponent("run_config.yaml"))
             }
         }
         // What travels with the weights: the tracker, and the recorded HF files.
         let tracker = "latest_checkpointed_iteration.txt"
         if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(tracker)) {
-            try FileManager.default.copyItem(atPath: (save as NSString).appendingPathComponent(tracker), toPath: folder.stagedPath(tracker))
+            try copyFileContents(from: (save as NSString).appendingPathComponent(tracker), to: folder.stagedPath(tracker))
         } else {
             // An iteration directory given directly: the tracker Megatron-LM needs to find it.
             let text = iterationDirectoryName == "release" ? "release" : String(Int(iterationDirectoryName.dropFirst("iter_".count)) ?? 0)
@@ -280,7 +280,7 @@ public struct MegatronReshard: Sendable {
         }
         let recorded = MegatronExport.recordedFolder.components(separatedBy: "/")[0]
         if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(recorded)) {
-            try FileManager.default.copyItem(atPath: (save as NSString).appendingPathComponent(recorded), toPath: folder.stagedPath(recorded))
+            try copyFolderContents(from: (save as NSString).appendingPathComponent(recorded), to: folder.stagedPath(recorded))
         }
         try folder.publish()
     }

@@ -37,10 +37,10 @@ public final class HFCheckpointFolder: Sendable {
             for member in map {
                 guard let shard = member.value.stringValue else {
                     throw HFFolderError.invalidIndex(
-                        file: indexPath, reason: "weight_map value for `\(member.key)` is not a file name")
+                        file: indexPath, reason: "weight_map value for `\(MessageText.quoted(member.key))` is not a file name")
                 }
-                guard !shard.contains("/"), shard != ".", shard != "..", !shard.isEmpty else {
-                    throw HFFolderError.invalidIndex(file: indexPath, reason: "shard name `\(shard)` is not a plain file name")
+                guard !shard.contains("/"), !shard.contains("\0"), shard != ".", shard != "..", !shard.isEmpty else {
+                    throw HFFolderError.invalidIndex(file: indexPath, reason: "shard name `\(MessageText.quoted(shard))` is not a plain file name")
                 }
                 if !shardNames.contains(shard) { shardNames.append(shard) }
             }

@@ -1,3 +1,5 @@
+import TensorCore
+
 /// What can be wrong with a Hugging Face model folder as a whole (its index, shards, config).
 public enum HFFolderError: Error, Equatable, Sendable, CustomStringConvertible {
     case notADirectory(path: String)
@@ -15,29 +17,31 @@ public enum HFFolderError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidShardSize(text: String)
 
     public var description: String {
-        switch self {
+        // Names come from the folder's files (an index, a header): quoted, one line.
+        let p = { (path: String) in MessageText.path(path) }, q = { (text: String) in MessageText.quoted(text) }
+        return switch self {
         case .notADirectory(let path):
-            "\(path): not a directory"
+            "\(p(path)): not a directory"
         case .noSafetensorsWeights(let directory, let found):
             found.isEmpty
-                ? "\(directory): no model.safetensors or model.safetensors.index.json"
-                : "\(directory): no model.safetensors or model.safetensors.index.json (found \(found.joined(separator: ", ")); pickled .bin weights are not read: convert them to safetensors first)"
+                ? "\(p(directory)): no model.safetensors or model.safetensors.index.json"
+                : "\(p(directory)): no model.safetensors or model.safetensors.index.json (found \(found.prefix(20).map(q).joined(separator: ", ")); pickled .bin weights are not read: convert them to safetensors first)"
         case .invalidIndex(let file, let reason):
-            "\(file): invalid index: \(reason)"
+            "\(p(file)): invalid index: \(MessageText.quoted(reason, limit: nil))"
         case .missingShard(let index, let shard):
-            "\(index): shard `\(shard)` listed in weight_map does not exist"
+            "\(p(index)): shard `\(q(shard))` listed in weight_map does not exist"
         case .tensorMissingFromShard(let index, let tensor, let shard):
-            "\(index): weight_map puts tensor `\(tensor)` in `\(shard)`, which has no such tensor"
+            "\(p(index)): weight_map puts tensor `\(q(tensor))` in `\(q(shard))`, which has no such tensor"
         case .tensorNotInIndex(let index, let tensor, let shard):
-            "\(index): tensor `\(tensor)` in `\(shard)` is missing from weight_map"
+            "\(p(index)): tensor `\(q(tensor))` in `\(q(shard))` is missing from weight_map"
         case .tensorInTwoShards(let tensor, let first, let second):
-            "tensor `\(tensor)` appears in both `\(first)` and `\(second)`"
+            "tensor `\(q(tensor))` appears in both `\(q(first))` and `\(q(second))`"
         case .invalidConfig(let file, let reason):
-            "\(file): invalid config: \(reason)"
+            "\(p(file)): invalid config: \(MessageText.quoted(reason, limit: nil))"
         case .tensorNotFound(let directory, let tensor):
-            "\(directory): tensor `\(tensor)` not found"
+            "\(p(directory)): tensor `\(q(tensor))` not found"
         case .invalidShardSize(let text):
-            "invalid shard size `\(text)` (expected bytes, or a number with KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            "invalid shard size `\(q(text))` (expected bytes, or a number with KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
         }
     }
 }

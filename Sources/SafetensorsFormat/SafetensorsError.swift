@@ -77,39 +77,42 @@ public enum SafetensorsError: Error, Equatable, Sendable {
 
 extension SafetensorsError: CustomStringConvertible {
     public var description: String {
-        switch self {
-        case .headerTooSmall(let file, let size):
+        // File names and tensor names come from the input (an index, a header): quoted.
+        let file = MessageText.path(self.file)
+        let q = { (text: String) in MessageText.quoted(text) }
+        return switch self {
+        case .headerTooSmall(_, let size):
             "\(file): header too small (file is \(size) bytes, the length prefix needs 8)"
-        case .headerTooLarge(let file, let length):
+        case .headerTooLarge(_, let length):
             "\(file): header too large (length prefix \(length) at offset 0, limit 100000000)"
-        case .invalidHeaderLength(let file, let length, let size):
+        case .invalidHeaderLength(_, let length, let size):
             "\(file): invalid header length (length prefix \(length) at offset 0 runs past the end of the \(size)-byte file)"
-        case .invalidHeader(let file, let offset):
+        case .invalidHeader(_, let offset):
             "\(file): invalid UTF-8 in header (at offset \(offset))"
-        case .invalidHeaderDeserialization(let file, let reason, let offset):
-            "\(file): invalid JSON in header: \(reason) (at offset \(offset))"
-        case .invalidOffset(let file, let tensor, let begin, let end, let expected):
-            "\(file): invalid offset for tensor `\(tensor)` (data_offsets [\(begin), \(end)], expected begin \(expected))"
-        case .validationOverflow(let file, let tensor):
-            "\(file): overflow computing buffer size from shape and/or element type for tensor `\(tensor)`"
-        case .misalignedSlice(let file, let tensor, let dtype, let elements):
-            "\(file): sub-byte tensor `\(tensor)` does not end at a byte boundary (\(elements) elements of \(dtype))"
-        case .tensorInvalidInfo(let file, let tensor, let expected, let actual):
-            "\(file): invalid shape, data type, or offset for tensor `\(tensor)` (shape and dtype need \(expected) bytes, data_offsets span \(actual))"
-        case .metadataIncompleteBuffer(let file, let end, let size):
+        case .invalidHeaderDeserialization(_, let reason, let offset):
+            "\(file): invalid JSON in header: \(MessageText.quoted(reason, limit: nil)) (at offset \(offset))"
+        case .invalidOffset(_, let tensor, let begin, let end, let expected):
+            "\(file): invalid offset for tensor `\(q(tensor))` (data_offsets [\(begin), \(end)], expected begin \(expected))"
+        case .validationOverflow(_, let tensor):
+            "\(file): overflow computing buffer size from shape and/or element type for tensor `\(q(tensor))`"
+        case .misalignedSlice(_, let tensor, let dtype, let elements):
+            "\(file): sub-byte tensor `\(q(tensor))` does not end at a byte boundary (\(elements) elements of \(dtype))"
+        case .tensorInvalidInfo(_, let tensor, let expected, let actual):
+            "\(file): invalid shape, data type, or offset for tensor `\(q(tensor))` (shape and dtype need \(expected) bytes, data_offsets span \(actual))"
+        case .metadataIncompleteBuffer(_, let end, let size):
             "\(file): incomplete metadata, file not fully covered (tensor data ends at offset \(end), file is \(size) bytes)"
-        case .duplicateTensorName(let file, let tensor):
-            "\(file): duplicate tensor `\(tensor)` in header"
-        case .tensorNotFound(let file, let tensor):
-            "\(file): tensor `\(tensor)` not found"
-        case .rangeOutsideTensor(let file, let tensor, let offset, let count, let total):
-            "\(file): byte range [\(offset), \(offset + count)) is outside tensor `\(tensor)` (\(total) bytes)"
-        case .headerTooLargeToWrite(let file, let length):
+        case .duplicateTensorName(_, let tensor):
+            "\(file): duplicate tensor `\(q(tensor))` in header"
+        case .tensorNotFound(_, let tensor):
+            "\(file): tensor `\(q(tensor))` not found"
+        case .rangeOutsideTensor(_, let tensor, let offset, let count, let total):
+            "\(file): \(count) bytes at offset \(offset) are outside tensor `\(q(tensor))` (\(total) bytes)"
+        case .headerTooLargeToWrite(_, let length):
             "\(file): header too large (\(length) bytes, limit 100000000)"
-        case .incompleteTensor(let file, let tensor, let written, let expected):
-            "\(file): tensor `\(tensor)` incomplete (\(written) of \(expected) bytes written)"
-        case .duplicateTensorToWrite(let file, let tensor):
-            "\(file): tensor `\(tensor)` given twice"
+        case .incompleteTensor(_, let tensor, let written, let expected):
+            "\(file): tensor `\(q(tensor))` incomplete (\(written) of \(expected) bytes written)"
+        case .duplicateTensorToWrite(_, let tensor):
+            "\(file): tensor `\(q(tensor))` given twice"
         }
     }
 }

@@ -37,7 +37,7 @@ public final class SafetensorsFile: Sendable {
     public func read(
         _ tensor: SafetensorsTensorInfo, from offset: Int64 = 0, into buffer: UnsafeMutableRawBufferPointer
     ) throws {
-        guard offset >= 0, offset + Int64(buffer.count) <= tensor.byteCount else {
+        guard offset >= 0, offset <= tensor.byteCount, Int64(buffer.count) <= tensor.byteCount - offset else {
             throw SafetensorsError.rangeOutsideTensor(
                 file: displayName, tensor: tensor.name, offset: offset, count: Int64(buffer.count),
                 tensorBytes: tensor.byteCount)

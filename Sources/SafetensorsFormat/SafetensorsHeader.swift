@@ -90,8 +90,6 @@ public struct SafetensorsHeader: Sendable {
             (lhs.element.begin, lhs.element.end, lhs.offset) < (rhs.element.begin, rhs.element.end, rhs.offset)
         }.map(\.element)
         var start: UInt64 = 0
-        var tensors: [SafetensorsTensorInfo] = []
-        tensors.reserveCapacity(sorted.count)
         for entry in sorted {
             guard entry.begin == start, entry.end >= entry.begin else {
                 throw SafetensorsError.invalidOffset(
@@ -119,14 +117,18 @@ public struct SafetensorsHeader: Sendable {
             guard entry.shape.allSatisfy({ $0 <= UInt64(Int.max) }) else {
                 throw SafetensorsError.validationOverflow(file: file, tensor: entry.name)
             }
-            tensors.append(SafetensorsTensorInfo(
-                name: entry.name, dtype: entry.dtype, shape: entry.shape.map { Int($0) },
-                dataOffsets: ByteRange(offset: Int64(entry.begin), count: Int64(entry.end - entry.begin))))
         }
         // 8. The data must end exactly at the end of the file.
         let (dataEnd, overflow) = start.addingReportingOverflow(8 + length)
         guard !overflow, dataEnd == UInt64(fileSize) else {
             throw SafetensorsError.metadataIncompleteBuffer(file: file, dataEnd: dataEnd, fileSize: fileSize)
+        }
+        // Every offset is now inside the file, so it fits `Int64` (before this check a run of
+        // large tensors could reach past it: the offsets are only summed above).
+        let tensors = sorted.map { entry in
+            SafetensorsTensorInfo(
+                name: entry.name, dtype: entry.dtype, shape: entry.shape.map { Int($0) },
+                dataOffsets: ByteRange(offset: Int64(entry.begin), count: Int64(entry.end - entry.begin)))
         }
         // nembridge's own rule, checked once the reference would have accepted the file: the
         // format forbids duplicate names.
@@ -177,7 +179,7 @@ public struct SafetensorsHeader: Sendable {
                     var decoded: [(key: String, value: String)] = []
                     for pair in pairs {
                         guard case .string(let text) = pair.value else {
-                            throw fail("`__metadata__` value `\(pair.key)`: invalid type: \(typeName(pair.value)), expected a string")
+                            throw fail("`__metadata__` value `\(MessageText.quoted(pair.key))`: invalid type: \(typeName(pair.value)), expected a string")
                         }
                         if let index = decoded.firstIndex(where: { $0.key == pair.key }) {
                             decoded[index].value = text
@@ -213,31 +215,31 @@ public struct SafetensorsHeader: Sendable {
         case .object(let fields):
             var found: [String: JSONValue] = [:]
             for field in fields where ["dtype", "shape", "data_offsets"].contains(field.key) {
-                if found[field.key] != nil { throw fail("tensor `\(name)`: duplicate field `\(field.key)`") }
+                if found[field.key] != nil { throw fail("tensor `\(MessageText.quoted(name))`: duplicate field `\(MessageText.quoted(field.key))`") }
                 found[field.key] = field.value
             }
             for required in ["dtype", "shape", "data_offsets"] where found[required] == nil {
-                throw fail("tensor `\(name)`: missing field `\(required)`")
+                throw fail("tensor `\(MessageText.quoted(name))`: missing field `\(required)`")
             }
             (dtypeValue, shapeValue, offsetsValue) = (found["dtype"]!, found["shape"]!, found["data_offsets"]!)
         case .array(let items):
             guard items.count == 3 else {
-                throw fail("tensor `\(name)`: invalid length \(items.count), expected struct TensorInfo with 3 elements")
+                throw fail("tensor `\(MessageText.quoted(name))`: invalid length \(items.count), expected struct TensorInfo with 3 elements")
             }
             (dtypeValue, shapeValue, offsetsValue) = (items[0], items[1], items[2])
         default:
-            throw fail("tensor `\(name)`: invalid type: \(typeName(value)), expected struct TensorInfo")
+            throw fail("tensor `\(MessageText.quoted(name))`: invalid type: \(typeName(value)), expected struct TensorInfo")
         }
         let dtype = try decodeDType(dtypeValue, tensor: name, fail: fail)
         guard case .array(let dims) = shapeValue else {
-            throw fail("tensor `\(name)`: shape: invalid type: \(typeName(shapeValue)), expected a sequence")
+            throw fail("tensor `\(MessageText.quoted(name))`: shape: invalid type: \(typeName(shapeValue)), expected a sequence")
         }
         let shape = try dims.map { try decodeUnsigned($0, field: "shape", tensor: name, fail: fail) }
         guard case .array(let offsets) = offsetsValue else {
-            throw fail("tensor `\(name)`: data_offsets: invalid type: \(typeName(offsetsValue)), expected a tuple of size 2")
+            throw fail("tensor `\(MessageText.quoted(name))`: data_offsets: invalid type: \(typeName(offsetsValue)), expected a tuple of size 2")
         }
         guard offsets.count == 2 else {
-            throw fail("tensor `\(name)`: data_offsets: invalid length \(offsets.count), expected a tuple of size 2")
+            throw fail("tensor `\(MessageText.quoted(name))`: data_offsets: invalid length \(offsets.count), expected a tuple of size 2")
         }
         let begin = try decodeUnsigned(offsets[0], field: "data_offsets", tensor: name, fail: fail)
         let end = try decodeUnsigned(offsets[1], field: "data_offsets", tensor: name, fail: fail)
@@ -254,10 +256,10 @@ public struct SafetensorsHeader: Sendable {
         case .object(let members) where members.count == 1 && members[0].value.isNull:
             name = members[0].key
         default:
-            throw fail("tensor `\(tensor)`: dtype: invalid type: \(typeName(value)), expected a dtype name")
+            throw fail("tensor `\(MessageText.quoted(tensor))`: dtype: invalid type: \(typeName(value)), expected a dtype name")
         }
         guard let dtype = DType(safetensorsName: name) else {
-            throw fail("tensor `\(tensor)`: unknown variant `\(name)` for dtype")
+            throw fail("tensor `\(MessageText.quoted(tensor))`: unknown variant `\(MessageText.quoted(name))` for dtype")
         }
         return dtype
     }
@@ -268,10 +270,10 @@ public struct SafetensorsHeader: Sendable {
         _ value: JSONValue, field: String, tensor: String, fail: (String) -> SafetensorsError
     ) throws -> UInt64 {
         guard case .number(let number) = value else {
-            throw fail("tensor `\(tensor)`: \(field): invalid type: \(typeName(value)), expected usize")
+            throw fail("tensor `\(MessageText.quoted(tensor))`: \(field): invalid type: \(typeName(value)), expected usize")
         }
         guard let unsigned = number.unsignedValue else {
-            throw fail("tensor `\(tensor)`: \(field): invalid value \(number.text), expected usize")
+            throw fail("tensor `\(MessageText.quoted(tensor))`: \(field): invalid value \(MessageText.quoted(number.text, limit: 40)), expected usize")
         }
         return unsigned
     }

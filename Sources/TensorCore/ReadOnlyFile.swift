@@ -14,19 +14,58 @@ public final class ReadOnlyFile: Sendable {
     public let size: Int64
     private let descriptor: FileDescriptor
 
+    /// Opens `path`, which must be a regular file (or a symlink to one: hub-cache snapshots are
+    /// symlinks into `blobs/`). A directory, FIFO, socket or device throws `notARegularFile`:
+    /// the open is non-blocking, so a FIFO without a writer cannot hang it, and the type comes
+    /// from `fstat` on the opened descriptor, so it cannot change between the check and the use.
     public init(path: String) throws {
         self.path = path
+        let opened: FileDescriptor
         do {
-            descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+            opened = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .nonBlocking])
         } catch let errno as Errno {
             throw FileIOError(path: path, operation: .open, errno: errno)
         }
-        do {
-            size = try descriptor.seek(offset: 0, from: .end)
-        } catch let errno as Errno {
-            try? descriptor.close()
-            throw FileIOError(path: path, operation: .stat, errno: errno)
+        var status = stat()
+        guard fstat(opened.rawValue, &status) == 0 else {
+            let failure = Errno(rawValue: errno)
+            try? opened.close()
+            throw FileIOError(path: path, operation: .stat, errno: failure)
         }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            try? opened.close()
+            throw FileIOError.notARegularFile(path: path, kind: Self.kind(status.st_mode))
+        }
+        // Reads of a regular file never block; the flag is cleared so the descriptor behaves
+        // as a plain one for `pread` and `copy_file_range`.
+        let flags = fcntl(opened.rawValue, F_GETFL)
+        guard flags >= 0, fcntl(opened.rawValue, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
+            let failure = Errno(rawValue: errno)
+            try? opened.close()
+            throw FileIOError(path: path, operation: .open, errno: failure)
+        }
+        descriptor = opened
+        size = Int64(status.st_size)
+    }
+
+    static func kind(_ mode: mode_t) -> FileIOError.FileKind {
+        switch mode & S_IFMT {
+        case S_IFDIR: .directory
+        case S_IFIFO: .fifo
+        case S_IFSOCK: .socket
+        case S_IFCHR: .characterDevice
+        case S_IFBLK: .blockDevice
+        default: .other
+        }
+    }
+
+    /// The whole contents of the regular file at `path`, for small inputs read at once
+    /// (`config.json`, `metadata.json`, the tracker file, the manifest). A file longer than
+    /// `limit` bytes throws `tooLarge` without being read.
+    public static func contents(atPath path: String, limit: Int64 = 1 << 30) throws -> [UInt8] {
+        let file = try ReadOnlyFile(path: path)
+        guard file.size <= limit else { throw FileIOError.tooLarge(path: path, size: file.size, limit: limit) }
+        return try file.readBytes(ByteRange(offset: 0, count: file.size))
     }
 
     deinit { try? descriptor.close() }
@@ -51,7 +90,12 @@ public final class ReadOnlyFile: Sendable {
     }
 
     /// Reads `range` into a new array. For headers and small pieces; bulk data goes through pools.
+    /// A range that leaves the file throws before anything is allocated, so a length read from
+    /// a hostile header costs no more memory than the file has bytes.
     public func readBytes(_ range: ByteRange) throws -> [UInt8] {
+        guard range.end <= size else {
+            throw FileIOError(path: path, operation: .read, offset: max(range.offset, size), errno: nil)
+        }
         precondition(range.count <= Int64(Int.max))
         return try [UInt8](unsafeUninitializedCapacity: Int(range.count)) { buffer, initialized in
             try read(into: UnsafeMutableRawBufferPointer(buffer), at: range.offset)

@@ -21,13 +21,14 @@ public enum ShapeArithmetic {
         return bits / 8
     }
 
-    /// Row-major strides in elements.
+    /// Row-major strides in elements. Exact whenever `elementCount(shape)` is; a shape with a
+    /// zero dimension has no elements to address, and its strides may wrap instead of trapping.
     public static func strides(_ shape: [Int]) -> [Int] {
         var strides = [Int](repeating: 1, count: shape.count)
         var running = 1
         for axis in shape.indices.reversed() {
             strides[axis] = running
-            running *= shape[axis]
+            running = running &* shape[axis]
         }
         return strides
     }

@@ -1,3 +1,5 @@
+import TensorCore
+
 /// Everything that can be wrong with a pickle. Each case carries a `Site`: the byte offset of the
 /// offending opcode, its name, and a context the caller fills (the file name) with
 /// `withContext(_:)`. Messages start with the context, then say what is wrong and where:
@@ -53,6 +55,8 @@ public enum PickleError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A valid opcode nembridge refuses: the extension registry, out-of-band buffers.
     case unsupported(Site, reason: String)
     case limitExceeded(Site, limit: Limit, maximum: Int)
+    /// A global outside the reader's `PickleGlobals` allow-list (`GLOBAL os system`).
+    case forbiddenGlobal(Site, module: String, name: String)
     /// A container that contains itself (possible in pickles, never in checkpoint metadata);
     /// the site is the opcode that created the container.
     case cycle(Site)
@@ -63,7 +67,7 @@ public enum PickleError: Error, Equatable, Sendable, CustomStringConvertible {
             .trailingBytes(let site, _), .unknownOpcode(let site, _), .unsupportedProtocol(let site, _),
             .stackUnderflow(let site, _, _), .markNotFound(let site), .memoKeyMissing(let site, _),
             .invalidArgument(let site, _), .wrongType(let site, _, _), .unsupported(let site, _),
-            .limitExceeded(let site, _, _), .cycle(let site):
+            .limitExceeded(let site, _, _), .forbiddenGlobal(let site, _, _), .cycle(let site):
             site
         }
     }
@@ -86,13 +90,14 @@ public enum PickleError: Error, Equatable, Sendable, CustomStringConvertible {
         case .wrongType(_, let expected, let found): return .wrongType(site, expected: expected, found: found)
         case .unsupported(_, let reason): return .unsupported(site, reason: reason)
         case .limitExceeded(_, let limit, let maximum): return .limitExceeded(site, limit: limit, maximum: maximum)
+        case .forbiddenGlobal(_, let module, let name): return .forbiddenGlobal(site, module: module, name: name)
         case .cycle: return .cycle(site)
         }
     }
 
     public var description: String {
         let site = self.site
-        let prefix = site.context.isEmpty ? "" : "\(site.context): "
+        let prefix = site.context.isEmpty ? "" : "\(MessageText.path(site.context)): "
         let at = "\(site.opcode) at offset \(site.offset)"
         let text: String
         switch self {
@@ -122,6 +127,8 @@ public enum PickleError: Error, Equatable, Sendable, CustomStringConvertible {
             text = "unsupported \(at): \(reason)"
         case .limitExceeded(_, let limit, let maximum):
             text = "\(at) exceeds the limit of \(maximum) \(limit.rawValue)"
+        case .forbiddenGlobal(_, let module, let name):
+            text = "\(at) names `\(MessageText.quoted(module)).\(MessageText.quoted(name))`, which is not one of the globals this format uses"
         case .cycle:
             text = "the container made by \(at) contains itself"
         }

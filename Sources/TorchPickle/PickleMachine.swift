@@ -1,3 +1,5 @@
+import TensorCore
+
 /// The pickle virtual machine, executing nothing: it follows CPython's `pickle._Unpickler`
 /// (`Lib/pickle.py`, one `load_*` method per opcode) but every object it is asked to build is
 /// recorded as data.
@@ -78,6 +80,7 @@ final class PickleMachine {
 
     let input: UnsafeRawBufferPointer
     let limits: PickleLimits
+    let globals: PickleGlobals
     var position = 0
     var opcodeStart = 0
     var currentOpcode = PickleOpcode.proto
@@ -88,9 +91,10 @@ final class PickleMachine {
     var boxes: [Box] = []
     var valueCount = 0
 
-    init(input: UnsafeRawBufferPointer, limits: PickleLimits) {
+    init(input: UnsafeRawBufferPointer, limits: PickleLimits, globals: PickleGlobals = .any) {
         self.input = input
         self.limits = limits
+        self.globals = globals
     }
 
     deinit {
@@ -203,7 +207,7 @@ final class PickleMachine {
             let text = String(decoding: try readLine(), as: UTF8.self)
                 .trimmingASCIIWhitespace()
             guard !text.isEmpty, let value = Double(text) else {
-                throw .invalidArgument(site, reason: "`\(text.prefix(40))` is not a float")
+                throw .invalidArgument(site, reason: "`\(MessageText.quoted(text, limit: 40))` is not a float")
             }
             try push(.leaf(.float(value)))
         case .binFloat:
@@ -262,12 +266,14 @@ final class PickleMachine {
         case .global:
             let module = try decodeUTF8(Array(try readLine()))
             let name = try decodeUTF8(Array(try readLine()))
+            try checkGlobal(module, name)
             try push(.leaf(.global(module: module, name: name)))
         case .stackGlobal:
             let parts = try popValues(2)
             guard case .leaf(.string(let module)) = parts[0], case .leaf(.string(let name)) = parts[1] else {
                 throw .wrongType(site, expected: "two str (module, name)", found: "\(kind(parts[0])), \(kind(parts[1]))")
             }
+            try checkGlobal(module, name)
             try push(.leaf(.global(module: module, name: name)))
         case .reduce:
             let parts = try popValues(2)
@@ -289,6 +295,7 @@ final class PickleMachine {
         case .inst:
             let module = try decodeUTF8(Array(try readLine()))
             let name = try decodeUTF8(Array(try readLine()))
+            try checkGlobal(module, name)
             let args = try popMark()
             let callable = Node.leaf(.global(module: module, name: name))
             try push(try makeObject(.init(construction: .instance, callable: callable, args: args), children: args))
@@ -315,6 +322,13 @@ final class PickleMachine {
         case .ext1, .ext2, .ext4:
             let code = try readFixed(opcode == .ext1 ? 1 : opcode == .ext2 ? 2 : 4)
             throw .unsupported(site, reason: "extension code \(code) needs Python's copyreg extension registry")
+        }
+    }
+
+    /// `find_class`: a global outside the allow-list ends the read at the opcode naming it.
+    private func checkGlobal(_ module: String, _ name: String) throws(PickleError) {
+        guard globals.allows(module: module, name: name) else {
+            throw .forbiddenGlobal(site, module: module, name: name)
         }
     }
 
@@ -557,7 +571,7 @@ final class PickleMachine {
     private func memoKey(_ line: ArraySlice<UInt8>) throws(PickleError) -> UInt64 {
         let text = String(decoding: line, as: UTF8.self)
         guard let key = UInt64(text.trimmingASCIIWhitespace()) else {
-            throw .invalidArgument(site, reason: "memo key `\(text.prefix(40))` is not a non-negative integer")
+            throw .invalidArgument(site, reason: "memo key `\(MessageText.quoted(text, limit: 40))` is not a non-negative integer")
         }
         return key
     }
@@ -591,12 +605,12 @@ final class PickleMachine {
         digits.reserveCapacity(text.count)
         for character in text {
             guard let digit = character.hexDigitValue, digit < radix else {
-                throw .invalidArgument(site, reason: "`\(original.prefix(40))` is not an integer")
+                throw .invalidArgument(site, reason: "`\(MessageText.quoted(original, limit: 40))` is not an integer")
             }
             digits.append(UInt32(digit))
         }
         guard !digits.isEmpty, radix != 10 || digits.count == 1 || digits[0] != 0 || digits.allSatisfy({ $0 == 0 }) else {
-            throw .invalidArgument(site, reason: "`\(original.prefix(40))` is not an integer")
+            throw .invalidArgument(site, reason: "`\(MessageText.quoted(original, limit: 40))` is not an integer")
         }
         let big = PickleBigInt(digits: digits, radix: radix, negative: negative)
         return .integer(twosComplement: big.littleEndianBytes)

@@ -4,13 +4,18 @@
 /// Python: `pickle.loads`; DCP reads `.metadata` this way, torch reads `data.pkl` this way.
 public struct PickleReader {
     /// The value of a pickle that spans all of `bytes`: exactly one pickle, ending with `STOP`.
-    public static func read(_ bytes: [UInt8], limits: PickleLimits = .default) throws -> PickleValue {
-        try bytes.withUnsafeBytes { try read($0, limits: limits) }
+    /// A global outside `globals` throws `forbiddenGlobal` at the opcode that names it.
+    public static func read(
+        _ bytes: [UInt8], limits: PickleLimits = .default, globals: PickleGlobals = .any
+    ) throws -> PickleValue {
+        try bytes.withUnsafeBytes { try read($0, limits: limits, globals: globals) }
     }
 
     /// The value of a pickle that spans all of `bytes`.
-    public static func read(_ bytes: UnsafeRawBufferPointer, limits: PickleLimits = .default) throws -> PickleValue {
-        let (value, end) = try readPrefix(bytes, limits: limits)
+    public static func read(
+        _ bytes: UnsafeRawBufferPointer, limits: PickleLimits = .default, globals: PickleGlobals = .any
+    ) throws -> PickleValue {
+        let (value, end) = try readPrefix(bytes, limits: limits, globals: globals)
         guard end == bytes.count else {
             throw PickleError.trailingBytes(.init(offset: end - 1, opcode: "STOP"), count: bytes.count - end)
         }
@@ -20,9 +25,9 @@ public struct PickleReader {
     /// The first pickle in `bytes` and the offset just after its `STOP`, for streams of
     /// several pickles (the legacy non-zip `torch.save` format).
     public static func readPrefix(
-        _ bytes: UnsafeRawBufferPointer, limits: PickleLimits = .default
+        _ bytes: UnsafeRawBufferPointer, limits: PickleLimits = .default, globals: PickleGlobals = .any
     ) throws -> (value: PickleValue, end: Int) {
-        try PickleMachine(input: bytes, limits: limits).run()
+        try PickleMachine(input: bytes, limits: limits, globals: globals).run()
     }
 
     /// One opcode of a pickle, as `pickletools.genops` lists it.

@@ -1,3 +1,5 @@
+import TensorCore
+
 /// What a pickle describes, as plain data: nothing is imported, resolved or called.
 ///
 /// A global (`GLOBAL torch Size`) stays a named reference, and every call the pickle asks for
@@ -219,9 +221,13 @@ extension PickleValue {
         case .dict: "dict"
         case .set: "set"
         case .frozenSet: "frozenset"
-        case .global(let module, let name): "global \(module).\(name)"
+        case .global(let module, let name): "global \(MessageText.quoted(module)).\(MessageText.quoted(name))"
         case .object(let object):
-            if let (module, name) = object.callable.globalName { "object \(module).\(name)" } else { "object" }
+            if let (module, name) = object.callable.globalName {
+                "object \(MessageText.quoted(module)).\(MessageText.quoted(name))"
+            } else {
+                "object"
+            }
         case .persistentID: "persistent id"
         }
     }

@@ -1,3 +1,5 @@
+import TensorCore
+
 /// Names one ZIP archive in messages: the file it lives in, the offset of its first byte in that
 /// file (archives inside `.distcp` files start at an item's offset), and a caller's label (the
 /// item's key, or the file name again for a stand-alone `.pt`).
@@ -14,7 +16,7 @@ public struct ZipArchiveID: Hashable, Sendable, CustomStringConvertible {
 
     /// `file.distcp (zip `label` at 4096)`, or just the path for a whole-file archive labelled by it.
     public var description: String {
-        if offset == 0 && (label.isEmpty || label == path) { return path }
-        return "\(path) (zip `\(label)` at \(offset))"
+        if offset == 0 && (label.isEmpty || label == path) { return MessageText.path(path) }
+        return "\(MessageText.path(path)) (zip `\(MessageText.quoted(label))` at \(offset))"
     }
 }

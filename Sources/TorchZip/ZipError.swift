@@ -74,7 +74,9 @@ public enum ZipError: Error, Equatable, Sendable {
 
 extension ZipError: CustomStringConvertible {
     public var description: String {
-        switch self {
+        // Entry names come from the archive's own records: quoted, one line.
+        let q = { (text: String) in MessageText.quoted(text) }
+        return switch self {
         case .archiveOutsideFile(let archive, let count, let fileSize):
             "\(archive): archive of \(count) bytes at byte \(archive.offset) ends past the end of the file (\(fileSize) bytes)"
         case .noEndOfCentralDirectory(let archive, let searchedFrom):
@@ -82,41 +84,41 @@ extension ZipError: CustomStringConvertible {
         case .multiDiskArchive(let archive, let offset):
             "\(archive): multi-disk archives are not supported (end record at byte \(offset))"
         case .zip64Inconsistency(let archive, let entry, let offset, let reason):
-            "\(archive): \(entry.map { "entry `\($0)`: " } ?? "")inconsistent ZIP64 records at byte \(offset): \(reason)"
+            "\(archive): \(entry.map { "entry `\(q($0))`: " } ?? "")inconsistent ZIP64 records at byte \(offset): \(reason)"
         case .truncatedCentralDirectory(let archive, let offset, let reason):
             "\(archive): truncated central directory at byte \(offset): \(reason)"
         case .centralDirectorySignatureMismatch(let archive, let offset, let found):
             "\(archive): central directory record signature mismatch at byte \(offset) (found \(hex(found)))"
         case .malformedExtraField(let archive, let entry, let offset):
-            "\(archive): entry `\(entry)`: malformed extra field in central directory record at byte \(offset)"
+            "\(archive): entry `\(q(entry))`: malformed extra field in central directory record at byte \(offset)"
         case .duplicateEntryName(let archive, let entry, let offset):
-            "\(archive): duplicate entry name `\(entry)` (second record at byte \(offset))"
+            "\(archive): duplicate entry name `\(q(entry))` (second record at byte \(offset))"
         case .entryDataOutsideArchive(let archive, let entry, let offset, let count):
-            "\(archive): entry `\(entry)`: bytes \(offset)..<\(offset + count) lie outside the archive's entries"
+            "\(archive): entry `\(q(entry))`: \(count) bytes at byte \(offset) lie outside the archive's entries"
         case .localHeaderSignatureMismatch(let archive, let entry, let offset, let found):
-            "\(archive): entry `\(entry)`: local header signature mismatch at byte \(offset) (found \(hex(found)))"
+            "\(archive): entry `\(q(entry))`: local header signature mismatch at byte \(offset) (found \(hex(found)))"
         case .localNameMismatch(let archive, let entry, let offset, let localName):
-            "\(archive): entry `\(entry)`: local header at byte \(offset) names `\(localName)`"
+            "\(archive): entry `\(q(entry))`: local header at byte \(offset) names `\(q(localName))`"
         case .unsupportedCompression(let archive, let entry, let offset, let method):
-            "\(archive): entry `\(entry)`: unsupported compression method \(method) (local header at byte \(offset)); only stored entries can be read"
+            "\(archive): entry `\(q(entry))`: unsupported compression method \(method) (local header at byte \(offset)); only stored entries can be read"
         case .encryptedEntry(let archive, let entry, let offset):
-            "\(archive): entry `\(entry)`: encrypted entries are not supported (local header at byte \(offset))"
+            "\(archive): entry `\(q(entry))`: encrypted entries are not supported (local header at byte \(offset))"
         case .storedSizeMismatch(let archive, let entry, let offset, let compressed, let uncompressed):
-            "\(archive): entry `\(entry)`: stored entry with compressed size \(compressed) != uncompressed size \(uncompressed) (central record at byte \(offset))"
+            "\(archive): entry `\(q(entry))`: stored entry with compressed size \(compressed) != uncompressed size \(uncompressed) (central record at byte \(offset))"
         case .crcMismatch(let archive, let entry, let offset, let expected, let actual):
-            "\(archive): entry `\(entry)`: CRC-32 mismatch for data at byte \(offset) (expected \(hex(expected)), computed \(hex(actual)))"
+            "\(archive): entry `\(q(entry))`: CRC-32 mismatch for data at byte \(offset) (expected \(hex(expected)), computed \(hex(actual)))"
         case .entryNotFound(let archive, let entry):
-            "\(archive): no entry `\(entry)`"
+            "\(archive): no entry `\(q(entry))`"
         case .ambiguousEntrySuffix(let archive, let suffix, let matches):
-            "\(archive): suffix `\(suffix)` matches \(matches.count) entries (\(matches.map { "`\($0)`" }.joined(separator: ", ")))"
+            "\(archive): suffix `\(q(suffix))` matches \(matches.count) entries (\(matches.prefix(20).map { "`\(q($0))`" }.joined(separator: ", ")))"
         case .entryNameTooLong(let archive, let entry, let byteCount):
-            "\(archive): entry name `\(entry.prefix(64))…` is \(byteCount) bytes, more than 65535"
+            "\(archive): entry name `\(MessageText.quoted(entry, limit: 64))` is \(byteCount) bytes, more than 65535"
         case .pieceOutsideEntry(let archive, let entry, let offset, let count, let entrySize):
-            "\(archive): entry `\(entry)`: piece \(offset)..<\(offset + count) outside the entry's \(entrySize) bytes"
+            "\(archive): entry `\(q(entry))`: piece of \(count) bytes at \(offset) outside the entry's \(entrySize) bytes"
         case .overlappingPieces(let archive, let entry, let offset):
-            "\(archive): entry `\(entry)`: pieces overlap at entry byte \(offset)"
+            "\(archive): entry `\(q(entry))`: pieces overlap at entry byte \(offset)"
         case .incompleteEntry(let archive, let entry, let offset, let written, let expected):
-            "\(archive): entry `\(entry)`: incomplete, first missing byte \(offset) (\(written) of \(expected) bytes written)"
+            "\(archive): entry `\(q(entry))`: incomplete, first missing byte \(offset) (\(written) of \(expected) bytes written)"
         }
     }
 }

@@ -329,7 +329,7 @@ public struct MappingPlan: Sendable {
                     if let found = value(name), !found.isNull, found.intValue == nil {
                         throw MappingError.invalidConfigValue(
                             config: model.configPath, field: model.configField(of: name),
-                            reason: "\(String(JSONWriter.compact(found).prefix(80))) is not an integer (`\(tensor.name)` has shape \(tensor.shape))")
+                            reason: "\(MessageText.quoted(JSONWriter.compact(found))) is not an integer (`\(tensor.name)` has shape \(tensor.shape))")
                     }
                 }
                 guard let expected = expression.evaluate({ value($0)?.intValue }) else { continue }
@@ -349,7 +349,8 @@ public struct MappingPlan: Sendable {
             if let earlier = first[tensor.key] {
                 guard earlier.shape == tensor.shape else {
                     throw MappingError.inconsistentLayers(
-                        key: tensor.key, reason: "\(earlier.name) has shape \(earlier.shape), \(tensor.name) has \(tensor.shape)")
+                        key: tensor.key, reason: "\(earlier.name) has shape \(earlier.shape), \(tensor.name) has \(tensor.shape)",
+                        tensors: [earlier.name, tensor.name])
                 }
             } else {
                 first[tensor.key] = tensor

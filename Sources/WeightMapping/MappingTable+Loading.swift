@@ -153,7 +153,10 @@ extension MappingTable {
         let names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".yaml") }.sorted()
         return try names.map { name in
             let path = (directory as NSString).appendingPathComponent(name)
-            return try MappingTable(yaml: try String(contentsOfFile: path, encoding: .utf8), file: path)
+            guard let text = String(validating: try ReadOnlyFile.contents(atPath: path, limit: 16 << 20), as: UTF8.self) else {
+                throw MappingError.invalidTable(file: path, line: 1, column: 1, message: "the table is not UTF-8")
+            }
+            return try MappingTable(yaml: text, file: path)
         }
     }
 }

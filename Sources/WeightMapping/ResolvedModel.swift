@@ -83,7 +83,7 @@ public struct ResolvedModel: Sendable {
             }
             if let type = rule.type, !found.isNull, !found.isNumber {
                 throw MappingError.invalidConfigValue(config: configPath, field: rule.fields.first ?? rule.name,
-                                                      reason: "\(String(JSONWriter.compact(found).prefix(80))) is not a number, as Megatron argument `\(rule.name)` needs")
+                                                      reason: "\(MessageText.quoted(JSONWriter.compact(found))) is not a number, as Megatron argument `\(rule.name)` needs")
             }
             if case .number(let number) = found, let integer = number.intValue, integer.magnitude > Self.largestDimension {
                 throw MappingError.invalidConfigValue(config: configPath, field: rule.fields.first ?? rule.name,

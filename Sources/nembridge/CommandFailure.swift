@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TensorCore
 
 /// Runs a command body; any error is printed once, plainly, on stderr, with exit status 1.
 /// (ArgumentParser would print Foundation's generic text for errors that are not its own.)
@@ -9,7 +10,9 @@ func reportingFailures(_ body: () throws -> Void) throws {
     } catch let exit as ExitCode {
         throw exit
     } catch {
-        FileHandle.standardError.write(Data("nembridge: error: \(String(describing: error))\n".utf8))
+        // Every error quotes the input text it carries; escaping again (a no-op on quoted text)
+        // keeps the promise of one line per error for any message that missed it.
+        FileHandle.standardError.write(Data("nembridge: error: \(MessageText.quoted(String(describing: error), limit: nil))\n".utf8))
         throw ExitCode.failure
     }
 }

@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Finds the committed fixtures in `TestCheckpoints/` and makes scratch folders for tests.
 public enum TestCheckpoints {
     /// The repository root, found from this file's location.
@@ -30,5 +34,25 @@ public enum TestCheckpoints {
 
     public static func readFile(_ path: String) throws -> [UInt8] {
         Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    /// Replaces `path` (a file, or nothing) by a FIFO. If a reader ever blocked in `open()` on it,
+    /// a writer opens it after `watchdog` seconds, so a test fails on the time it took instead of
+    /// hanging forever.
+    public static func makeFIFO(at path: String, watchdog: TimeInterval = 10) throws {
+        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+        guard mkfifo(path, 0o600) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        let release = Thread {
+            Thread.sleep(forTimeInterval: watchdog)
+            let writer = open(path, O_WRONLY | O_NONBLOCK)
+            if writer >= 0 { close(writer) }
+        }
+        release.start()
+    }
+
+    /// Replaces `path` (a file, or nothing) by an empty directory.
+    public static func makeDirectory(at path: String) throws {
+        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
     }
 }

@@ -2,6 +2,10 @@ import Foundation
 import TensorCore
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct FileTests {
     func scratchFile(_ bytes: [UInt8]) throws -> String {
         let path = NSTemporaryDirectory() + "nembridge-file-\(UUID().uuidString)"
@@ -30,6 +34,79 @@ struct FileTests {
         let error = #expect(throws: FileIOError.self) { try ReadOnlyFile(path: "/nonexistent/nembridge") }
         #expect(error?.path == "/nonexistent/nembridge")
         #expect(error?.description.hasPrefix("/nonexistent/nembridge: open failed") == true)
+    }
+
+    @Test("a directory, a device or a socket where a file is expected is refused by type")
+    func notRegularFiles() throws {
+        let directory = NSTemporaryDirectory() + "nembridge-types-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        #expect(throws: FileIOError.notARegularFile(path: directory, kind: .directory)) { try ReadOnlyFile(path: directory) }
+        #expect(throws: FileIOError.notARegularFile(path: "/dev/null", kind: .characterDevice)) { try ReadOnlyFile(path: "/dev/null") }
+        #expect(throws: FileIOError.notARegularFile(path: directory, kind: .directory)) { _ = try ReadOnlyFile.contents(atPath: directory) }
+        let error = FileIOError.notARegularFile(path: directory, kind: .directory)
+        #expect(error.description == "\(directory): not a regular file (it is a directory)")
+        #expect(error.operation == .open && error.path == directory)
+
+        let socketPath = directory + "/s"
+        let socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(socket >= 0)
+        defer { close(socket) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in socketPath.utf8.enumerated() { raw[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        #expect(throws: FileIOError.self) { try ReadOnlyFile(path: socketPath) }
+
+        // Symlinks to regular files stay allowed (hub-cache snapshots are symlinks into blobs/).
+        let target = try scratchFile([1, 2, 3])
+        defer { try? FileManager.default.removeItem(atPath: target) }
+        try FileManager.default.createSymbolicLink(atPath: directory + "/link", withDestinationPath: target)
+        #expect(try ReadOnlyFile.contents(atPath: directory + "/link") == [1, 2, 3])
+        try FileManager.default.createSymbolicLink(atPath: directory + "/dirlink", withDestinationPath: directory)
+        #expect(throws: FileIOError.notARegularFile(path: directory + "/dirlink", kind: .directory)) {
+            try ReadOnlyFile(path: directory + "/dirlink")
+        }
+    }
+
+    @Test("a FIFO is refused at once, without waiting for a writer")
+    func fifo() throws {
+        let path = NSTemporaryDirectory() + "nembridge-fifo-\(UUID().uuidString)"
+        #expect(mkfifo(path, 0o600) == 0)
+        defer { unlink(path) }
+        // If the open blocked, this writer would release it after 10 s, and the test would fail
+        // on the time instead of hanging.
+        let watchdog = Thread {
+            Thread.sleep(forTimeInterval: 10)
+            let writer = open(path, O_WRONLY | O_NONBLOCK)
+            if writer >= 0 { close(writer) }
+        }
+        watchdog.start()
+        let start = Date()
+        #expect(throws: FileIOError.notARegularFile(path: path, kind: .fifo)) { try ReadOnlyFile(path: path) }
+        #expect(Date().timeIntervalSince(start) < 5)
+    }
+
+    @Test("a read of a range past the end of the file fails before allocating it")
+    func hugeRange() throws {
+        let path = try scratchFile(Array(0..<16).map { UInt8($0) })
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try ReadOnlyFile(path: path)
+        #expect(throws: FileIOError(path: path, operation: .read, offset: 16, errno: nil)) {
+            _ = try file.readBytes(ByteRange(offset: 0, count: Int64.max - 1))
+        }
+        #expect(throws: FileIOError(path: path, operation: .read, offset: Int64.max / 2, errno: nil)) {
+            _ = try file.readBytes(ByteRange(offset: Int64.max / 2, count: 8))
+        }
+        #expect(throws: FileIOError.tooLarge(path: path, size: 16, limit: 8)) { _ = try ReadOnlyFile.contents(atPath: path, limit: 8) }
+        #expect(ByteRange(validatingOffset: Int64.max, count: 1) == nil)
+        #expect(ByteRange(validatingOffset: -1, count: 1) == nil)
+        #expect(ByteRange(validatingOffset: 4, count: 4) == ByteRange(offset: 4, count: 4))
     }
 
     @Test("atomic output: invisible until published, gone when discarded")
