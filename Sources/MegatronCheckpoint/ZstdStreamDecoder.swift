@@ -115,7 +115,7 @@ final class TemporaryFile {
     }
 
     func reopenReadOnlyAndUnlink() throws -> ReadOnlyFile {
-        let file = try ReadOnlyFile(path: path)
+        let file = try ReadOnlyFile(path: path, isOwnTemporary: true)
         unlink(path)
         linked = false
         return file

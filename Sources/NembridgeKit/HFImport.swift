@@ -329,6 +329,7 @@ public struct HFImport: Sendable {
             try ChecksumManifest(kind: .megatronTorch, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
             try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
             try recordSource(into: folder.stagedPath("nembridge/hf"))
+            try source.checkUnchanged()
             try folder.publish()
             return
         }
@@ -376,6 +377,8 @@ public struct HFImport: Sendable {
         }
         try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
         try recordSource(into: folder.stagedPath("nembridge/hf"))
+        // A source written to during the run could have given mixed bytes: nothing is published.
+        try source.checkUnchanged()
         try folder.publish()
     }
 

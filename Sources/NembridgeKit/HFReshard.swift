@@ -86,6 +86,7 @@ public struct HFReshard: Sendable {
             try output.publish()
         }
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        try source.checkUnchanged()
         try folder.publish()
     }
 

@@ -235,6 +235,8 @@ public struct MegatronExport: Sendable {
             try copyFileContents(from: (configDirectory as NSString).appendingPathComponent(name), to: folder.stagedPath(name))
         }
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        // A source written to during the run could have given mixed bytes: nothing is published.
+        try ReadOnlyFile.checkUnchanged(reads.values.joined().map(\.file))
         try folder.publish()
     }
 

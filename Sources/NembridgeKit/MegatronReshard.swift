@@ -282,6 +282,8 @@ public struct MegatronReshard: Sendable {
         if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(recorded)) {
             try copyFolderContents(from: (save as NSString).appendingPathComponent(recorded), to: folder.stagedPath(recorded))
         }
+        // A source written to during the run could have given mixed bytes: nothing is published.
+        try ReadOnlyFile.checkUnchanged(fills.joined().map(\.file))
         try folder.publish()
     }
 

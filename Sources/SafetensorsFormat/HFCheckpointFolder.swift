@@ -122,6 +122,11 @@ public final class HFCheckpointFolder: Sendable {
 
     public func contains(_ name: String) -> Bool { lookup[name] != nil }
 
+    /// Throws if a safetensors file changed since it was opened (`ReadOnlyFile.checkUnchanged`).
+    public func checkUnchanged() throws {
+        try ReadOnlyFile.checkUnchanged(files.map(\.file))
+    }
+
     /// Files that are not weights or the index (config, tokenizer, chat template, generation
     /// config, README…): what a conversion carries over unchanged. Hidden files are skipped.
     public func companionFiles() throws -> [String] {

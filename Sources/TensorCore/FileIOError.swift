@@ -26,6 +26,9 @@ public enum FileIOError: Error, Equatable, Sendable, CustomStringConvertible {
     case notARegularFile(path: String, kind: FileKind)
     /// A file read whole (a config, a manifest) is larger than any such file can be.
     case tooLarge(path: String, size: Int64, limit: Int64)
+    /// A source file changed while a conversion read it (`what`: how), so its output may mix old
+    /// and new bytes and is not published.
+    case changedWhileReading(path: String, what: String)
 
     public init(path: String, operation: Operation, offset: Int64? = nil, errno: Errno?) {
         self = .failed(path: path, operation: operation, offset: offset, errno: errno)
@@ -33,7 +36,8 @@ public enum FileIOError: Error, Equatable, Sendable, CustomStringConvertible {
 
     public var path: String {
         switch self {
-        case .failed(let path, _, _, _), .notARegularFile(let path, _), .tooLarge(let path, _, _): path
+        case .failed(let path, _, _, _), .notARegularFile(let path, _), .tooLarge(let path, _, _),
+            .changedWhileReading(let path, _): path
         }
     }
 
@@ -42,7 +46,7 @@ public enum FileIOError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .failed(_, let operation, _, _): operation
         case .notARegularFile: .open
-        case .tooLarge: .read
+        case .tooLarge, .changedWhileReading: .read
         }
     }
 
@@ -69,6 +73,8 @@ public enum FileIOError: Error, Equatable, Sendable, CustomStringConvertible {
             return "\(MessageText.path(path)): not a regular file (it is a \(kind.rawValue))"
         case .tooLarge(let path, let size, let limit):
             return "\(MessageText.path(path)): file of \(size) bytes is larger than the \(limit) bytes accepted for it"
+        case .changedWhileReading(let path, let what):
+            return "\(MessageText.path(path)): the source changed while it was being read (\(what)); nothing was published, run again on a stable source"
         }
     }
 }

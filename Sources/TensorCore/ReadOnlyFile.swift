@@ -13,13 +13,44 @@ public final class ReadOnlyFile: Sendable {
     public let path: String
     public let size: Int64
     private let descriptor: FileDescriptor
+    /// What the file was when opened, to tell later whether it changed under the reader.
+    private let identity: Identity
+    private let isOwnTemporary: Bool
+
+    /// Device and inode (the file behind the path), size, and modification and status-change
+    /// times (ctime moves on every write and cannot be set back by a user).
+    struct Identity: Equatable, Sendable {
+        let device: UInt64
+        let inode: UInt64
+        let size: Int64
+        let modified: timespec
+        let changed: timespec
+
+        init(_ status: stat) {
+            device = UInt64(status.st_dev)
+            inode = UInt64(status.st_ino)
+            size = Int64(status.st_size)
+            modified = status.st_mtim
+            changed = status.st_ctim
+        }
+
+        static func == (a: Identity, b: Identity) -> Bool {
+            a.device == b.device && a.inode == b.inode && a.size == b.size
+                && a.modified.tv_sec == b.modified.tv_sec && a.modified.tv_nsec == b.modified.tv_nsec
+                && a.changed.tv_sec == b.changed.tv_sec && a.changed.tv_nsec == b.changed.tv_nsec
+        }
+    }
 
     /// Opens `path`, which must be a regular file (or a symlink to one: hub-cache snapshots are
     /// symlinks into `blobs/`). A directory, FIFO, socket or device throws `notARegularFile`:
     /// the open is non-blocking, so a FIFO without a writer cannot hang it, and the type comes
     /// from `fstat` on the opened descriptor, so it cannot change between the check and the use.
-    public init(path: String) throws {
+    ///
+    /// `isOwnTemporary` is for a file nembridge itself made (a decoded zstd item, unlinked right
+    /// after opening): not a source, so `checkUnchanged` does not look at it.
+    public init(path: String, isOwnTemporary: Bool = false) throws {
         self.path = path
+        self.isOwnTemporary = isOwnTemporary
         let opened: FileDescriptor
         do {
             opened = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .nonBlocking])
@@ -46,6 +77,39 @@ public final class ReadOnlyFile: Sendable {
         }
         descriptor = opened
         size = Int64(status.st_size)
+        identity = Identity(status)
+    }
+
+    /// Throws `changedWhileReading` if the file was written to, truncated or extended since it
+    /// was opened (its descriptor's size, mtime or ctime moved), or if the path now names
+    /// another file (replaced by a rename). Called once a conversion has read what it needs and
+    /// before it publishes anything.
+    public func checkUnchanged() throws {
+        guard !isOwnTemporary else { return }
+        var now = stat()
+        guard fstat(descriptor.rawValue, &now) == 0 else {
+            throw FileIOError(path: path, operation: .stat, errno: Errno(rawValue: errno))
+        }
+        let current = Identity(now)
+        if current.size != identity.size {
+            throw FileIOError.changedWhileReading(path: path, what: "its size went from \(identity.size) to \(current.size) bytes")
+        }
+        if current != identity {
+            throw FileIOError.changedWhileReading(path: path, what: "it was written to")
+        }
+        var named = stat()
+        guard stat(path, &named) == 0 else {
+            throw FileIOError.changedWhileReading(path: path, what: "it was removed")
+        }
+        if UInt64(named.st_dev) != identity.device || UInt64(named.st_ino) != identity.inode {
+            throw FileIOError.changedWhileReading(path: path, what: "it was replaced by another file")
+        }
+    }
+
+    /// `checkUnchanged` on each distinct file.
+    public static func checkUnchanged(_ files: some Sequence<ReadOnlyFile>) throws {
+        var seen = Set<ObjectIdentifier>()
+        for file in files where seen.insert(ObjectIdentifier(file)).inserted { try file.checkUnchanged() }
     }
 
     static func kind(_ mode: mode_t) -> FileIOError.FileKind {
