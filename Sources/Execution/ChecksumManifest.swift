@@ -54,12 +54,109 @@ public struct ChecksumManifest: Sendable, Equatable {
         case megatronTorch = "megatron-torch"
     }
 
+    /// Every file of the folder (but the manifest) with its size and the XXH3-64 of all its bytes
+    /// that no entry covers (headers, zip records, pickles, configs, tokenizer files), in offset
+    /// order: with the entries, every output byte is under a checksum. Empty in manifests written
+    /// before nembridge recorded it.
+    public struct FileEntry: Sendable, Equatable {
+        public var name: String
+        public var size: Int64
+        public var restXXH3: UInt64
+    }
+
     public var kind: Kind
     public var entries: [Entry]
+    public var files: [FileEntry]
 
-    public init(kind: Kind, entries: [Entry]) {
+    public init(kind: Kind, entries: [Entry], files: [FileEntry] = []) {
         self.kind = kind
         self.entries = entries
+        self.files = files
+    }
+
+    /// The `files` section for the folder at `root` as it is now: reads only the bytes the
+    /// entries do not cover (small: headers and metadata), so it costs no second pass over data.
+    public static func coverage(root: String, entries: [Entry]) throws -> [FileEntry] {
+        var covered: [String: [ByteRange]] = [:]
+        for entry in entries { covered[entry.file, default: []].append(entry.range) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { buffer.deallocate() }
+        return try folderFiles(root).map { name in
+            let file = try ReadOnlyFile(path: (root as NSString).appendingPathComponent(name))
+            let hasher = XXH3Hasher()
+            var next: Int64 = 0
+            func hashUpTo(_ end: Int64) throws {
+                while next < end {
+                    let count = Int(min(Int64(buffer.count), end - next))
+                    let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+                    try file.read(into: piece, at: next)
+                    hasher.update(UnsafeRawBufferPointer(piece))
+                    next += Int64(count)
+                }
+            }
+            for range in (covered[name] ?? []).sorted(by: { $0.offset < $1.offset }) {
+                try hashUpTo(min(range.offset, file.size))
+                next = max(next, range.offset + range.count)
+            }
+            try hashUpTo(file.size)
+            return FileEntry(name: name, size: file.size, restXXH3: hasher.digest)
+        }
+    }
+
+    /// Relative paths of the regular files under `root`, sorted, without the manifest itself.
+    static func folderFiles(_ root: String) throws -> [String] {
+        guard let walker = FileManager.default.enumerator(atPath: root) else {
+            throw FileIOError(path: root, operation: .read, errno: nil)
+        }
+        var names: [String] = []
+        while let name = walker.nextObject() as? String {
+            guard walker.fileAttributes?[.type] as? FileAttributeType == .typeRegular, name != fileName else { continue }
+            names.append(name)
+        }
+        return names.sorted()
+    }
+
+    /// Writes the manifest into the folder at `root`, its `files` section computed from the
+    /// folder as it stands: call it once everything else is written.
+    public func writeCovering(root: String) throws {
+        var complete = self
+        complete.files = try Self.coverage(root: root, entries: entries)
+        try complete.write(to: (root as NSString).appendingPathComponent(Self.fileName))
+    }
+
+    /// The `files` section checked against the folder: every listed file present with its size
+    /// and the same bytes outside the entries, and no file the manifest does not list.
+    public func verifyFiles(root: String) -> [Mismatch] {
+        guard !files.isEmpty else { return [] }
+        let present: [String]
+        do { present = try Self.folderFiles(root) } catch {
+            return [Mismatch(name: root, file: root, expected: 0, actual: nil, reason: "\(error)")]
+        }
+        var problems: [Mismatch] = []
+        let listed = Set(files.map(\.name))
+        for name in present where !listed.contains(name) {
+            problems.append(Mismatch(name: name, file: name, expected: 0, actual: nil, reason: "a file the manifest does not list"))
+        }
+        let actual: [String: FileEntry]
+        do {
+            actual = Dictionary(try Self.coverage(root: root, entries: entries).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        } catch {
+            return problems + [Mismatch(name: root, file: root, expected: 0, actual: nil, reason: "\(error)")]
+        }
+        for file in files {
+            guard let now = actual[file.name] else {
+                problems.append(Mismatch(name: file.name, file: file.name, expected: file.restXXH3, actual: nil, reason: "missing"))
+                continue
+            }
+            if now.size != file.size {
+                problems.append(Mismatch(name: file.name, file: file.name, expected: file.restXXH3, actual: nil,
+                                         reason: "\(now.size) bytes, the manifest says \(file.size)"))
+            } else if now.restXXH3 != file.restXXH3 {
+                problems.append(Mismatch(name: file.name + " (bytes outside the tensors)", file: file.name,
+                                         expected: file.restXXH3, actual: now.restXXH3))
+            }
+        }
+        return problems
     }
 
     /// Hashes each range of each file under `root` (read back through a bounded buffer per
@@ -145,6 +242,10 @@ public struct ChecksumManifest: Sendable, Equatable {
                 fields.append(("xxh3", .string(entry.xxh3.hexDigest)))
                 return .object(fields)
             })),
+            ("files", .array(files.map { file in
+                .object([("name", .string(file.name)), ("bytes", .number(JSONNumber(Int(file.size)))),
+                         ("rest_xxh3", .string(file.restXXH3.hexDigest))])
+            })),
         ])
     }
 
@@ -185,6 +286,13 @@ public struct ChecksumManifest: Sendable, Equatable {
             let dtype = item["dtype"]?.stringValue.flatMap { DType(safetensorsName: $0) }
             let shape = item["shape"]?.arrayValue.map { $0.compactMap(\.intValue) }
             return Entry(name: name, file: relative, range: range, xxh3: digest, dtype: dtype, shape: shape)
+        }
+        files = try (document["files"]?.arrayValue ?? []).map { item in
+            guard let name = item["name"]?.stringValue, !name.hasPrefix("/"), !name.contains("\0"),
+                !name.split(separator: "/").contains(".."), let size = item["bytes"]?.intValue, size >= 0,
+                let hex = item["rest_xxh3"]?.stringValue, let digest = UInt64(hex, radix: 16)
+            else { throw Invalid(file: path, reason: "malformed file entry \(MessageText.quoted(JSONWriter.compact(item)))") }
+            return FileEntry(name: name, size: Int64(size), restXXH3: digest)
         }
     }
 }

@@ -125,6 +125,12 @@ public enum CheckpointVerifier {
         }
         let checked = ChecksumManifest(kind: manifest.kind, entries: manifest.entries.filter { problems[$0.name] == nil })
         for mismatch in checked.verify(root: path, workers: workers) { problems[mismatch.name] = mismatch.description }
+        // Every other byte of every file: headers, zip records, pickles, configs, tokenizer files.
+        var fileProblems: [TensorComparison] = []
+        for mismatch in manifest.verifyFiles(root: path) {
+            problems[mismatch.name] = mismatch.description
+            fileProblems.append(TensorComparison(name: mismatch.name, status: .mismatch, dtypes: (nil, nil), shapes: (nil, nil), bytes: 0))
+        }
         let comparisons = manifest.entries.map { entry in
             var item = TensorComparison(name: entry.name, status: problems[entry.name] == nil ? .identical : .mismatch,
                                         dtypes: (nil, nil), shapes: (nil, nil), bytes: entry.range.count)
@@ -133,7 +139,11 @@ public enum CheckpointVerifier {
                 if problem.hasPrefix("missing") { item.status = .missingInSecond }
             }
             return item
-        } + extra
+        } + extra + fileProblems.map { item in
+            var item = item
+            item.differing = 1
+            return item
+        }
         return VerificationReport(mode: "manifest \(manifest.kind.rawValue)", first: path, second: nil, comparisons: comparisons,
                                   notes: problems.sorted { $0.key < $1.key }.map { "`\(MessageText.quoted($0.key))`: \($0.value)" })
     }

@@ -326,9 +326,10 @@ public struct HFImport: Sendable {
         if let legacy {
             let entries = try legacy.write(iterationPath: iterationPath, iterationName: iterationDirectoryName,
                                            executor: executor, progress: progress)
-            try ChecksumManifest(kind: .megatronTorch, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
             try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
             try recordSource(into: folder.stagedPath("nembridge/hf"))
+            // Last: the manifest covers every byte of every file written before it.
+            try ChecksumManifest(kind: .megatronTorch, entries: entries).writeCovering(root: folder.stagingPath)
             try source.checkUnchanged()
             try folder.publish()
             return
@@ -365,7 +366,6 @@ public struct HFImport: Sendable {
             manifest = ChecksumManifest(kind: .megatronTorchDist,
                                         entries: try writePlain(iterationPath: iterationPath, executor: executor, progress: progress))
         }
-        try manifest.write(to: folder.stagedPath(ChecksumManifest.fileName))
         // The common state also as common.pt (torch.save of the dict), which Megatron-Core up to
         // 0.18 reads; 0.19 reads it first too, and finds the same dict as in the DCP item.
         let common = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
@@ -377,6 +377,8 @@ public struct HFImport: Sendable {
         }
         try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
         try recordSource(into: folder.stagedPath("nembridge/hf"))
+        // Last: the manifest covers every byte of every file written before it.
+        try manifest.writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
         try source.checkUnchanged()
         try folder.publish()

@@ -85,7 +85,8 @@ public struct HFReshard: Sendable {
                              into: output)
             try output.publish()
         }
-        try ChecksumManifest(kind: .hfSafetensors, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        // Last: the manifest covers every byte of every file written before it.
+        try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         try source.checkUnchanged()
         try folder.publish()
     }

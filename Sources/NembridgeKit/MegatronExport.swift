@@ -234,7 +234,8 @@ public struct MegatronExport: Sendable {
         for name in companionFiles {
             try copyFileContents(from: (configDirectory as NSString).appendingPathComponent(name), to: folder.stagedPath(name))
         }
-        try ChecksumManifest(kind: .hfSafetensors, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+        // Last: the manifest covers every byte of every file written before it.
+        try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
         try ReadOnlyFile.checkUnchanged(reads.values.joined().map(\.file))
         try folder.publish()

@@ -245,10 +245,11 @@ public struct MegatronReshard: Sendable {
         for note in folder.notes { progress?.note(note) }
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
+        let manifest: ChecksumManifest
         if let legacyPlan {
             let entries = try legacyPlan.write(iterationPath: iterationPath, iterationName: iterationDirectoryName, executor: executor,
                                                progress: progress)
-            try ChecksumManifest(kind: .megatronTorch, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            manifest = ChecksumManifest(kind: .megatronTorch, entries: entries)
         } else {
             let fills = self.fills
             let entries = try PlannedWriting.writeTorchDist(
@@ -256,7 +257,7 @@ public struct MegatronReshard: Sendable {
             ) { index, base in
                 fills[index].map { MoveGroup.Step.copy(source: $0.file, range: $0.source, destinationOffset: base + $0.dataOffset) }
             }
-            try ChecksumManifest(kind: .megatronTorchDist, entries: entries).write(to: folder.stagedPath(ChecksumManifest.fileName))
+            manifest = ChecksumManifest(kind: .megatronTorchDist, entries: entries)
             if let commonState {
                 let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
                 try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)
@@ -282,6 +283,8 @@ public struct MegatronReshard: Sendable {
         if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(recorded)) {
             try copyFolderContents(from: (save as NSString).appendingPathComponent(recorded), to: folder.stagedPath(recorded))
         }
+        // Last: the manifest covers every byte of every file written before it.
+        try manifest.writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
         try ReadOnlyFile.checkUnchanged(fills.joined().map(\.file))
         try folder.publish()
