@@ -233,7 +233,8 @@ public final class LegacyTorchCheckpoint: Sendable {
             }
         }
         guard let model, let modelEntries = model.dictEntries else {
-            throw fail("data.pkl", "no `model` state dict (top-level keys: \(topLevel.map(\.key).joined(separator: ", ")))")
+            let keys = topLevel.prefix(8).map { MessageText.quoted($0.key) } + (topLevel.count > 8 ? ["…"] : [])
+            throw fail("data.pkl", "no `model` state dict (top-level keys: \(keys.joined(separator: ", ")))")
         }
         var state: [(name: String, value: LegacyStateValue)] = []
         var seen = Set<String>()
