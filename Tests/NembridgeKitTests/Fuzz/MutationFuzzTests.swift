@@ -18,7 +18,7 @@ struct MutationFuzzTests {
         print("fuzz \(summary)")
         for problem in summary.problems { Issue.record("\(name): \(problem)") }
         if !longRun {
-            #expect(summary.iterations == iterations, "\(name): the \(budget) s budget ran out after \(summary.iterations) of \(iterations) mutants")
+            #expect(summary.iterations == iterations, "\(name): the \(budget) s CPU budget ran out after \(summary.iterations) of \(iterations) mutants")
         }
         #expect(summary.accepted + summary.rejected > 0)
     }
