@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 DEBUG_BIN   := .build/debug/nembridge
 RELEASE_BIN := .build/release/nembridge
 
-.PHONY: all deps venv build release test swift-test interop-test demo bench fixtures clean
+.PHONY: all deps venv build release test swift-test interop-test demo bench fixtures fuzz clean
 
 all: release
 
@@ -37,6 +37,11 @@ demo: release
 # A benchmark, not a test: writes BENCHMARKS.md.
 bench: release venv
 	@tools/bench.sh $(RELEASE_BIN)
+
+# The mutation fuzzer for longer than `make test` runs it (which is a few seconds per input kind):
+# NEMBRIDGE_FUZZ_ITERATIONS mutants per target (default 20000), TARGETS, NEMBRIDGE_FUZZ_SEED.
+fuzz: deps
+	@tools/fuzz.sh
 
 # Regenerate TestCheckpoints/ with the real libraries (the outputs are committed).
 fixtures: venv

@@ -94,7 +94,10 @@ let package = Package(
         .testTarget(name: "ExecutionTests", dependencies: ["Execution", "TensorCore", "NembridgeTestSupport"]),
         .testTarget(
             name: "NembridgeKitTests",
-            dependencies: ["NembridgeKit", "SafetensorsFormat", "TensorCore", "NembridgeTestSupport"]
+            dependencies: [
+                "NembridgeKit", "SafetensorsFormat", "MegatronCheckpoint", "TorchPickle", "TorchZip", "WeightMapping", "Execution",
+                "TensorCore", "NembridgeTestSupport",
+            ]
         ),
         // Runs the built binary: exit codes, messages, help.
         .testTarget(name: "nembridgeTests", dependencies: ["nembridge", "NembridgeTestSupport"]),

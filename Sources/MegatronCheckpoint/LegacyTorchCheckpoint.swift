@@ -34,7 +34,10 @@ public struct LegacyRank: Sendable, Hashable, Comparable, CustomStringConvertibl
         guard (1...3).contains(fields.count) else { return nil }
         var numbers: [Int] = []
         for (index, field) in fields.enumerated() {
-            guard field.count >= (index == 0 ? 2 : 3), field.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(field) else { return nil }
+            // (Ranks beyond 99999 are not Megatron's: they are refused before any arithmetic on them.)
+            guard field.count >= (index == 0 ? 2 : 3), field.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(field),
+                value < 100_000
+            else { return nil }
             numbers.append(value)
         }
         return (numbers, name)
@@ -230,7 +233,8 @@ public final class LegacyTorchCheckpoint: Sendable {
             }
         }
         guard let model, let modelEntries = model.dictEntries else {
-            throw fail("data.pkl", "no `model` state dict (top-level keys: \(topLevel.map(\.key).joined(separator: ", ")))")
+            let keys = topLevel.prefix(8).map { MessageText.quoted($0.key) } + (topLevel.count > 8 ? ["…"] : [])
+            throw fail("data.pkl", "no `model` state dict (top-level keys: \(keys.joined(separator: ", ")))")
         }
         var state: [(name: String, value: LegacyStateValue)] = []
         var seen = Set<String>()

@@ -31,23 +31,34 @@ public struct LegacyCheckpointSource: Sendable {
             byRank[file.rank] = file
             for (name, value) in file.model { if case .tensor(let tensor) = value { tensorsByRank[file.rank, default: [:]][name] = tensor } }
         }
+        // Counts in the args are pickle ints from the file: bounded before they size anything.
+        func count(_ name: String, in range: ClosedRange<Int>) throws -> Int? {
+            guard let value = args?[name], !value.isNone else { return nil }
+            guard let number = value.intValue, range.contains(number) else {
+                let shown = value.int64Value.map(String.init) ?? value.kindName
+                throw LegacyLayoutError.unsupportedLayout(
+                    reason: "\(MessageText.path(checkpoint.ranks.first?.path ?? checkpoint.directory)): args.\(name) is \(shown), not in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return number
+        }
         let sizes = ParallelSizes(tensor: checkpoint.tensorParallelSize, pipeline: checkpoint.pipelineParallelSize,
                                   expert: checkpoint.expertParallelSize,
-                                  expertTensor: args?["expert_tensor_parallel_size"]?.intValue ?? checkpoint.tensorParallelSize)
+                                  expertTensor: try count("expert_tensor_parallel_size", in: 1...Self.largestParallelSize) ?? checkpoint.tensorParallelSize)
         // Each stage's layers: the split the args describe (even, or first/last given), when the
         // layer numbers each stage's files hold fit it; else the layer numbers alone (a layer with
         // no tensors at all, a DeciLM no-op block, is invisible in the files).
         var observed: [Int] = []
         for stage in 0..<sizes.pipeline {
             let names = byRank[LegacyRank(tensor: 0, pipeline: stage, expert: 0)]?.model.map(\.name) ?? []
+            // (A layer number beyond any model's is left to be reported as an unexpected entry.)
             observed.append(names.compactMap { name -> Int? in
                 guard name.hasPrefix("decoder.layers.") else { return nil }
-                return Int(name.dropFirst("decoder.layers.".count).prefix { $0 != "." })
+                return Int(name.dropFirst("decoder.layers.".count).prefix { $0 != "." }).flatMap { $0 < Self.largestLayerNumber ? $0 : nil }
             }.max().map { $0 + 1 } ?? 0)
         }
         var recorded = sizes
-        recorded.firstStageLayers = args?["decoder_first_pipeline_num_layers"]?.intValue
-        recorded.lastStageLayers = args?["decoder_last_pipeline_num_layers"]?.intValue
+        recorded.firstStageLayers = try count("decoder_first_pipeline_num_layers", in: 0...max(0, model.layerCount))
+        recorded.lastStageLayers = try count("decoder_last_pipeline_num_layers", in: 0...max(0, model.layerCount))
         var stageLayers: [Range<Int>] = []
         if let split = try? recorded.stageLayers(layerCount: model.layerCount, config: model.configPath, field: "num_layers"),
             zip(split, observed).allSatisfy({ $0.count >= $1 }) {
@@ -157,6 +168,11 @@ public struct LegacyCheckpointSource: Sendable {
             }
         }
     }
+
+    /// Bounds on counts read from rank files, far beyond any real model's: what keeps the
+    /// arithmetic on them from overflowing.
+    static let largestParallelSize = 1 << 16
+    static let largestLayerNumber = 1 << 20
 
     /// Whether `name` is a per-layer Megatron name (`decoder.layers.3.…`, `embedding.…`,
     /// `output_layer.…`, `mtp.…`), one a rank file holds under a local name.

@@ -121,7 +121,7 @@ public struct SafetensorsHeader: Sendable {
         // 8. The data must end exactly at the end of the file.
         let (dataEnd, overflow) = start.addingReportingOverflow(8 + length)
         guard !overflow, dataEnd == UInt64(fileSize) else {
-            throw SafetensorsError.metadataIncompleteBuffer(file: file, dataEnd: dataEnd, fileSize: fileSize)
+            throw SafetensorsError.metadataIncompleteBuffer(file: file, dataEnd: overflow ? UInt64.max : dataEnd, fileSize: fileSize)
         }
         // Every offset is now inside the file, so it fits `Int64` (before this check a run of
         // large tensors could reach past it: the offsets are only summed above).

@@ -1,9 +1,12 @@
 import Execution
 import Foundation
+import MegatronCheckpoint
 import NembridgeKit
 import NembridgeTestSupport
 import TensorCore
 import Testing
+import TorchPickle
+import TorchZip
 import WeightMapping
 
 /// Each fault has its own error, and none is lost on the way (read as "missing", or scraped back
@@ -79,5 +82,44 @@ struct TypedErrorTests {
         #expect(throws: FileIOError.notARegularFile(path: path, kind: fifo ? .fifo : .directory)) {
             try CheckpointVerifier.verifyManifest(output)
         }
+    }
+}
+
+/// Ints in a legacy rank file's pickle that size things are bounded before use.
+struct LegacyPickleIntTests {
+    /// Rewrites the `args` of `file` (a rank file) with `edit`, keeping every other record.
+    static func rewriteArgs(_ file: String, _ edit: (inout [(key: PickleValue, value: PickleValue)]) -> Void) throws {
+        let archive = try ZipArchive(path: file)
+        var records = try archive.entries.map { ($0.name, try archive.contents(of: $0)) }
+        let index = try #require(records.firstIndex { $0.0.hasSuffix("/data.pkl") })
+        guard case .dict(var top) = try PickleReader.read(records[index].1) else { Issue.record("not a dict"); return }
+        let position = try #require(top.firstIndex { $0.key == .string("args") })
+        guard case .object(var namespace) = top[position].value, case .dict(var fields)? = namespace.state else { Issue.record("no args"); return }
+        edit(&fields)
+        namespace.state = .dict(fields)
+        top[position].value = .object(namespace)
+        records[index].1 = PickleWriter.write(.dict(top))
+        let layout = try ZipLayout(entries: records.map { ($0.0, Int64($0.1.count)) })
+        let sink = MemoryByteSink()
+        let writer = ZipWriter(layout: layout, sink: sink)
+        for (index, record) in records.enumerated() { try writer.write(entry: index, at: 0, bytes: record.1) }
+        try writer.finish()
+        try Data(sink.bytes).write(to: URL(fileURLWithPath: file))
+    }
+
+    @Test("args counts at the edge of Int64 in a rank file are refused, naming the file", arguments: [
+        "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers", "expert_tensor_parallel_size",
+    ])
+    func hugeArgs(_ name: String) throws {
+        let scratch = try TestCheckpoints.scratchDirectory("legacy-args")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try LegacyCheckpointTests.importLegacy("llama3-tiny/hf", scratch + "/legacy", pp: 2)
+        let file = scratch + "/legacy/release/mp_rank_00_000/model_optim_rng.pt"
+        try Self.rewriteArgs(file) { fields in
+            fields.removeAll { $0.key == .string(name) }
+            fields.append((.string(name), .int(Int64.max)))
+        }
+        let error = #expect(throws: LegacyLayoutError.self) { try MegatronExport(checkpoint: scratch + "/legacy", output: scratch + "/out") }
+        #expect(error?.description.contains("\(file): args.\(name) is 9223372036854775807") == true, "\(String(describing: error))")
     }
 }

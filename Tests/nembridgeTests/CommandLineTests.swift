@@ -19,7 +19,8 @@ struct CommandLineTests {
         return url.appendingPathComponent("nembridge").path
     }()
 
-    static func run(_ arguments: [String]) throws -> Outcome {
+    /// Runs the binary; after `timeout` seconds it is terminated (status then records the signal).
+    static func run(_ arguments: [String], timeout: TimeInterval = 600) throws -> Outcome {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = arguments
@@ -28,6 +29,9 @@ struct CommandLineTests {
         process.standardOutput = out
         process.standardError = err
         try process.run()
+        let watchdog = DispatchWorkItem { if process.isRunning { process.terminate() } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
+        defer { watchdog.cancel() }
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
@@ -84,5 +88,74 @@ struct CommandLineTests {
                                     "--max-shard-size", "huge"])
         #expect(badSize.status == 1)
         #expect(badSize.stderr.contains("invalid shard size `huge`"))
+    }
+
+    // MARK: Hostile input, end to end
+
+    /// `nembridge` must fail at once with status 1 and one line on stderr that names `file`.
+    static func expectOneLineFailure(_ arguments: [String], naming file: String, saying text: String,
+                                     sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let start = Date()
+        let outcome = try run(arguments, timeout: 30)
+        #expect(Date().timeIntervalSince(start) < 20, "\(arguments) took too long (blocked?)", sourceLocation: sourceLocation)
+        #expect(outcome.status == 1, "\(arguments): status \(outcome.status), \(outcome.stderr)", sourceLocation: sourceLocation)
+        #expect(outcome.stderr.hasPrefix("nembridge: error: \(file)"), "\(outcome.stderr)", sourceLocation: sourceLocation)
+        #expect(outcome.stderr.contains(text), "\(outcome.stderr)", sourceLocation: sourceLocation)
+        #expect(outcome.stderr.filter { $0 == "\n" }.count == 1 && outcome.stderr.hasSuffix("\n"), "\(outcome.stderr)",
+                sourceLocation: sourceLocation)
+    }
+
+    @Test("a FIFO or a directory where a file is expected: status 1 at once, naming it", arguments: [
+        ("config.json", true), ("config.json", false), ("model.safetensors", true), ("model.safetensors", false),
+    ])
+    func specialFilesInHFFolder(_ name: String, _ fifo: Bool) throws {
+        let scratch = try TestCheckpoints.scratchDirectory("cli-special")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.copyItem(atPath: TestCheckpoints.path("llama3-tiny/hf"), toPath: scratch + "/hf")
+        let target = scratch + "/hf/" + name
+        if fifo { try TestCheckpoints.makeFIFO(at: target) } else { try TestCheckpoints.makeDirectory(at: target) }
+        let kind = fifo ? "FIFO" : "directory"
+        try Self.expectOneLineFailure(["inspect", scratch + "/hf"], naming: target, saying: "not a regular file (it is a \(kind))")
+        try Self.expectOneLineFailure(["import", "--hf", scratch + "/hf", "--out", scratch + "/out"], naming: target,
+                                      saying: "not a regular file (it is a \(kind))")
+        #expect(!FileManager.default.fileExists(atPath: scratch + "/out"))
+    }
+
+    @Test("a FIFO in place of a .distcp, metadata.json or the tracker: status 1 at once, naming it", arguments: [
+        "iter_0000001/__0_0.distcp", "iter_0000001/metadata.json", "latest_checkpointed_iteration.txt",
+    ])
+    func specialFilesInCheckpoint(_ name: String) throws {
+        let scratch = try TestCheckpoints.scratchDirectory("cli-special-dcp")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.copyItem(atPath: TestCheckpoints.path("megatron/gpt-dense-ws1"), toPath: scratch + "/save")
+        let target = scratch + "/save/" + name
+        try TestCheckpoints.makeFIFO(at: target)
+        try Self.expectOneLineFailure(["inspect", scratch + "/save"], naming: target, saying: "not a regular file (it is a FIFO)")
+        try Self.expectOneLineFailure(["export", "--megatron", scratch + "/save", "--out", scratch + "/out",
+                                       "--hf-config", TestCheckpoints.path("llama3-tiny/hf")],
+                                      naming: target, saying: "not a regular file (it is a FIFO)")
+    }
+
+    @Test("a common.pt whose pickle is os.system is refused, naming common.pt (it used to pass as an empty state)")
+    func hostileCommonState() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("cli-common")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.copyItem(atPath: TestCheckpoints.path("megatron/mcore-metadata-0.15"), toPath: scratch + "/save")
+        let common = scratch + "/save/iter_0000001/common.pt"
+        try FileManager.default.removeItem(atPath: common)
+        try FileManager.default.copyItem(atPath: TestCheckpoints.root + "/Tests/FuzzCorpus/zip/common-pt-os-system-root.bin", toPath: common)
+        try Self.expectOneLineFailure(["inspect", scratch + "/save"], naming: common, saying: "names `os.system`")
+    }
+
+    @Test("a tracker file linked to a multi-line file gives a one-line error")
+    func multiLineTracker() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("cli-tracker")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.copyItem(atPath: TestCheckpoints.path("megatron/gpt-dense-ws1"), toPath: scratch + "/save")
+        let tracker = scratch + "/save/latest_checkpointed_iteration.txt"
+        try Data("first line\nsecond line\n\u{1B}]0;title\u{07}".utf8).write(to: URL(fileURLWithPath: scratch + "/notes"))
+        try FileManager.default.removeItem(atPath: tracker)
+        try FileManager.default.createSymbolicLink(atPath: tracker, withDestinationPath: scratch + "/notes")
+        try Self.expectOneLineFailure(["inspect", scratch + "/save"], naming: tracker, saying: "`first line\\nsecond line\\n\\x1B]0;title\\x07`")
     }
 }
