@@ -67,6 +67,9 @@ struct ConfigBoundsTests {
         ("llama3-tiny", "num_hidden_layers", "60000", "num_hidden_layers"),
         ("nemotron3-moe-tiny", "n_routed_experts", "1000000000", "n_routed_experts"),
         ("nemotron3-moe-tiny", "n_routed_experts", "1000000", "n_routed_experts"),
+        ("nemotron3-moe-tiny", "n_routed_experts", "-1", "n_routed_experts"),
+        ("nemotron3-super-tiny", "n_routed_experts", "-1", "n_routed_experts"),
+        ("nemotron3-moe-tiny", "n_routed_experts", "0", "n_routed_experts"),
     ])
     func absurdCounts(_ fixture: String, _ field: String, _ value: String, _ named: String) throws {
         let clock = ContinuousClock()
