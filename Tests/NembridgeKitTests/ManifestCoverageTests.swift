@@ -10,17 +10,6 @@ import Testing
 /// state and `_extra_state`, `.metadata`, `metadata.json`, the tracker, recorded and exported
 /// configs, tokenizer files) by each file's rest digest. A flipped byte anywhere fails `verify DIR`.
 struct ManifestCoverageTests {
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static func files(_ root: String) -> [String] {
         (FileManager.default.enumerator(atPath: root)?.allObjects as? [String] ?? []).filter { name in
             var directory: ObjCBool = false
@@ -42,7 +31,7 @@ struct ManifestCoverageTests {
     /// `verify DIR` fails naming the file, then puts it back and checks that it passes again.
     static func everyByteKindIsCovered(_ root: String) throws {
         #expect(try CheckpointVerifier.verifyManifest(root).passed)
-        var random = SplitMix(state: 20261202)
+        var random = SplitMix64(seed: 20261202)
         let names = files(root)
         #expect(names.count >= 5, "\(names)")
         for name in names {

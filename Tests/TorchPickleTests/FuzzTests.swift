@@ -1,20 +1,10 @@
+import NembridgeTestSupport
 import Testing
 import TorchPickle
 
 /// Random mutations of valid pickles: every read must return a value or throw a `PickleError`;
 /// a trap would end the test process. Deterministic (SplitMix64, fixed seeds).
 struct FuzzTests {
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static func seeds() throws -> [[UInt8]] {
         try CorpusTests.expectations.map { try CorpusTests.bytes($0.name) }.filter { $0.count < 4096 }
     }
@@ -64,7 +54,7 @@ struct FuzzTests {
     func mutatedPicklesNeverTrap(_ shard: Int) throws {
         let seeds = try Self.seeds()
         #expect(seeds.count > 50)
-        var random = SplitMix64(state: 0x6E65_6D62_7269_6467 &+ UInt64(shard))
+        var random = SplitMix64(seed: 0x6E65_6D62_7269_6467 &+ UInt64(shard))
         var values = 0
         var errors = 0
         for iteration in 0..<2500 {

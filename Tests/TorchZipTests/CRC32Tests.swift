@@ -1,3 +1,4 @@
+import NembridgeTestSupport
 import Foundation
 import Testing
 

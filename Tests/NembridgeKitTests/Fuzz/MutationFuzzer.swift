@@ -28,16 +28,11 @@ import Glibc
 /// Environment: `NEMBRIDGE_FUZZ_ITERATIONS` (per target; longer runs), `NEMBRIDGE_FUZZ_SECONDS`
 /// (budget per target), `NEMBRIDGE_FUZZ_SEED`, `NEMBRIDGE_FUZZ_CRASH_DIR`.
 enum MutationFuzzer {
-    /// SplitMix64: small, fast, and the same sequence on every machine.
+    /// SplitMix64 (NembridgeTestSupport's) with the draws the mutators use.
     struct Random: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var generator: SplitMix64
+        init(state: UInt64) { generator = SplitMix64(seed: state) }
+        mutating func next() -> UInt64 { generator.next() }
 
         mutating func below(_ bound: Int) -> Int { bound <= 1 ? 0 : Int.random(in: 0..<bound, using: &self) }
         mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
