@@ -122,8 +122,7 @@ public struct ResolvedModel: Sendable {
         // Per-layer values are allocated per claimed layer: a count no model has is refused first
         // (MappingPlan then bounds it by the tensors present).
         guard layers <= Self.largestLayerCount else {
-            let field = table.arguments.first { $0.name == table.layerCountArgument }?.fields.first ?? table.layerCountArgument
-            throw MappingError.invalidConfigValue(config: configPath, field: field,
+            throw MappingError.invalidConfigValue(config: configPath, field: Self.configField(of: table.layerCountArgument, in: table),
                                                   reason: "\(layers) layers is more than any model has (at most \(Self.largestLayerCount))")
         }
         if declared == nil {
@@ -312,7 +311,9 @@ public struct ResolvedModel: Sendable {
     public func argument(_ name: String) -> JSONValue? { arguments.last(where: { $0.name == name })?.value }
 
     /// The config field a Megatron argument is read from (for messages), or the argument's name.
-    public func configField(of argument: String) -> String {
+    public func configField(of argument: String) -> String { Self.configField(of: argument, in: table) }
+
+    static func configField(of argument: String, in table: MappingTable) -> String {
         table.arguments.first { $0.name == argument }?.fields.first ?? argument
     }
 
