@@ -119,7 +119,7 @@ public struct HFImport: Sendable {
         var chunkPlans: [String: [ChunkPlan]] = [:]
         for spec in mapping.megatronTensors {
             let dtype = megatronDType[spec.name]!
-            let isExpert = spec.key.contains("experts.experts")
+            let isExpert = spec.routedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
             let plans = try Self.chunkPlans(spec, parallel: parallel)
             chunkPlans[spec.name] = plans
@@ -188,7 +188,7 @@ public struct HFImport: Sendable {
         let model = mapping.model
         let argument = model.table.expertCountArgument ?? "num_moe_experts"
         let experts = model.argument(argument)?.intValue
-        guard let experts, mapping.megatronTensors.contains(where: { $0.key.contains("experts.experts") }) else {
+        guard let experts, mapping.megatronTensors.contains(where: \.routedExpert) else {
             guard expertParallel == 1 else {
                 throw MappingError.invalidConfigValue(
                     config: model.configPath, field: argument,

@@ -151,7 +151,7 @@ public struct MegatronReshard: Sendable {
         var position: [String: Int] = [:]
         var readers: [ChunkID: TargetRank] = [:]
         for spec in mapping.megatronTensors {
-            let isExpert = spec.key.contains("experts.experts")
+            let isExpert = spec.routedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
             let plans = try HFImport.chunkPlans(spec, parallel: parallel)
             let chunks = plans.map { DCPChunk(offsets: $0.offsets, sizes: $0.sizes) }

@@ -40,6 +40,9 @@ public struct MegatronTensorSpec: Sendable, Equatable {
     public let split: TensorSplit?
     /// The op that fills it (a SwiGLU `[gate; up]` splits into 2 × tp fragments).
     public let op: MappingOp
+    /// One routed expert's tensor (its name has the `{expert}` placeholder): split over the
+    /// expert tensor-parallel size, stored on the global-expert axis.
+    public let routedExpert: Bool
 
     /// The key's global shape.
     public var globalShape: [Int] { prefixSizes + shape }
@@ -179,7 +182,7 @@ public struct MappingPlan: Sendable {
                                                          layer: hasLayer ? layer : nil)
                 case .fromLocalShards(let localShape, let tensorParallel, let expertTensorParallel):
                     guard var shape = localShape(megatronName) else { missing.append(megatronName); continue }
-                    let parallel = placement.key.contains("experts.experts") ? expertTensorParallel : tensorParallel
+                    let parallel = megatronPattern.placeholders.contains("expert") ? expertTensorParallel : tensorParallel
                     if let slice = try RuleExpansion.rowSlice(rule, model, hasLayer ? layer : nil) {
                         // One component of a split parameter: its rows come from the config.
                         if !shape.isEmpty { shape[0] = slice.rows.count }
@@ -217,7 +220,7 @@ public struct MappingPlan: Sendable {
                 }
                 megatronTensors.append(MegatronTensorSpec(
                     name: megatronName, key: placement.key, prefix: placement.prefix, prefixSizes: placement.prefixSizes,
-                    shape: expansion.megatronShape, split: rule.split, op: rule.op))
+                    shape: expansion.megatronShape, split: rule.split, op: rule.op, routedExpert: expert >= 0))
                 for block in expansion.blocks {
                     correspondences.append(RowCorrespondence(
                         hf: RowBlock(tensor: hfNames[block.role]!, rows: block.hfRows),
