@@ -236,7 +236,7 @@ public struct HFImport: Sendable {
         let prefixOnes = spec.prefix.map { _ in 1 }
         switch split {
         case .column, .vocab:
-            let parts = spec.op == .swiglu ? 2 * parallel : parallel
+            let parts = spec.op.tensorParallelFragments * parallel
             guard rows % parts == 0 else {
                 throw MappingError.cannotSplit(what: "`\(spec.name)`", reason: "its \(rows) rows do not divide into \(parts) tensor-parallel parts")
             }

@@ -23,6 +23,10 @@ public enum MappingOp: String, Sendable, CaseIterable {
     /// HF gate, up → Megatron's `linear_fc1` = `[gate; up]`.
     case swiglu
 
+    /// How many row blocks each tensor-parallel rank holds of a column-parallel output: SwiGLU's
+    /// `[gate; up]` is split as `[gate_r; up_r]` per rank, so its rows form 2 × tp fragments.
+    public var tensorParallelFragments: Int { self == .swiglu ? 2 : 1 }
+
     /// The HF roles the op reads, in the order their rows appear in simple concatenations.
     public var roles: [String] {
         switch self {
