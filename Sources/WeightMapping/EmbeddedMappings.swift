@@ -334,6 +334,45 @@ megatron_bridge:
     params_dtype: params_dtype
     tensor_model_parallel_size: tensor_model_parallel_size
     pipeline_model_parallel_size: pipeline_model_parallel_size
+
+# config.json from the Megatron arguments, for a checkpoint Megatron-LM trained (no config was
+# recorded or given): the reverse of `args`, written as transformers 5 writes LlamaConfig.
+# `select`: the args of this table's models; `requires`: what LlamaForCausalLM implements.
+hf_config:
+  select:
+    unset: [hybrid_layer_pattern, hybrid_override_pattern, heterogeneous_layers_config_path,
+            heterogeneous_layers_config_encoded_json, num_experts, multi_latent_attention]
+  requires: {normalization: RMSNorm, swiglu: true, position_embedding_type: rope, qk_layernorm: false,
+             apply_layernorm_1p: false, rotary_interleaved: false, rotary_percent: 1.0}
+  fields:
+    architectures: {value: [LlamaForCausalLM]}
+    attention_bias: add_qkv_bias
+    # a training choice (Megatron-LM defaults to 0.1), not part of the model: transformers' default
+    attention_dropout: {value: 0.0}
+    dtype: {first_true: {bf16: bfloat16, fp16: float16}, default: float32}
+    head_dim: {if: kv_channels, then: kv_channels, else: {expr: "hidden_size / num_attention_heads"}}
+    hidden_act: {value: silu}
+    hidden_size: hidden_size
+    initializer_range: {arg: init_method_std, type: float}
+    intermediate_size: ffn_hidden_size
+    max_position_embeddings: max_position_embeddings
+    mlp_bias: add_bias_linear
+    model_type: {value: llama}
+    num_attention_heads: num_attention_heads
+    num_hidden_layers: num_layers
+    num_key_value_heads: {if: group_query_attention, then: num_query_groups, else: num_attention_heads}
+    pretraining_tp: {value: 1}
+    rms_norm_eps: {arg: layernorm_epsilon, type: float}
+    rope_parameters.factor: {if: use_rope_scaling, then: {arg: rope_scaling_factor, type: float}}
+    rope_parameters.high_freq_factor: {if: use_rope_scaling, then: {value: 4.0}}
+    rope_parameters.low_freq_factor: {if: use_rope_scaling, then: {value: 1.0}}
+    rope_parameters.original_max_position_embeddings: {if: use_rope_scaling, then: {value: 8192}}
+    rope_parameters.rope_theta: {arg: rotary_base, type: float}
+    rope_parameters.rope_type: {if: use_rope_scaling, then: {value: llama3}, else: {value: default}}
+    tie_word_embeddings: {not: untie_embeddings_and_output_weights}
+    use_cache: {value: true}
+    # the real vocabulary (padded_vocab_size adds rows of zeros that export drops)
+    vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
 """####),
         ("nemotron-h.yaml", ####"""
 # Hugging Face NemotronHForCausalLM (Nemotron-H 8B/47B/56B, Nemotron-Nano-9B/12B-v2, Nemotron 3
