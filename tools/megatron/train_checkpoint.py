@@ -33,6 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "hybrid"))
+# mamba_ssm / causal_conv1d stand-ins (tools/hybrid), before Megatron's mamba_mixer is imported
+sys.path.insert(0, str(HERE.parent / "hybrid" / "mamba_ssm_standin"))
 
 import mcore_env as E  # noqa: E402
 import torch  # noqa: E402
@@ -104,12 +106,35 @@ def model_provider(pre_process=True, post_process=True, vp_stage=None, config=No
 
     args = get_args()
     if getattr(args, "hybrid_layer_pattern", None):
-        import hybrid_load as H
-
-        return H.build_hybrid(args, pre_process=pre_process, post_process=post_process)
+        return build_hybrid(args, pre_process, post_process)
     import gpt_from_args as G
 
     return G.build_gpt(args, pre_process=pre_process, post_process=post_process)
+
+
+def build_hybrid(args, pre_process: bool, post_process: bool):
+    """HybridModel as pretrain_hybrid's provider builds it: the TransformerConfig from
+    megatron.training's own core_transformer_config_from_args, with the local-module stack of
+    tools/hybrid (no Transformer Engine on CPU) and local attention."""
+    import hybrid_keys as HK
+    import megatron.core.models.hybrid.hybrid_block as hybrid_block
+    from megatron.core.models.hybrid.hybrid_model import HybridModel
+    from megatron.core.transformer.enums import AttnBackend
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.training.argument_utils import core_transformer_config_from_args
+
+    # HybridStack builds its final norm with TENorm directly (no spec entry); Megatron's own
+    # CUDA RNG tracker works here (cpu_rng_shims), so hybrid_keys' CPU tracker is not used.
+    hybrid_block.TENorm = WrappedTorchNorm
+    config = core_transformer_config_from_args(args)
+    config.attention_backend = AttnBackend.local
+    return HybridModel(
+        config=config, hybrid_stack_spec=HK.local_hybrid_stack_spec(),
+        vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
+        hybrid_layer_pattern=args.hybrid_layer_pattern, pre_process=pre_process,
+        post_process=post_process, fp16_lm_cross_entropy=False, parallel_output=True,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        position_embedding_type=args.position_embedding_type)
 
 
 def forward_step(data_iterator, model):
