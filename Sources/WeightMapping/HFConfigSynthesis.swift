@@ -30,7 +30,7 @@ public struct HFConfigSpec: Sendable {
 
     /// Arguments that must be unset (None, absent, empty or false) for this table to describe the checkpoint.
     public let selectUnset: [String]
-    /// Arguments that must be set (not None, not empty).
+    /// Arguments of which at least one must be set (not None, not empty), when given.
     public let selectSet: [String]
     /// Arguments that must have these values (the model features the table's class implements).
     public let requires: [(name: String, value: JSONValue)]
@@ -67,7 +67,7 @@ extension HFConfigSpec {
 
     /// Whether the arguments describe a model of this table.
     public func selects(_ arguments: [String: JSONValue]) -> Bool {
-        selectUnset.allSatisfy { !Self.isSet(arguments[$0]) } && selectSet.allSatisfy { Self.isSet(arguments[$0]) }
+        selectUnset.allSatisfy { !Self.isSet(arguments[$0]) } && (selectSet.isEmpty || selectSet.contains { Self.isSet(arguments[$0]) })
     }
 
     /// The config.json document, fields in the table's order (nested objects where names are dotted).

@@ -31,6 +31,7 @@ from conftest import ROOT
 
 TRAIN = ROOT / "tools" / "megatron" / "train_checkpoint.py"
 GPT_FROM_ARGS = ROOT / "tools" / "megatron" / "gpt_from_args.py"
+HYBRID_LOAD = ROOT / "tools" / "hybrid" / "hybrid_load.py"
 PYTHON = sys.executable
 TIMEOUT = 600
 VOCAB = 250
@@ -38,6 +39,7 @@ RUNS = {  # name -> (tp, optimizer form)
     "llama-tp1": (1, "dist-fully"),
     "llama-tp2": (2, "dist-fully"),
     "llama-tp1-dp": (1, "dist-dp"),
+    "hybrid-tp1": (1, "dist-fully"),
 }
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
 
@@ -58,11 +60,11 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
     def start(name):
         tp, form = RUNS[name]
-        return subprocess.Popen([PYTHON, str(TRAIN), "--model", "llama", "--tp", str(tp),
+        return subprocess.Popen([PYTHON, str(TRAIN), "--model", name.split("-")[0], "--tp", str(tp),
                                  "--optimizer", form, "--out", str(out[name])],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
 
-    for batch in (["llama-tp1", "llama-tp1-dp"], ["llama-tp2"]):
+    for batch in (["llama-tp1", "llama-tp1-dp", "hybrid-tp1"], ["llama-tp2"]):
         procs = {name: start(name) for name in batch}
         for name, p in procs.items():
             text, _ = p.communicate(timeout=TIMEOUT)
@@ -74,7 +76,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 def exported(nembridge, trained, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     work = tmp_path_factory.mktemp("training-exports")
     res = {}
-    for name in ("llama-tp1", "llama-tp2"):
+    for name in ("llama-tp1", "llama-tp2", "hybrid-tp1"):
         r = nembridge.run("export", "--megatron", trained[name], "--out", work / name).ok()
         res[name] = (work / name, r.stdout)
     return res
@@ -95,8 +97,25 @@ def megatron(trained, tmp_path_factory) -> dict[str, dict]:
              "training_state_present": True} for name in ("llama-tp1", "llama-tp2")]
     (work / "jobs.json").write_text(json.dumps(jobs))
     run_tool(GPT_FROM_ARGS, "--jobs", work / "jobs.json")
-    return {name: torch.load(work / f"{name}.pt", weights_only=False)
-            for name in ("llama-tp1", "llama-tp2")}
+    res = {name: torch.load(work / f"{name}.pt", weights_only=False)
+           for name in ("llama-tp1", "llama-tp2")}
+    # the hybrid: HybridModel built from the exported config.json (tools/hybrid), the training
+    # checkpoint loaded into it strictly for every model key
+    ckpt = trained["hybrid-tp1"] / "iter_0000003"
+    job = {"kind": "hybrid", "hf": None, "checkpoint": str(ckpt), "world_size": 1, "tp": 1,
+           "ep": 1, "padded_vocab": 256, "tokens": token_ids().tolist(),
+           "dump": str(work / "hybrid-tp1.pt"), "training_state_present": True}
+    res["hybrid-tp1"] = job
+    return res
+
+
+@pytest.fixture(scope="session")
+def megatron_hybrid(megatron, exported, tmp_path_factory) -> dict:
+    job = dict(megatron["hybrid-tp1"], hf=str(exported["hybrid-tp1"][0]))
+    work = Path(job["dump"]).parent
+    (work / "hybrid-jobs.json").write_text(json.dumps([job]))
+    run_tool(HYBRID_LOAD, "--jobs", work / "hybrid-jobs.json")
+    return torch.load(job["dump"], weights_only=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -153,6 +172,35 @@ def test_transformers_logits_equal_megatrons_forward_of_the_training_checkpoint(
     meg = res["logits"][..., :VOCAB]
     with torch.no_grad():
         got = hf_model(str(exported[name][0]))(token_ids()).logits.float()
+    scale = float(got.abs().max())
+    diff = float((got - meg).abs().max())
+    assert diff <= 1e-4 * scale, f"max |transformers - megatron| {diff:.3e} (scale {scale:.3e})"
+
+
+def test_hybrid_export_loads_natively_and_its_logits_equal_megatrons(exported, megatron_hybrid):
+    """Mamba + attention + MoE (pattern M*ME): NemotronHForCausalLM from the config written from
+    args.hybrid_layer_pattern; the fp32 router expert_bias stays fp32, the rest is bf16; logits
+    equal Megatron-Core's HybridModel forward of the training checkpoint."""
+    from safetensors.torch import load_file
+    from transformers import NemotronHForCausalLM
+
+    out, stdout = exported["hybrid-tp1"]
+    assert "(nemotron-h table)" in stdout, stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hybrid_override_pattern"] == "M*ME" and cfg["layer_norm_epsilon"] == 1e-5, cfg
+    tensors = load_file(str(out / "model.safetensors"))
+    dtypes = {k: t.dtype for k, t in tensors.items()}
+    assert {k for k, d in dtypes.items() if d != torch.bfloat16} == \
+        {"backbone.layers.3.mixer.gate.e_score_correction_bias"}, dtypes
+    assert dtypes["backbone.layers.3.mixer.gate.e_score_correction_bias"] == torch.float32
+    model = hf_model(str(out))
+    assert type(model) is NemotronHForCausalLM
+    res = megatron_hybrid
+    assert res["ok"], res["error"]
+    assert not res["nan_after_load"], res["nan_after_load"]
+    meg = res["logits"][..., :VOCAB]
+    with torch.no_grad():
+        got = model(token_ids()).logits.float()
     scale = float(got.abs().max())
     diff = float((got - meg).abs().max())
     assert diff <= 1e-4 * scale, f"max |transformers - megatron| {diff:.3e} (scale {scale:.3e})"
