@@ -26,10 +26,12 @@ public enum CheckpointVerifier {
         if fm.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue, looksMegatron {
             let folder = try MegatronCheckpointFolder(path: path)
             guard folder.format == .legacyTorch else { return .megatron(try TorchDistCheckpoint(folder: folder), legacy: nil) }
-            let directory = try MegatronExport.configDirectory(given: configDirectory, folder: folder, checkpoint: path)
+            let tables = try MappingTable.load(directory: mappingsDirectory)
+            let (directory, trainingConfig) = try MegatronExport.configDirectory(given: configDirectory, folder: folder, checkpoint: path,
+                                                                                 tables: tables, tokenizer: nil)
             let config = try HFConfig(path: (directory as NSString).appendingPathComponent("config.json"))
-            let model = try ResolvedModel.resolve(tables: try MappingTable.load(directory: mappingsDirectory),
-                                                  config: config.document, configPath: config.path)
+            _ = trainingConfig  // read before this returns; the temporary folder goes with it
+            let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
             let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
                                                     model: model)
             return .megatron(legacy.tensors, legacy: legacy)

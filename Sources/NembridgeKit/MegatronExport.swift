@@ -32,6 +32,8 @@ public struct MegatronExport: Sendable {
         /// Used when no shard layout is recorded.
         public var maxShardSize: Int64 = 5_000_000_000
         public var mappingsDirectory: String?
+        /// Tokenizer files for a config written from the training args.
+        public var tokenizerDirectory: String?
         public var workers = 2
 
         public init() {}
@@ -48,6 +50,8 @@ public struct MegatronExport: Sendable {
     public let outputPath: String
     public let mapping: MappingPlan
     public let configDirectory: String
+    /// The config written from the checkpoint's training args, when none was recorded or given.
+    public let trainingConfig: TrainingConfig?
     public let shards: [(name: String, tensors: [TensorDeclaration])]
     public let indexBytes: [UInt8]?
     public let companionFiles: [String]
@@ -64,9 +68,10 @@ public struct MegatronExport: Sendable {
         let folder = try MegatronCheckpointFolder(path: path)
         directory = folder.directory
         outputPath = output
-        configDirectory = try Self.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path)
-        let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
         let tables = try MappingTable.load(directory: options.mappingsDirectory)
+        (configDirectory, trainingConfig) = try Self.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path,
+                                                                     tables: tables, tokenizer: options.tokenizerDirectory)
+        let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
         let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
         var dtypes: [String: DType] = [:]
         if folder.format == .legacyTorch {
@@ -171,6 +176,20 @@ public struct MegatronExport: Sendable {
         return result
     }
 
+    /// Where the HF side's config lives: given, recorded at import beside the iterations, or
+    /// written from the checkpoint's training args.
+    static func configDirectory(given: String?, folder: MegatronCheckpointFolder, checkpoint path: String, tables: [MappingTable],
+                                tokenizer: String?) throws -> (String, TrainingConfig?) {
+        do {
+            return (try configDirectory(given: given, folder: folder, checkpoint: path), nil)
+        } catch ExportError.hfConfigRequired {
+            guard let made = try TrainingConfig.synthesize(folder: folder, checkpoint: path, tables: tables, tokenizerDirectory: tokenizer) else {
+                throw ExportError.hfConfigRequired(checkpoint: path)
+            }
+            return (made.directory, made)
+        }
+    }
+
     /// Where the HF side's config lives: given, or recorded at import beside the iterations.
     static func configDirectory(given: String?, folder: MegatronCheckpointFolder, checkpoint path: String) throws -> String {
         var candidates: [String] = []
@@ -243,7 +262,7 @@ public struct MegatronExport: Sendable {
 
     public func planText() -> String {
         var lines = ["export \(directory) -> \(outputPath)",
-                     "architecture: \(mapping.model.table.name), config from \(configDirectory)"]
+                     "architecture: \(mapping.model.table.name), config from " + (trainingConfig.map { _ in "the checkpoint's training args" } ?? configDirectory)]
         for shard in shards {
             lines.append("  \(shard.name): \(shard.tensors.count) tensors, \(formatBytes(shard.tensors.reduce(0) { $0 + $1.byteCount }))")
             for tensor in shard.tensors {
@@ -251,7 +270,11 @@ public struct MegatronExport: Sendable {
             }
         }
         if indexBytes != nil { lines.append("  \(HFCheckpointFolder.indexFileName)") }
-        for name in companionFiles { lines.append("  \(name) (from \(configDirectory))") }
+        for name in companionFiles { lines.append("  \(name) (" + (trainingConfig.map { _ in "written from the training args" } ?? "from \(configDirectory)") + ")") }
+        if let trainingConfig {
+            lines.append(trainingConfig.tokenizerSource.map { "tokenizer files from \($0)" }
+                         ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)")
+        }
         if let legacy {
             lines.insert("legacy checkpoint: \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files", at: 1)
         }

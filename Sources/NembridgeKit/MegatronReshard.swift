@@ -101,9 +101,11 @@ public struct MegatronReshard: Sendable {
         self.options = options
         saveDirectory = folder.saveDirectory
         // The split axes come from the architecture's table, through the model's HF config.
-        let configDirectory = try MegatronExport.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path)
-        let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
         let tables = try MappingTable.load(directory: options.mappingsDirectory)
+        let (configDirectory, trainingConfig) = try MegatronExport.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path,
+                                                                                   tables: tables, tokenizer: nil)
+        let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
+        _ = trainingConfig  // read before this returns; the temporary folder goes with it
         var model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
         try model.checkTensorParallel(options.tensorParallel)
         _ = try options.parallelSizes.stageLayers(layerCount: model.layerCount, config: config.path, field: model.table.layerCountArgument)

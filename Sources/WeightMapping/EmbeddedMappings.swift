@@ -334,6 +334,45 @@ megatron_bridge:
     params_dtype: params_dtype
     tensor_model_parallel_size: tensor_model_parallel_size
     pipeline_model_parallel_size: pipeline_model_parallel_size
+
+# config.json from the Megatron arguments, for a checkpoint Megatron-LM trained (no config was
+# recorded or given): the reverse of `args`, written as transformers 5 writes LlamaConfig.
+# `select`: the args of this table's models; `requires`: what LlamaForCausalLM implements.
+hf_config:
+  select:
+    unset: [hybrid_layer_pattern, hybrid_override_pattern, heterogeneous_layers_config_path,
+            heterogeneous_layers_config_encoded_json, num_experts, multi_latent_attention]
+  requires: {normalization: RMSNorm, swiglu: true, position_embedding_type: rope, qk_layernorm: false,
+             apply_layernorm_1p: false, rotary_interleaved: false, rotary_percent: 1.0}
+  fields:
+    architectures: {value: [LlamaForCausalLM]}
+    attention_bias: add_qkv_bias
+    # a training choice (Megatron-LM defaults to 0.1), not part of the model: transformers' default
+    attention_dropout: {value: 0.0}
+    dtype: {first_true: {bf16: bfloat16, fp16: float16}, default: float32}
+    head_dim: {if: kv_channels, then: kv_channels, else: {expr: "hidden_size / num_attention_heads"}}
+    hidden_act: {value: silu}
+    hidden_size: hidden_size
+    initializer_range: {arg: init_method_std, type: float}
+    intermediate_size: ffn_hidden_size
+    max_position_embeddings: max_position_embeddings
+    mlp_bias: add_bias_linear
+    model_type: {value: llama}
+    num_attention_heads: num_attention_heads
+    num_hidden_layers: num_layers
+    num_key_value_heads: {if: group_query_attention, then: num_query_groups, else: num_attention_heads}
+    pretraining_tp: {value: 1}
+    rms_norm_eps: {arg: layernorm_epsilon, type: float}
+    rope_parameters.factor: {if: use_rope_scaling, then: {arg: rope_scaling_factor, type: float}}
+    rope_parameters.high_freq_factor: {if: use_rope_scaling, then: {value: 4.0}}
+    rope_parameters.low_freq_factor: {if: use_rope_scaling, then: {value: 1.0}}
+    rope_parameters.original_max_position_embeddings: {if: use_rope_scaling, then: {value: 8192}}
+    rope_parameters.rope_theta: {arg: rotary_base, type: float}
+    rope_parameters.rope_type: {if: use_rope_scaling, then: {value: llama3}, else: {value: default}}
+    tie_word_embeddings: {not: untie_embeddings_and_output_weights}
+    use_cache: {value: true}
+    # the real vocabulary (padded_vocab_size adds rows of zeros that export drops)
+    vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
 """####),
         ("nemotron-h.yaml", ####"""
 # Hugging Face NemotronHForCausalLM (Nemotron-H 8B/47B/56B, Nemotron-Nano-9B/12B-v2, Nemotron 3
@@ -658,6 +697,70 @@ extra_state:
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.shared_experts.linear_fc2", layer_when: {kind: E}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.fc1_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.fc2_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
+
+# config.json from the Megatron arguments, for a checkpoint Megatron-LM trained (no config was
+# recorded or given): the reverse of `args`, loaded natively by transformers' NemotronHConfig
+# (which reads the pattern string as it reads published Nemotron-H configs).
+hf_config:
+  select:
+    set: [hybrid_layer_pattern, hybrid_override_pattern]
+    unset: [heterogeneous_layers_config_path, heterogeneous_layers_config_encoded_json]
+  requires: {normalization: RMSNorm, squared_relu: true, swiglu: false, position_embedding_type: none,
+             add_qkv_bias: false, add_bias_linear: false}
+  fields:
+    architectures: {value: [NemotronHForCausalLM]}
+    model_type: {value: nemotron_h}
+    attention_bias: {value: false}
+    attention_dropout: {value: 0.0}
+    chunk_size: {value: 128}
+    conv_kernel: {value: 4}
+    dtype: {first_true: {bf16: bfloat16, fp16: float16}, default: float32}
+    expand: {value: 2}
+    head_dim: {if: kv_channels, then: kv_channels, else: {expr: "hidden_size / num_attention_heads"}}
+    hidden_dropout: {value: 0.0}
+    hidden_size: hidden_size
+    # Megatron-LM 0.19 keeps the pattern in hybrid_layer_pattern (hybrid_override_pattern is None)
+    hybrid_override_pattern: {if: hybrid_layer_pattern, then: hybrid_layer_pattern, else: hybrid_override_pattern}
+    initializer_range: {arg: init_method_std, type: float}
+    intermediate_size: {if: ffn_hidden_size, then: ffn_hidden_size, else: {value: null}}
+    layer_norm_epsilon: {arg: layernorm_epsilon, type: float}
+    mamba_head_dim: mamba_head_dim
+    mamba_hidden_act: {value: silu}
+    # MambaMixer's default: expand (2) x hidden_size / head dim
+    mamba_num_heads: {if: mamba_num_heads, then: mamba_num_heads, else: {expr: "2 * hidden_size / mamba_head_dim"}}
+    mamba_proj_bias: {value: false}
+    max_position_embeddings: max_position_embeddings
+    mlp_bias: {value: false}
+    mlp_hidden_act: {value: relu2}
+    moe_intermediate_size: {if: num_experts, then: moe_ffn_hidden_size}
+    moe_latent_size: {if: moe_latent_size, then: moe_latent_size}
+    moe_shared_expert_intermediate_size: {if: moe_shared_expert_intermediate_size, then: moe_shared_expert_intermediate_size}
+    mtp_hybrid_override_pattern: {if: mtp_hybrid_override_pattern, then: mtp_hybrid_override_pattern}
+    n_group: {if: moe_router_num_groups, then: moe_router_num_groups, else: {value: 1}}
+    n_groups: mamba_num_groups
+    n_routed_experts: {if: num_experts, then: num_experts}
+    n_shared_experts: {if: moe_shared_expert_intermediate_size, then: {value: 1}}
+    norm_topk_prob: {value: true}
+    num_attention_heads: num_attention_heads
+    num_experts_per_tok: {if: num_experts, then: moe_router_topk}
+    num_hidden_layers: num_layers
+    num_key_value_heads: {if: group_query_attention, then: num_query_groups, else: num_attention_heads}
+    num_nextn_predict_layers: {if: mtp_num_layers, then: mtp_num_layers, else: {value: 0}}
+    residual_in_fp32: {value: false}
+    routed_scaling_factor: {if: moe_router_topk_scaling_factor, then: {arg: moe_router_topk_scaling_factor, type: float}, else: {value: 1.0}}
+    ssm_state_size: mamba_state_dim
+    tie_word_embeddings: {not: untie_embeddings_and_output_weights}
+    # transformers clamps dt at time_step_min where Megatron-Core does not clamp it: Megatron's
+    # own default 0.001 (0 breaks transformers' initialisation)
+    time_step_min: {value: 0.001}
+    time_step_max: {value: 0.1}
+    time_step_floor: {value: 0.0001}
+    topk_group: {if: moe_router_group_topk, then: moe_router_group_topk, else: {value: 1}}
+    use_bias: {value: false}
+    use_cache: {value: true}
+    use_conv_bias: {value: true}
+    # the real vocabulary (padded_vocab_size adds rows that export drops)
+    vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
 """####),
     ]
 }

@@ -20,7 +20,7 @@ extension MappingTable {
         let top = try reader.mapping(root, allowed: [
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
-            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks",
+            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -129,6 +129,7 @@ extension MappingTable {
         } else {
             bridgeProvider = nil
         }
+        hfConfig = try top["hf_config"].map { try reader.hfConfigSpec($0) }
         try lintOverlaps(reader)
     }
 
@@ -334,6 +335,56 @@ struct TableReader {
             strings: try spec["string"].map { try strings($0, "\(context).string") } ?? [],
             lists: try spec["list"].map { try strings($0, "\(context).list") } ?? [], names: names,
             argument: try spec["argument"].map { try string($0, "\(context).argument") })
+    }
+
+    /// The `hf_config` section: `select` (`unset`/`set` argument lists), `requires` and `fields`.
+    func hfConfigSpec(_ node: Node) throws -> HFConfigSpec {
+        let top = try mapping(node, allowed: ["select", "requires", "fields"], required: ["fields"], context: "hf_config")
+        let select = try top["select"].map { try mapping($0, allowed: ["unset", "set"], context: "hf_config.select") } ?? [:]
+        let requires = try top["requires"].map { node in
+            try orderedMapping(node, "hf_config.requires").map { ($0.key, try jsonValue($0.value)) }
+        } ?? []
+        func source(_ node: Node, _ context: String) throws -> HFConfigSpec.Source {
+            guard case .mapping = node else { return .argument(try string(node, context), type: nil) }
+            let form = try mapping(node, allowed: ["arg", "type", "not", "expr", "value", "first_true", "default"], context: context)
+            if let name = form["arg"] {
+                return .argument(try string(name, "\(context).arg"), type: try form["type"].map { try string($0, "\(context).type") })
+            }
+            if let name = form["not"] { return .not(try string(name, "\(context).not")) }
+            if let text = form["expr"] {
+                do {
+                    return .expression(try ArgumentExpression.parse(try string(text, "\(context).expr")))
+                } catch let failure as ArgumentExpression.ParseError {
+                    throw error(text, "\(context).expr: \(failure.reason)")
+                }
+            }
+            if let literal = form["value"] { return .value(try jsonValue(literal)) }
+            if let flags = form["first_true"] {
+                let pairs = try orderedMapping(flags, "\(context).first_true").map { ($0.key, try jsonValue($0.value)) }
+                return .firstTrue(pairs, otherwise: try form["default"].map { try jsonValue($0) } ?? .null)
+            }
+            throw error(node, "\(context): give arg, not, expr, value or first_true")
+        }
+        let fields = try orderedMapping(top["fields"]!, "hf_config.fields").map { name, value -> HFConfigSpec.Field in
+            let context = "hf_config.fields.\(name)"
+            guard case .mapping(let members) = value else {
+                return HFConfigSpec.Field(name: name, source: try source(value, context), condition: nil, otherwise: nil, flag: nil)
+            }
+            let keys = Set(members.compactMap { $0.key.string })
+            let flag = try members.first { $0.key.string == "flag" }.map { try string($0.value, "\(context).flag") }
+            guard keys.contains("then") else {
+                // `flag` (the training flag setting the argument, for messages) beside a source form
+                let rest = Node.mapping(Node.Mapping(members.filter { $0.key.string != "flag" }))
+                return HFConfigSpec.Field(name: name, source: try source(rest, context), condition: nil, otherwise: nil, flag: flag)
+            }
+            let parts = try mapping(value, allowed: ["if", "then", "else", "flag"], required: ["if", "then"], context: context)
+            return HFConfigSpec.Field(name: name, source: try source(parts["then"]!, "\(context).then"),
+                                      condition: try string(parts["if"]!, "\(context).if"),
+                                      otherwise: try parts["else"].map { try source($0, "\(context).else") }, flag: flag)
+        }
+        return HFConfigSpec(selectUnset: try select["unset"].map { try strings($0, "hf_config.select.unset") } ?? [],
+                            selectSet: try select["set"].map { try strings($0, "hf_config.select.set") } ?? [],
+                            requires: requires, fields: fields)
     }
 
     func argumentRule(name: String, _ node: Node) throws -> ArgumentRule {

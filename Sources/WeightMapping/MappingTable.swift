@@ -244,6 +244,8 @@ public struct MappingTable: Sendable {
     public let mtp: MTPSpec?
     /// Megatron-Bridge's provider for `run_config.yaml`, when the table gives one.
     public let bridgeProvider: BridgeProviderSpec?
+    /// How `config.json` is written from Megatron arguments, when the table gives it.
+    public let hfConfig: HFConfigSpec?
 }
 
 /// A size the config states and the tensors must agree with: every HF tensor matching `tensor`

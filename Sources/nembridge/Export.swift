@@ -9,7 +9,7 @@ struct Export: ParsableCommand {
         abstract: "Convert a Megatron-Core checkpoint (torch_dist, or legacy torch at any TP/PP/EP) into a Hugging Face folder.",
         discussion: """
             config.json and the tokenizer files come from the source recorded at import \
-            (<save dir>/nembridge/hf), or from --hf-config for checkpoints Megatron-Core wrote itself. \
+            (<save dir>/nembridge/hf), from --hf-config, or, for checkpoints Megatron-LM trained, are written from the training args in the checkpoint (tokenizer files from --tokenizer). \
             Tensors keep their dtypes; padded vocabulary rows are removed; the source's shard layout \
             is reused when it was recorded.
             """)
@@ -22,6 +22,9 @@ struct Export: ParsableCommand {
 
     @Option(help: "Folder with the model's config.json and tokenizer files (default: the one recorded at import).")
     var hfConfig: String?
+
+    @Option(help: "Tokenizer folder to carry when config.json is written from the training args (default: args.tokenizer_model when it is one).")
+    var tokenizer: String?
 
     @Option(help: "Maximum shard size when no layout was recorded (e.g. 5GB).")
     var maxShardSize: String = "5GB"
@@ -37,6 +40,7 @@ struct Export: ParsableCommand {
             options.hfConfigDirectory = hfConfig
             options.maxShardSize = try ByteCountParser.parse(maxShardSize)
             options.mappingsDirectory = mappings
+            options.tokenizerDirectory = tokenizer
             let plan = try MegatronExport(checkpoint: source, output: output, options: options)
             guard let seconds = try planned.run(phase: "export", planText: { plan.planText() },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
@@ -44,6 +48,11 @@ struct Export: ParsableCommand {
             writeStandardOutput(
                 "exported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.mapping.hfTensors.count) tensors in "
                     + "\(plan.shards.count) file(s), \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
+            if let made = plan.trainingConfig {
+                writeStandardOutput("config.json and generation_config.json written from the checkpoint's training args (\(made.table) table); "
+                    + (made.tokenizerSource.map { "tokenizer files from \($0)" }
+                       ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)"))
+            }
             if !plan.skippedKeys.isEmpty {
                 writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")
             }

@@ -151,15 +151,53 @@ struct ImportExportTests {
         #expect(checkpoint.objectKeys.contains("decoder.layers.4.mlp.experts.experts.linear_fc2._extra_state/shard_7_8"))
     }
 
-    @Test("export needs a config: recorded at import, or given")
-    func exportNeedsConfig() throws {
+    @Test("export of a checkpoint Megatron-Core wrote, with no recorded or given config: config.json from its training args")
+    func exportWritesConfigFromTrainingArgs() throws {
         let scratch = try TestCheckpoints.scratchDirectory("noconfig")
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let error = #expect(throws: ExportError.self) {
-            try MegatronExport(checkpoint: TestCheckpoints.path("megatron/gpt-dense-ws1"), output: scratch + "/out")
+        var temporary: String?
+        do {
+            let plan = try MegatronExport(checkpoint: TestCheckpoints.path("megatron/gpt-dense-ws1"), output: scratch + "/out")
+            let made = try #require(plan.trainingConfig)
+            #expect(made.table == "llama" && made.tokenizerSource == nil)
+            #expect(plan.planText().contains("config from the checkpoint's training args"))
+            temporary = made.directory
+            try plan.run(executor: MoveExecutor())
         }
-        #expect(String(describing: error!).contains("--hf-config"))
-        #expect(try Self.files(scratch).isEmpty)
+        // the temporary config folder goes with the plan
+        #expect(!FileManager.default.fileExists(atPath: try #require(temporary)))
+        #expect(try Self.files(scratch + "/out") == ["config.json", "generation_config.json", "model.safetensors", "nembridge-manifest.json"])
+        let config = try HFConfig(path: scratch + "/out/config.json").document
+        #expect(config["architectures"] == .array([.string("LlamaForCausalLM")]))
+        #expect(config["vocab_size"]?.intValue == 250 && config["num_hidden_layers"]?.intValue == 2)
+        #expect(config["num_key_value_heads"]?.intValue == 2 && config["head_dim"]?.intValue == 8)
+        #expect(config["rms_norm_eps"] == .number(JSONNumber(text: "1e-05")))
+        #expect(config["tie_word_embeddings"] == .bool(false) && config["dtype"] == .string("bfloat16"))
+        #expect(config["rope_parameters"]?["rope_theta"] == .number(JSONNumber(text: "500000.0")))
+    }
+
+    @Test("a config written from training args needs each field: the error names the argument, its flag and --hf-config")
+    func trainingArgsMissingField() throws {
+        let table = try #require(try MappingTable.load(directory: nil).first { $0.name == "llama" })
+        let spec = try #require(table.hfConfig)
+        var args: [String: JSONValue] = [
+            "hidden_size": .number(JSONNumber(64)), "num_attention_heads": .number(JSONNumber(4)), "num_layers": .number(JSONNumber(2)),
+            "ffn_hidden_size": .number(JSONNumber(128)), "max_position_embeddings": .number(JSONNumber(64)),
+            "layernorm_epsilon": .number(JSONNumber(text: "1e-05")), "rotary_base": .number(JSONNumber(10000)),
+            "init_method_std": .number(JSONNumber(text: "0.02")), "add_qkv_bias": .bool(false), "add_bias_linear": .bool(false),
+            "untie_embeddings_and_output_weights": .bool(true), "normalization": .string("RMSNorm"), "swiglu": .bool(true),
+            "position_embedding_type": .string("rope"), "rotary_percent": .number(JSONNumber(text: "1.0")), "vocab_size": .null,
+        ]
+        #expect(spec.selects(args))
+        let missing = #expect(throws: ConfigSynthesisError.self) { try spec.configDocument(arguments: args, source: "ckpt: args", table: "llama") }
+        #expect(missing == .missingArgument(source: "ckpt: args", argument: "vocab_size", field: "vocab_size", flag: "--vocab-size (or a tokenizer)"))
+        #expect(String(describing: missing!).contains("--hf-config DIR"))
+        args["vocab_size"] = .number(JSONNumber(250))
+        args["swiglu"] = .bool(false)
+        let other = #expect(throws: ConfigSynthesisError.self) { try spec.configDocument(arguments: args, source: "ckpt: args", table: "llama") }
+        #expect(String(describing: other!) == "ckpt: args: args.swiglu = false, but a llama model has true; give the model's config folder with --hf-config DIR")
+        args["hybrid_layer_pattern"] = .string("M*")
+        #expect(!spec.selects(args))
     }
 
     @Test("a hub-cache snapshot (every file a relative symlink into blobs/) converts, and the outputs hold files, not links")

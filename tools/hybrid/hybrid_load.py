@@ -76,13 +76,17 @@ def nan_filled(cfg: dict, padded_vocab: int):
     return model
 
 
-def load_strict(cfg: dict, ckpt: str, padded_vocab: int):
+def load_strict(cfg: dict, ckpt: str, padded_vocab: int, training_state_present: bool = False):
+    """`training_state_present`: a training run's save also holds optimizer and RNG state,
+    which a model-only load leaves unread; every model key must still be there
+    (RAISE_UNEXPECTED) and load_state_dict stays strict."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     model = nan_filled(cfg, padded_vocab)
     sharded = {"model": E.model_sharded_state_dict(model)}
-    loaded = dist_checkpointing.load(sharded, ckpt, strict=StrictHandling.RAISE_ALL)
+    strict = StrictHandling.RAISE_UNEXPECTED if training_state_present else StrictHandling.RAISE_ALL
+    loaded = dist_checkpointing.load(sharded, ckpt, strict=strict)
     model.load_state_dict(loaded["model"], strict=True)
     return model
 
@@ -149,8 +153,11 @@ def run_job(job: dict) -> dict:
         # an uneven pipeline split, as Megatron-LM's --decoder-first/last-pipeline-num-layers
         cfg["num_layers_in_first_pipeline_stage"] = job.get("first_stage_layers")
         cfg["num_layers_in_last_pipeline_stage"] = job.get("last_stage_layers")
-        load = load_legacy if job.get("format") == "torch" else load_strict
-        model = load(cfg, job["checkpoint"], job["padded_vocab"])
+        if job.get("format") == "torch":
+            model = load_legacy(cfg, job["checkpoint"], job["padded_vocab"])
+        else:
+            model = load_strict(cfg, job["checkpoint"], job["padded_vocab"],
+                                job.get("training_state_present", False))
         for k, v in unwrap(model).state_dict().items():
             if isinstance(v, torch.Tensor):
                 out["state"][k] = v.detach().clone()

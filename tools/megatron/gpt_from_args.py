@@ -28,7 +28,8 @@ does for --bf16/--fp16, then
 into it (bf16 -> fp32 is exact): a bf16 config would otherwise round attention probabilities
 to bf16 inside the local softmax, so an fp32 forward needs an fp32 config, not just `.float()`.
 
---jobs: a JSON list of {"checkpoint", "world_size", "tp", "tokens", "dump"} objects. World-size-1
+--jobs: a JSON list of {"checkpoint", "world_size", "tp", "tokens", "dump"} objects (and
+"training_state_present": true for a training run's save, see load_model). World-size-1
 jobs run in this process, all world-size-2 jobs in one pair of spawned gloo ranks (one Megatron
 import per process). Each job writes `dump` (rank r of a world-size-2 job: `dump` with
 `.rank{r}` before the suffix) holding {"ok", "error", "tp", "tp_rank", "state" (the loaded
@@ -209,8 +210,11 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def load_model(ckpt_dir, args=None):
-    """(model, loaded_state) with the checkpoint loaded strictly into the args' model."""
+def load_model(ckpt_dir, args=None, training_state_present: bool = False):
+    """(model, loaded_state) with the checkpoint loaded strictly into the args' model.
+    `training_state_present`: the checkpoint also holds optimizer and RNG state (a training
+    run's save), which a model-only load leaves unread: every model key must still be there
+    (RAISE_UNEXPECTED) and load_state_dict stays strict."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
@@ -223,7 +227,8 @@ def load_model(ckpt_dir, args=None):
             if t.is_floating_point():
                 t.fill_(float("nan"))
     sharded = {"model": E.model_sharded_state_dict(model)}
-    loaded = dist_checkpointing.load(sharded, str(ckpt), strict=StrictHandling.RAISE_ALL)
+    strict = StrictHandling.RAISE_UNEXPECTED if training_state_present else StrictHandling.RAISE_ALL
+    loaded = dist_checkpointing.load(sharded, str(ckpt), strict=strict)
     model.load_state_dict(loaded["model"], strict=True)
     return model, loaded
 
@@ -274,7 +279,7 @@ def run_job(job: dict) -> dict:
         E.init_model_parallel(job["tp"], 1)
         out["tp_rank"] = parallel_state.get_tensor_model_parallel_rank()
         args = read_args(job["checkpoint"])
-        model, _ = load_model(job["checkpoint"], args)
+        model, _ = load_model(job["checkpoint"], args, job.get("training_state_present", False))
         out["config"] = config_summary(unwrap(model).config)
         out["config"]["rope"] = gpt_model_kwargs(args)
         for k, v in unwrap(model).state_dict().items():

@@ -1,0 +1,214 @@
+"""Checkpoints written by a real Megatron-LM training run, exported and resharded with no
+Hugging Face config anywhere.
+
+tools/megatron/train_checkpoint.py runs megatron.training's own code on CPU (parse_args +
+validate_args, setup_model_and_optimizer, 3 train_step calls on random tokens, save_checkpoint;
+gloo, shims only for CUDA calls) for a Llama-like GPT (RMSNorm, SwiGLU, GQA 4/2, RoPE, untied,
+vocab 250 padded to 256, bf16) at TP=1 and TP=2 with the distributed optimizer saved
+fully-reshardable, and at TP=1 dp-reshardable. Generated once per session into a temp dir
+(about 20 s per checkpoint). Then, with no --hf-config:
+
+- export writes config.json from the args; transformers loads the folder with its native
+  LlamaForCausalLM; every exported tensor equals the checkpoint's model tensor as Megatron-Core
+  loads it (bf16, not the optimizer's fp32 master copies), mapped back with save_from_hf's own
+  Llama mapping; transformers' logits equal Megatron-Core's forward of the training checkpoint
+  (gpt_from_args, loaded strictly for every model key);
+- verify (HF <-> training checkpoint) and reshard TP=2 -> TP=1 need no config either.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+TRAIN = ROOT / "tools" / "megatron" / "train_checkpoint.py"
+GPT_FROM_ARGS = ROOT / "tools" / "megatron" / "gpt_from_args.py"
+HYBRID_LOAD = ROOT / "tools" / "hybrid" / "hybrid_load.py"
+PYTHON = sys.executable
+TIMEOUT = 600
+VOCAB = 250
+RUNS = {  # name -> (tp, optimizer form)
+    "llama-tp1": (1, "dist-fully"),
+    "llama-tp2": (2, "dist-fully"),
+    "llama-tp1-dp": (1, "dist-dp"),
+    "hybrid-tp1": (1, "dist-fully"),
+}
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+
+
+def run_tool(*args) -> subprocess.CompletedProcess:
+    p = subprocess.run([PYTHON, *map(str, args)], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=ENV)
+    assert p.returncode == 0, f"{' '.join(map(str, args))} exited {p.returncode}\n" \
+                              f"--- stdout ---\n{p.stdout[-4000:]}\n--- stderr ---\n{p.stderr[-6000:]}"
+    return p
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Save directories of real training runs (the two TP=1 runs side by side, then TP=2)."""
+    work = tmp_path_factory.mktemp("training-checkpoints")
+    out = {name: work / name for name in RUNS}
+
+    def start(name):
+        tp, form = RUNS[name]
+        return subprocess.Popen([PYTHON, str(TRAIN), "--model", name.split("-")[0], "--tp", str(tp),
+                                 "--optimizer", form, "--out", str(out[name])],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+
+    for batch in (["llama-tp1", "llama-tp1-dp", "hybrid-tp1"], ["llama-tp2"]):
+        procs = {name: start(name) for name in batch}
+        for name, p in procs.items():
+            text, _ = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, f"train_checkpoint {name} exited {p.returncode}:\n{text[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(nembridge, trained, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    work = tmp_path_factory.mktemp("training-exports")
+    res = {}
+    for name in ("llama-tp1", "llama-tp2", "hybrid-tp1"):
+        r = nembridge.run("export", "--megatron", trained[name], "--out", work / name).ok()
+        res[name] = (work / name, r.stdout)
+    return res
+
+
+def token_ids() -> torch.Tensor:
+    g = torch.Generator().manual_seed(20261202)
+    return torch.randint(0, VOCAB, (2, 16), generator=g)
+
+
+@pytest.fixture(scope="session")
+def megatron(trained, tmp_path_factory) -> dict[str, dict]:
+    """Megatron-Core's own load (strict for every model key) and fp32 forward of each training
+    checkpoint at world size 1 (the TP=2 one resharded by DCP on load)."""
+    work = tmp_path_factory.mktemp("training-megatron")
+    jobs = [{"checkpoint": str(trained[name]), "world_size": 1, "tp": 1,
+             "tokens": token_ids().tolist(), "dump": str(work / f"{name}.pt"),
+             "training_state_present": True} for name in ("llama-tp1", "llama-tp2")]
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    run_tool(GPT_FROM_ARGS, "--jobs", work / "jobs.json")
+    res = {name: torch.load(work / f"{name}.pt", weights_only=False)
+           for name in ("llama-tp1", "llama-tp2")}
+    # the hybrid: HybridModel built from the exported config.json (tools/hybrid), the training
+    # checkpoint loaded into it strictly for every model key
+    ckpt = trained["hybrid-tp1"] / "iter_0000003"
+    job = {"kind": "hybrid", "hf": None, "checkpoint": str(ckpt), "world_size": 1, "tp": 1,
+           "ep": 1, "padded_vocab": 256, "tokens": token_ids().tolist(),
+           "dump": str(work / "hybrid-tp1.pt"), "training_state_present": True}
+    res["hybrid-tp1"] = job
+    return res
+
+
+@pytest.fixture(scope="session")
+def megatron_hybrid(megatron, exported, tmp_path_factory) -> dict:
+    job = dict(megatron["hybrid-tp1"], hf=str(exported["hybrid-tp1"][0]))
+    work = Path(job["dump"]).parent
+    (work / "hybrid-jobs.json").write_text(json.dumps([job]))
+    run_tool(HYBRID_LOAD, "--jobs", work / "hybrid-jobs.json")
+    return torch.load(job["dump"], weights_only=False)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_model(folder: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+
+
+NAMES = ["llama-tp1", "llama-tp2"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_with_no_config_loads_with_the_native_class(exported, name):
+    from transformers import LlamaForCausalLM
+
+    out, stdout = exported[name]
+    assert "written from the checkpoint's training args (llama table)" in stdout, stdout
+    assert "no tokenizer carried" in stdout, stdout
+    assert "not exported (training state" in stdout, stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vocab_size"] == VOCAB and cfg["rms_norm_eps"] == 1e-5, cfg
+    assert type(hf_model(str(out))) is LlamaForCausalLM
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exported_tensors_are_the_checkpoints_model_tensors(exported, megatron, name):
+    """The HF tensors, mapped into Megatron's layout by save_from_hf's own Llama mapping, are
+    bit-identical to the bf16 model tensors Megatron-Core loads from the training checkpoint."""
+    from safetensors.torch import load_file
+    import save_from_hf as S
+
+    res = megatron[name]
+    assert res["ok"], res["error"]
+    out, _ = exported[name]
+    hf = load_file(str(out / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in hf.values()), {k: t.dtype for k, t in hf.items()}
+    cfg = json.loads((out / "config.json").read_text())
+    want = S.megatron_tensors(cfg, hf, VOCAB)  # the padded rows (trained, not zero) are not exported
+    state = {k: (v[:VOCAB] if k in ("embedding.word_embeddings.weight", "output_layer.weight") else v)
+             for k, v in res["state"].items()}
+    assert set(want) == set(state), (sorted(set(want) ^ set(state)))
+    for k, t in want.items():
+        same = t.dtype == state[k].dtype and torch.equal(t.view(torch.int16), state[k].view(torch.int16))
+        assert same, f"{k}: exported {t.dtype} {list(t.shape)} differs from Megatron's {state[k].dtype} {list(state[k].shape)}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_transformers_logits_equal_megatrons_forward_of_the_training_checkpoint(exported, megatron,
+                                                                                name):
+    res = megatron[name]
+    assert res["ok"], res["error"]
+    meg = res["logits"][..., :VOCAB]
+    with torch.no_grad():
+        got = hf_model(str(exported[name][0]))(token_ids()).logits.float()
+    scale = float(got.abs().max())
+    diff = float((got - meg).abs().max())
+    assert diff <= 1e-4 * scale, f"max |transformers - megatron| {diff:.3e} (scale {scale:.3e})"
+
+
+def test_hybrid_export_loads_natively_and_its_logits_equal_megatrons(exported, megatron_hybrid):
+    """Mamba + attention + MoE (pattern M*ME): NemotronHForCausalLM from the config written from
+    args.hybrid_layer_pattern; the fp32 router expert_bias stays fp32, the rest is bf16; logits
+    equal Megatron-Core's HybridModel forward of the training checkpoint."""
+    from safetensors.torch import load_file
+    from transformers import NemotronHForCausalLM
+
+    out, stdout = exported["hybrid-tp1"]
+    assert "(nemotron-h table)" in stdout, stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hybrid_override_pattern"] == "M*ME" and cfg["layer_norm_epsilon"] == 1e-5, cfg
+    tensors = load_file(str(out / "model.safetensors"))
+    dtypes = {k: t.dtype for k, t in tensors.items()}
+    assert {k for k, d in dtypes.items() if d != torch.bfloat16} == \
+        {"backbone.layers.3.mixer.gate.e_score_correction_bias"}, dtypes
+    assert dtypes["backbone.layers.3.mixer.gate.e_score_correction_bias"] == torch.float32
+    model = hf_model(str(out))
+    assert type(model) is NemotronHForCausalLM
+    res = megatron_hybrid
+    assert res["ok"], res["error"]
+    assert not res["nan_after_load"], res["nan_after_load"]
+    meg = res["logits"][..., :VOCAB]
+    with torch.no_grad():
+        got = model(token_ids()).logits.float()
+    scale = float(got.abs().max())
+    diff = float((got - meg).abs().max())
+    assert diff <= 1e-4 * scale, f"max |transformers - megatron| {diff:.3e} (scale {scale:.3e})"
+
+
+def test_verify_and_reshard_need_no_config(nembridge, trained, exported, tmp_path):
+    out, _ = exported["llama-tp2"]
+    nembridge.run("verify", out, trained["llama-tp2"]).ok()
+    r1 = tmp_path / "tp1"
+    nembridge.run("reshard", trained["llama-tp2"], "--out", r1, "--tp", "1").ok()
+    nembridge.run("verify", trained["llama-tp2"], r1).ok()

@@ -1,0 +1,329 @@
+"""Real Megatron-LM training checkpoints, written by megatron.training's own code on CPU.
+
+    python tools/megatron/train_checkpoint.py --model llama|hybrid --out SAVE [--tp N]
+        [--optimizer dist-fully|dist-dp|fp16] [--iters N] [--load SAVE --continue N]
+
+What a training run does, minus the launcher: `parse_args` + `validate_args` (pretrain_gpt.py's
+flags for a tiny Llama-like GPT or a Mamba+attention+MoE hybrid), `set_global_variables`,
+`initialize_model_parallel`, `model_parallel_cuda_manual_seed`, `setup_model_and_optimizer`
+(DDP-wrapped model, Megatron optimizer: the distributed optimizer saved in its dp-reshardable or
+fully-reshardable form, or the plain mixed-precision one), a few `train_step` calls on random
+tokens and `save_checkpoint` (torch_dist). TP gloo ranks (DP = 1). The only shims are for CUDA
+calls on a CPU build (mcore_env.cpu_shims, plus the CUDA RNG state, which is replaced by the CPU
+one) -- the checkpoint is Megatron's.
+
+--load SAVE --continue N: the same script loads SAVE with load_checkpoint (strict, optimizer and
+scheduler included unless --no-load-optim) and trains N more steps, then prints the loss; exit 0
+if everything loaded and the loss is finite. The model provider builds the local layer spec (no
+Transformer Engine on CPU): GPTModel via gpt_from_args.build_gpt, HybridModel via
+hybrid_load.build_hybrid.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "hybrid"))
+# mamba_ssm / causal_conv1d stand-ins (tools/hybrid), before Megatron's mamba_mixer is imported
+sys.path.insert(0, str(HERE.parent / "hybrid" / "mamba_ssm_standin"))
+
+import mcore_env as E  # noqa: E402
+import torch  # noqa: E402
+
+PG_TIMEOUT = datetime.timedelta(seconds=120)
+SEQ = 16
+VOCAB = 250
+
+COMMON = [
+    "--seq-length", str(SEQ), "--max-position-embeddings", "64",
+    "--micro-batch-size", "2", "--global-batch-size", "2",
+    "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine", "--lr-warmup-iters", "1",
+    "--weight-decay", "0.01", "--clip-grad", "1.0",
+    "--attention-dropout", "0.0", "--hidden-dropout", "0.0",
+    "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
+    "--make-vocab-size-divisible-by", "128",
+    "--transformer-impl", "local", "--use-cpu-initialization",
+    "--no-gradient-accumulation-fusion", "--no-masked-softmax-fusion",
+    "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion", "--no-rope-fusion",
+    "--no-persist-layer-norm",
+    "--ckpt-format", "torch_dist", "--save-interval", "1000", "--seed", "1234",
+    "--eval-iters", "0", "--log-interval", "1000",
+]
+
+LLAMA = [
+    "--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128",
+    "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+    "--kv-channels", "16", "--normalization", "RMSNorm", "--norm-epsilon", "1e-5",
+    "--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+    "--position-embedding-type", "rope", "--rotary-base", "500000",
+]
+
+
+def argv_for(model: str, tp: int, optimizer: str, iters: int, save: str | None,
+             load: str | None) -> list[str]:
+    a = list(COMMON) + (LLAMA if model == "llama" else HYBRID)
+    a += ["--tensor-model-parallel-size", str(tp), "--train-iters", str(iters), "--bf16"]
+    if optimizer.startswith("dist"):
+        a.append("--use-distributed-optimizer")
+        if optimizer == "dist-fully":
+            a.append("--dist-ckpt-optim-fully-reshardable")
+    if save:
+        a += ["--save", save]
+    if load:
+        a += ["--load", load]
+    return a
+
+
+HYBRID = [
+    "--num-layers", "4", "--hybrid-layer-pattern", "M*ME", "--hidden-size", "64",
+    "--ffn-hidden-size", "128", "--num-attention-heads", "4", "--group-query-attention",
+    "--num-query-groups", "2", "--kv-channels", "16", "--normalization", "RMSNorm",
+    "--norm-epsilon", "1e-5", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+    "--position-embedding-type", "none", "--squared-relu",
+    "--mamba-state-dim", "16", "--mamba-head-dim", "16", "--mamba-num-groups", "2",
+    "--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
+    "--moe-shared-expert-intermediate-size", "32", "--moe-router-score-function", "sigmoid",
+    "--moe-router-enable-expert-bias", "--moe-router-dtype", "fp32",
+    "--moe-token-dispatcher-type", "allgather", "--moe-aux-loss-coeff", "0.0",
+    "--moe-router-topk-scaling-factor", "2.5",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+
+def model_provider(pre_process=True, post_process=True, vp_stage=None, config=None,
+                   pg_collection=None):
+    from megatron.training import get_args
+
+    args = get_args()
+    if getattr(args, "hybrid_layer_pattern", None):
+        return build_hybrid(args, pre_process, post_process)
+    import gpt_from_args as G
+
+    return G.build_gpt(args, pre_process=pre_process, post_process=post_process)
+
+
+def build_hybrid(args, pre_process: bool, post_process: bool):
+    """HybridModel as pretrain_hybrid's provider builds it: the TransformerConfig from
+    megatron.training's own core_transformer_config_from_args, with the local-module stack of
+    tools/hybrid (no Transformer Engine on CPU) and local attention."""
+    import hybrid_keys as HK
+    import megatron.core.models.hybrid.hybrid_block as hybrid_block
+    from megatron.core.models.hybrid.hybrid_model import HybridModel
+    from megatron.core.transformer.enums import AttnBackend
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.training.argument_utils import core_transformer_config_from_args
+
+    # HybridStack builds its final norm with TENorm directly (no spec entry); Megatron's own
+    # CUDA RNG tracker works here (cpu_rng_shims), so hybrid_keys' CPU tracker is not used.
+    hybrid_block.TENorm = WrappedTorchNorm
+    config = core_transformer_config_from_args(args)
+    config.attention_backend = AttnBackend.local
+    return HybridModel(
+        config=config, hybrid_stack_spec=HK.local_hybrid_stack_spec(),
+        vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
+        hybrid_layer_pattern=args.hybrid_layer_pattern, pre_process=pre_process,
+        post_process=post_process, fp16_lm_cross_entropy=False, parallel_output=True,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        position_embedding_type=args.position_embedding_type)
+
+
+def forward_step(data_iterator, model):
+    from functools import partial
+
+    tokens, labels = next(data_iterator)
+    pos = torch.arange(SEQ).unsqueeze(0).expand_as(tokens)
+    out = model(tokens, pos, None, labels=labels)
+
+    def loss_func(output_tensor):
+        loss = output_tensor.float().mean()
+        return loss, torch.tensor(1, dtype=torch.int), {"lm loss": loss.detach()}
+
+    return out, loss_func
+
+
+def batches(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        t = torch.randint(0, VOCAB, (2, SEQ + 1), generator=g)
+        yield t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+def cpu_rng_shims():
+    """megatron.core.tensor_parallel.random keeps a CUDA RNG state per parallel region and
+    save_checkpoint records torch.cuda.get_rng_state(); without CUDA both are the CPU generator."""
+    if torch.cuda.is_available():
+        return
+    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda *a, **k: None
+    torch.cuda.manual_seed = lambda *a, **k: None
+    torch.cuda.manual_seed_all = lambda *a, **k: None
+    torch.cuda.random.get_rng_state = torch.cuda.get_rng_state
+    import megatron.core.tensor_parallel.random as R
+
+    R._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    R._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    # get_model moves the model with .cuda(current_device()) and buffers are made with
+    # .cuda(): on a CPU build both stay where they are
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    # get_model wraps DDP in a side stream; on CPU there is only the one
+    import contextlib
+
+    class Stream:
+        def __init__(self, *a, **k):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+        def synchronize(self):
+            pass
+
+    torch.cuda.Stream = Stream
+    torch.cuda.current_stream = lambda *a, **k: Stream()
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    CpuDevice().__enter__()  # for the rest of this process
+
+
+class CpuDevice(torch.overrides.TorchFunctionMode):
+    """Tensors that Megatron allocates with device='cuda' (the optimizer's loss-scale constants,
+    ...) are made on the CPU instead; `Tensor.to('cuda')` stays put; `Tensor.type()` names the
+    CUDA tensor type the optimizers check for."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dev = kwargs.get("device")
+        if dev is not None and "cuda" in str(dev):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # the optimizers sort parameters by `param.type() == 'torch.cuda.FloatTensor'`
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if "cuda" not in name else name
+        if func is torch.Tensor.to:
+            args = tuple("cpu" if (isinstance(x, (str, torch.device)) and "cuda" in str(x))
+                         else x for x in args)
+        return func(*args, **kwargs)
+
+
+def run(rank: int, world: int, init: str, job: dict, res_file: str):
+    torch.set_num_threads(1)
+    res = {"ok": False, "rank": rank}
+    try:
+        cpu_rng_shims()
+        E.init_distributed(rank, world, init, timeout=PG_TIMEOUT)
+        argv = argv_for(job["model"], world, job["optimizer"], job["iters"], job.get("out"),
+                        job.get("load"))
+        if job.get("no_load_optim"):
+            argv += ["--no-load-optim", "--no-load-rng"]
+        args = E.training_args(argv, world, rank)
+        E.allow_megatron_training_import()
+        from megatron.core import parallel_state, tensor_parallel
+        from megatron.core.enums import ModelType
+        from megatron.core.num_microbatches_calculator import init_num_microbatches_calculator
+        from megatron.training import global_vars
+        from megatron.training.checkpointing import save_checkpoint
+        from megatron.training.training import (get_model_config, setup_model_and_optimizer,
+                                                train_step)
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        with E.muted_stdout():
+            global_vars.set_global_variables(args, build_tokenizer=False)
+        E.init_model_parallel(world, 1, 1)
+        tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
+        with E.muted_stdout():
+            model, optimizer, sched = setup_model_and_optimizer(
+                ModelType.encoder_or_decoder, model_provider)
+        config = get_model_config(model[0])
+        fb = get_forward_backward_func()
+        it = batches(1000 + args.iteration)
+        losses = []
+        iteration = args.iteration
+        for _ in range(job["iters"] - iteration if not job.get("load") else job["continue"]):
+            with E.muted_stdout():
+                loss, skipped, grad_norm, *_ = train_step(forward_step, it, model, optimizer,
+                                                          sched, config, fb, iteration=iteration)
+            iteration += 1
+            args.curr_iteration = iteration
+            losses.append(float(loss["lm loss"]) if loss else float("nan"))
+        if job.get("out") and not job.get("load"):
+            with E.muted_stdout():
+                save_checkpoint(iteration, model, optimizer, sched, 0)
+        res.update(ok=True, losses=losses, iteration=iteration)
+    except BaseException as e:
+        res.update(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-6000:])
+    torch.save(res, res_file)
+    if not res["ok"]:
+        os._exit(1)
+    torch.distributed.destroy_process_group()
+
+
+def spawn(job: dict, world: int) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    init = f"tcp://127.0.0.1:{E.free_port()}"
+    with tempfile.TemporaryDirectory(prefix="train_checkpoint.") as d:
+        files = [f"{d}/rank{r}.pt" for r in range(world)]
+        procs = [ctx.Process(target=run, args=(r, world, init, job, files[r]))
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 600
+        while any(p.is_alive() for p in procs):
+            if time.monotonic() > deadline or any(p.exitcode not in (None, 0) for p in procs):
+                time.sleep(2)
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                break
+            time.sleep(0.1)
+        for p in procs:
+            p.join()
+        return [torch.load(f, weights_only=False) if os.path.exists(f) else
+                {"ok": False, "rank": r, "error": f"no result (exit {procs[r].exitcode})"}
+                for r, f in enumerate(files)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["llama", "hybrid"], default="llama")
+    ap.add_argument("--out", help="save directory (--save)")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--optimizer", choices=["dist-fully", "dist-dp", "fp16"], default="dist-fully")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--load", help="load this save directory and continue training")
+    ap.add_argument("--continue", dest="cont", type=int, default=2)
+    ap.add_argument("--no-load-optim", action="store_true")
+    ap.add_argument("--json", help="write the per-rank results here")
+    a = ap.parse_args(argv)
+    job = {"model": a.model, "optimizer": a.optimizer, "iters": a.iters,
+           "out": str(Path(a.out).resolve()) if a.out else None,
+           "load": str(Path(a.load).resolve()) if a.load else None, "continue": a.cont,
+           "no_load_optim": a.no_load_optim}
+    if a.load:
+        job["iters"] = a.iters + a.cont + 100
+    results = spawn(job, a.tp)
+    ok = True
+    for r in results:
+        if r["ok"]:
+            print(f"OK   rank {r['rank']}: iteration {r['iteration']}, losses {r['losses']}")
+        else:
+            ok = False
+            print(f"FAIL rank {r['rank']}: {r.get('error')}\n{r.get('trace', '')}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, default=str))
+    return 0 if ok and all(all(x == x for x in r["losses"]) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
