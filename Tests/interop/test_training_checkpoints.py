@@ -284,3 +284,57 @@ def test_dp_reshardable_optimizer_is_refused_on_a_layout_change(nembridge, train
     # the same layout keeps the dp-reshardable state as it is
     nembridge.run("reshard", trained["llama-tp1-dp"], "--out", tmp_path / "z", "--tp", "1").ok()
     assert sum(k.startswith("optimizer.distributed.") for k in dcp_tensors(tmp_path / "z")) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# --dtype
+
+def special_fp32(shape, seed: int) -> torch.Tensor:
+    """Random fp32 values with the cases rounding gets wrong: bf16/fp16 halfway points (ties to
+    even both ways), NaN, +-inf, -0, fp32 and fp16 subnormals, values that overflow fp16."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g) * 0.05
+    flat = t.view(-1)
+    specials = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), -0.0, 1e-40,
+                             -3e-39, 6e-8, 3e-5, 70000.0, -65520.0, 65504.0], dtype=torch.float32)
+    flat[:len(specials)] = specials
+    bits = flat.view(torch.int32)
+    n = min(64, flat.numel() - len(specials))
+    base = torch.randint(0x3C000000, 0x40000000, (n,), generator=g, dtype=torch.int32)
+    # exact bf16 ties (low 16 bits 0x8000, both parities) and fp16 ties (low 13 bits 0x1000)
+    ties = torch.where(torch.arange(n) % 2 == 0, (base & ~0xFFFF) | 0x8000, (base & ~0x1FFF) | 0x1000)
+    bits[len(specials):len(specials) + n] = ties
+    return t
+
+
+def test_export_dtype_casts_are_bit_exact_against_torch(nembridge, exported, tmp_path):
+    """fp32 weights (random, with NaN, inf, subnormals and exact ties) imported, then exported
+    with --dtype bf16 and fp16: every tensor equals torch's own `.to(dtype)` bit for bit; --dtype
+    fp32 of the bf16 export widens exactly."""
+    from safetensors.torch import load_file, save_file
+
+    src, _ = exported["llama-tp1"]
+    hf = tmp_path / "fp32"
+    hf.mkdir()
+    tensors = {k: special_fp32(t.shape, i) for i, (k, t) in
+               enumerate(sorted(load_file(str(src / "model.safetensors")).items()))}
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "dtype": "float32"}))
+    nembridge.run("import", "--hf", hf, "--out", tmp_path / "mc").ok()
+    for flag, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        out = tmp_path / flag
+        r = nembridge.run("export", "--megatron", tmp_path / "mc", "--out", out, "--dtype", flag).ok()
+        assert f"cast {len(tensors)} tensor(s)" in r.stdout, r.stdout
+        got = load_file(str(out / "model.safetensors"))
+        for k, t in tensors.items():
+            want = t.to(dtype)
+            assert got[k].dtype == dtype and torch.equal(got[k].view(torch.int16), want.view(torch.int16)), \
+                (flag, k, (got[k].view(torch.int16) != want.view(torch.int16)).nonzero()[:5])
+        nembridge.run("verify", out).ok()
+    nembridge.run("import", "--hf", tmp_path / "bf16", "--out", tmp_path / "mc16").ok()
+    nembridge.run("export", "--megatron", tmp_path / "mc16", "--out", tmp_path / "fp32b", "--dtype",
+                  "fp32").ok()
+    wide = load_file(str(tmp_path / "fp32b" / "model.safetensors"))
+    for k, t in tensors.items():
+        assert torch.equal(wide[k].view(torch.int32), t.to(torch.bfloat16).float().view(torch.int32)), k
