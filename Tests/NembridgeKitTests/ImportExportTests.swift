@@ -174,6 +174,17 @@ struct ImportExportTests {
         #expect(config["rms_norm_eps"] == .number(JSONNumber(text: "1e-05")))
         #expect(config["tie_word_embeddings"] == .bool(false) && config["dtype"] == .string("bfloat16"))
         #expect(config["rope_parameters"]?["rope_theta"] == .number(JSONNumber(text: "500000.0")))
+
+        // --tokenizer DIR: its tokenizer files travel with the written config
+        var options = MegatronExport.Options()
+        options.tokenizerDirectory = TestCheckpoints.path("llama3-tiny/hf")
+        let plan = try MegatronExport(checkpoint: TestCheckpoints.path("megatron/gpt-dense-ws1"), output: scratch + "/tok", options: options)
+        #expect(plan.trainingConfig?.tokenizerSource == options.tokenizerDirectory)
+        #expect(plan.companionFiles == ["chat_template.jinja", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"])
+        options.tokenizerDirectory = scratch
+        #expect(throws: TrainingConfigError.notATokenizerFolder(path: scratch)) {
+            try MegatronExport(checkpoint: TestCheckpoints.path("megatron/gpt-dense-ws1"), output: scratch + "/tok2", options: options)
+        }
     }
 
     @Test("export --dtype fp16 casts every floating tensor but the table's dtype_kept (the fp32 router bias), and reports it")
