@@ -34,6 +34,8 @@ public struct MegatronExport: Sendable {
         public var mappingsDirectory: String?
         /// Tokenizer files for a config written from the training args.
         public var tokenizerDirectory: String?
+        /// Cast every floating tensor (bf16, fp16, fp32) to this dtype, except the table's `dtype_kept`.
+        public var dtype: DType?
         public var workers = 2
 
         public init() {}
@@ -59,6 +61,10 @@ public struct MegatronExport: Sendable {
     public let dialect: HFNameDialect
     /// Training-state keys (optimizer, RNG) present in the checkpoint and not exported.
     public let skippedKeys: [String]
+    /// Tensors written in another dtype than the checkpoint's (`--dtype`), by output name.
+    public let casts: [String: (from: DType, to: DType)]
+    /// Floating tensors `--dtype` left as they are (the table's `dtype_kept`).
+    public let keptDTypes: [String]
     /// `__metadata__` of each output file as the imported source had it (absent: not recorded).
     let shardMetadata: [String: [(key: String, value: String)]?]
     /// Per HF tensor: the reads that fill it, relative to the tensor's first byte.
@@ -122,8 +128,21 @@ public struct MegatronExport: Sendable {
             }
         }
         let dialect = self.dialect
+        var casts: [String: (from: DType, to: DType)] = [:]
+        var kept: [String] = []
+        if let target = options.dtype {
+            for tensor in mapping.hfTensors where DTypeCast.castable.contains(hfDType[tensor.name]!) {
+                if mapping.model.table.dtypeKept.contains(where: { $0.match(tensor.name) != nil }) {
+                    kept.append(dialect.toSource(tensor.name))
+                } else if hfDType[tensor.name]! != target {
+                    casts[dialect.toSource(tensor.name)] = (hfDType[tensor.name]!, target)
+                }
+            }
+        }
+        self.casts = casts
+        keptDTypes = kept
         let declarations = mapping.hfTensors.map {
-            TensorDeclaration(name: dialect.toSource($0.name), dtype: hfDType[$0.name]!, shape: hfShapes[$0.name]!)
+            TensorDeclaration(name: dialect.toSource($0.name), dtype: casts[dialect.toSource($0.name)]?.to ?? hfDType[$0.name]!, shape: hfShapes[$0.name]!)
         }
         reads = Dictionary(uniqueKeysWithValues: reads.map { (dialect.toSource($0.key), $0.value) })
 
@@ -224,6 +243,16 @@ public struct MegatronExport: Sendable {
         return files.sorted().map { ($0, groups[$0]!) }
     }
 
+    /// `cast N tensors: bfloat16 -> float32 (N), …; kept: …`, or nil without casts.
+    public var castSummary: String? {
+        guard !casts.isEmpty || !keptDTypes.isEmpty else { return nil }
+        var counts: [String: Int] = [:]
+        for cast in casts.values { counts["\(cast.from) -> \(cast.to)", default: 0] += 1 }
+        let pairs = counts.keys.sorted().map { "\($0) (\(counts[$0]!))" }.joined(separator: ", ")
+        return "cast \(casts.count) tensor(s)" + (pairs.isEmpty ? "" : ": \(pairs)")
+            + (keptDTypes.isEmpty ? "" : "; kept in their dtype (the table's dtype_kept): \(keptDTypes.sorted().joined(separator: ", "))")
+    }
+
     public var totalBytes: Int64 { shards.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
 
     /// Writes the folder under a staging name and publishes it by rename.
@@ -239,7 +268,7 @@ public struct MegatronExport: Sendable {
                 let metadata = shardMetadata[shard.name] ?? [("format", "pt")]
                 return (folder.stagedPath(shard.name), shard.name, shard.tensors, metadata)
             }, executor: executor,
-            progress: progress
+            progress: progress, casts: casts
         ) { tensor, start in
             (reads[tensor.name] ?? []).sorted { $0.destinationOffset < $1.destinationOffset }.map {
                 .copy(source: $0.file, range: $0.source, destinationOffset: start + $0.destinationOffset)
@@ -278,6 +307,7 @@ public struct MegatronExport: Sendable {
         if let legacy {
             lines.insert("legacy checkpoint: \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files", at: 1)
         }
+        if let summary = castSummary { lines.append(summary) }
         if !skippedKeys.isEmpty { lines.append("skipped training state: \(skippedKeys.count) keys (\(skippedKeys.prefix(6).joined(separator: ", ")))") }
         lines.append("total \(formatBytes(totalBytes)); peak memory: the buffer pool plus headers")
         return lines.joined(separator: "\n")

@@ -6,6 +6,23 @@ import TensorCore
 import TorchPickle
 import WeightMapping
 
+public enum ReshardError: Error, Equatable, CustomStringConvertible {
+    /// The distributed optimizer's dp-reshardable form (flat per-bucket buffers laid out for one
+    /// TP/PP/EP layout) cannot be moved to another one.
+    case dpReshardableOptimizer(checkpoint: String, from: String, to: String)
+    /// Fully-reshardable optimizer state whose shape differs from its re-sharded parameter's.
+    case optimizerShape(key: String, shape: [Int], parameterShape: [Int])
+
+    public var description: String {
+        switch self {
+        case .dpReshardableOptimizer(let checkpoint, let from, let to):
+            "\(checkpoint): the distributed optimizer state is dp-reshardable (flat per-bucket buffers of the \(from) layout) and cannot be re-sharded to \(to); save the checkpoint with --dist-ckpt-optim-fully-reshardable, or give --drop-optimizer to re-shard the model without it"
+        case .optimizerShape(let key, let shape, let parameterShape):
+            "optimizer state `\(key)` has shape \(shape), its parameter \(parameterShape) in the target layout (the padded vocabulary changes with TP); give --drop-optimizer to re-shard the model without it"
+        }
+    }
+}
+
 /// `nembridge reshard --megatron`: rewrites a torch_dist checkpoint with the chunks a target
 /// tensor/expert-parallel layout reads (column rows, SwiGLU fragments, row-parallel columns,
 /// experts one by one), whatever the source's chunking. Each target chunk is assembled from the
@@ -25,6 +42,8 @@ public struct MegatronReshard: Sendable {
         public var hfConfigDirectory: String?
         public var mappingsDirectory: String?
         public var fileCount = 2
+        /// Leave the optimizer state (and the scheduler's) out of the output.
+        public var dropOptimizer = false
 
         public init() {}
 
@@ -50,6 +69,8 @@ public struct MegatronReshard: Sendable {
     public let mapping: MappingPlan
     /// Source entries a conversion drops (optimizer, RNG, scheduler state), by name.
     public let droppedState: [String]
+    /// What happened to the training state, one line each (re-sharded optimizer, dropped RNG).
+    public let trainingStateNotes: [String]
     /// Per target item: the source reads that fill it, in data order.
     let fills: [[(file: ReadOnlyFile, source: ByteRange, dataOffset: Int64)]]
     /// The common state written (also as common.pt), when the source has one.
@@ -61,6 +82,13 @@ public struct MegatronReshard: Sendable {
         guard case .dict(var entries) = common, let position = entries.firstIndex(where: { $0.key == .string("args") }) else { return common }
         entries[position].value = settingParallelSizes(arguments: entries[position].value, options)
         return .dict(entries)
+    }
+
+    /// `tp T, pp P, ep E, etp X` as the args give them (1 when unset).
+    static func layoutText(_ arguments: PickleValue?) -> String {
+        func size(_ name: String) -> Int { arguments?[name]?.intValue ?? 1 }
+        let tensor = size("tensor_model_parallel_size")
+        return "tp \(tensor), pp \(size("pipeline_model_parallel_size")), ep \(size("expert_model_parallel_size")), etp \(arguments?["expert_tensor_parallel_size"]?.intValue ?? tensor)"
     }
 
     static func settingParallelSizes(arguments: PickleValue, _ options: Options) -> PickleValue {
@@ -148,6 +176,41 @@ public struct MegatronReshard: Sendable {
             droppedState = options.format == .torch ? keyShapes.keys.filter(MappingPlan.isTrainingState).sorted() : []
         }
         try HFImport.checkExpertParallel(mapping, options.expertParallel)
+        // Training state (torch_dist sources): the fully-reshardable optimizer state
+        // (optimizer.state.<kind>.<parameter key>) follows its parameter's chunks; the
+        // dp-reshardable form moves only to the same layout; RNG state is per rank and dropped on
+        // a layout change.
+        var optimizerKeys: [String: [String]] = [:]  // parameter key -> its optimizer state keys
+        var droppedTraining: Set<String> = []
+        var notes: [String] = []
+        if let checkpoint, options.format == .torchDist {
+            let sourceSizes = Self.layoutText(arguments)
+            let targetSizes = "tp \(options.tensorParallel), pp \(options.pipelineParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel)"
+            let layoutChanges = sourceSizes != targetSizes
+            let keys = checkpoint.metadata.tensors.map(\.fqn) + checkpoint.metadata.bytesItems
+            let optimizer = keys.filter { $0.hasPrefix("optimizer.") }
+            if options.dropOptimizer {
+                droppedTraining.formUnion(optimizer)
+                if !optimizer.isEmpty { notes.append("optimizer state dropped (--drop-optimizer): \(optimizer.count) entries; resume with --no-load-optim") }
+            } else if layoutChanges, optimizer.contains(where: { $0.hasPrefix("optimizer.distributed.") }) {
+                throw ReshardError.dpReshardableOptimizer(checkpoint: path, from: sourceSizes, to: targetSizes)
+            } else {
+                for (key, _) in checkpoint.metadata.tensors where key.hasPrefix("optimizer.state.") {
+                    let rest = key.dropFirst("optimizer.state.".count)
+                    guard let dot = rest.firstIndex(of: ".") else { continue }
+                    optimizerKeys[String(rest[rest.index(after: dot)...]), default: []].append(key)
+                }
+                if !optimizerKeys.isEmpty {
+                    notes.append("optimizer state re-sharded with the model: \(optimizerKeys.values.reduce(0) { $0 + $1.count }) tensors")
+                }
+            }
+            if layoutChanges {
+                let rng = keys.filter { $0.hasPrefix("rng_state") || $0.hasPrefix("rerun_state") }
+                droppedTraining.formUnion(rng)
+                if !rng.isEmpty { notes.append("RNG state dropped (per rank of the \(sourceSizes) layout): resume with --no-load-rng") }
+            }
+        }
+        trainingStateNotes = notes
         let source = self.source
         var tensors: [(key: String, metadata: DCPTensorMetadata)] = []
         var position: [String: Int] = [:]
@@ -170,6 +233,19 @@ public struct MegatronReshard: Sendable {
             } else {
                 position[spec.key] = tensors.count
                 tensors.append((spec.key, DCPTensorMetadata(dtype: dtype, size: spec.globalShape, chunks: chunks)))
+            }
+            for key in optimizerKeys[spec.key] ?? [] {
+                let state = try source.tensor(key)
+                guard state.size == spec.globalShape else {
+                    throw ReshardError.optimizerShape(key: key, shape: state.size, parameterShape: spec.globalShape)
+                }
+                for plan in plans { readers[ChunkID(key: key, offsets: plan.offsets)] = readers[ChunkID(key: spec.key, offsets: plan.offsets)] }
+                if let index = position[key] {
+                    tensors[index].metadata.chunks.append(contentsOf: chunks)
+                } else {
+                    position[key] = tensors.count
+                    tensors.append((key, DCPTensorMetadata(dtype: state.dtype, size: spec.globalShape, chunks: chunks)))
+                }
             }
         }
         if arguments == nil {
@@ -195,10 +271,13 @@ public struct MegatronReshard: Sendable {
         if let checkpoint, options.format == .torchDist {
             // Keys outside the mapping (training state) keep their chunks; objects are carried,
             // the common state with its args' parallel sizes set to the target's.
-            for (key, tensor) in checkpoint.metadata.tensors where position[key] == nil {
+            for (key, tensor) in checkpoint.metadata.tensors where position[key] == nil && !droppedTraining.contains(key) {
                 tensors.append((key, tensor))
             }
-            objects = try checkpoint.metadata.bytesItems.map { key -> (String, [UInt8]) in
+            if options.dropOptimizer, case .dict(let entries)? = common {
+                common = .dict(entries.filter { $0.key != .string("optimizer") && $0.key != .string("opt_param_scheduler") })
+            }
+            objects = try checkpoint.metadata.bytesItems.filter { !droppedTraining.contains($0) }.map { key -> (String, [UInt8]) in
                 guard key == Self.commonStateKey, let value = common else { return (key, try checkpoint.rawBytes(key: key)) }
                 return (key, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))
             }
@@ -300,6 +379,7 @@ public struct MegatronReshard: Sendable {
         if !droppedState.isEmpty {
             lines.append("dropped (not model weights): \(droppedState.joined(separator: ", "))")
         }
+        lines.append(contentsOf: trainingStateNotes)
         if let legacyPlan {
             lines.append(legacyPlan.planText())
             lines.append("total \(formatBytes(totalBytes))")

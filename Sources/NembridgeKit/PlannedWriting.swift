@@ -13,6 +13,7 @@ enum PlannedWriting {
     static func writeSafetensors(
         shards: [(path: String, name: String, tensors: [TensorDeclaration], metadata: [(key: String, value: String)]?)],
         executor: MoveExecutor, progress: ProgressCounter?,
+        casts: [String: (from: DType, to: DType)] = [:],
         steps: (SafetensorsTensorInfo, Int64) throws -> [MoveGroup.Step]
     ) throws -> [ChecksumManifest.Entry] {
         let writers = try shards.map { try SafetensorsWriter(path: $0.path, tensors: $0.tensors, metadata: $0.metadata) }
@@ -23,8 +24,15 @@ enum PlannedWriting {
                 let table = digests[lane]
                 for (index, tensor) in writer.layout.tensors.enumerated() {
                     let start = writer.layout.dataStart + tensor.dataOffsets.offset
-                    groups.append(MoveGroup(sink: writer, steps: try steps(tensor, start),
-                                            observer: StreamChecksums { xxh3, _, _ in table.set(index, xxh3) }, lane: lane))
+                    let checksums = StreamChecksums { xxh3, _, _ in table.set(index, xxh3) }
+                    if let cast = casts[tensor.name] {
+                        // Source-dtype bytes at tensor-relative offsets, cast on their way to the file.
+                        groups.append(MoveGroup(sink: CastingSink(base: writer, start: start, from: cast.from, to: cast.to),
+                                                steps: try steps(tensor, 0),
+                                                observer: CastingObserver(observer: checksums, from: cast.from, to: cast.to), lane: lane))
+                    } else {
+                        groups.append(MoveGroup(sink: writer, steps: try steps(tensor, start), observer: checksums, lane: lane))
+                    }
                 }
             }
             try executor.run(groups: groups, progress: progress)

@@ -77,9 +77,11 @@ public final class TrainingConfig: Sendable {
         let source = "\(path): args"
         let table = try MappingTable.forTrainingArguments(arguments, tables: tables, source: source)
         let document = try table.hfConfig!.configDocument(arguments: arguments, source: source, table: table.name)
+        let tokenizer = try tokenizerFolder(given: tokenizerDirectory, arguments: arguments)
         let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("nembridge-config-\(UUID().uuidString)")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let made = TrainingConfig(directory: directory, table: table.name, tokenizerSource: try tokenizerFolder(given: tokenizerDirectory, arguments: arguments))
+        // owns (and removes) the folder from here on, also when a write below fails
+        let made = TrainingConfig(directory: directory, table: table.name, tokenizerSource: tokenizer)
         try write(JSONWriter.pythonIndented(document) + "\n", to: (directory as NSString).appendingPathComponent("config.json"))
         // Token ids are not in the args; transformers fills the rest from config.json.
         try write(JSONWriter.pythonIndented(.object([("_from_model_config", .bool(true))])) + "\n",

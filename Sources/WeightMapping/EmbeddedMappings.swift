@@ -698,6 +698,12 @@ extra_state:
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.fc1_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.fc2_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
 
+# --dtype casts every floating tensor but these: the router's expert bias stays fp32, as
+# Megatron-Core keeps it (moe_router_dtype fp32) and transformers loads it.
+dtype_kept:
+  - "backbone.layers.{layer}.mixer.gate.e_score_correction_bias"
+  - "mtp.layers.{mtp}.mixer.gate.e_score_correction_bias"
+
 # config.json from the Megatron arguments, for a checkpoint Megatron-LM trained (no config was
 # recorded or given): the reverse of `args`, loaded natively by transformers' NemotronHConfig
 # (which reads the pattern string as it reads published Nemotron-H configs).

@@ -20,7 +20,7 @@ extension MappingTable {
         let top = try reader.mapping(root, allowed: [
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
-            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config",
+            "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config", "dtype_kept",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -130,6 +130,9 @@ extension MappingTable {
             bridgeProvider = nil
         }
         hfConfig = try top["hf_config"].map { try reader.hfConfigSpec($0) }
+        dtypeKept = try top["dtype_kept"].map { node in
+            try reader.strings(node, "dtype_kept").map { try reader.pattern($0, at: node, "dtype_kept") }
+        } ?? []
         try lintOverlaps(reader)
     }
 

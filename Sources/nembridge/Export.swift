@@ -26,6 +26,9 @@ struct Export: ParsableCommand {
     @Option(help: "Tokenizer folder to carry when config.json is written from the training args (default: args.tokenizer_model when it is one).")
     var tokenizer: String?
 
+    @Option(help: "Cast every floating tensor to bf16, fp16 or fp32 (round to nearest even), except those the table keeps (the fp32 router expert bias); default: unchanged.")
+    var dtype: String?
+
     @Option(help: "Maximum shard size when no layout was recorded (e.g. 5GB).")
     var maxShardSize: String = "5GB"
 
@@ -41,6 +44,10 @@ struct Export: ParsableCommand {
             options.maxShardSize = try ByteCountParser.parse(maxShardSize)
             options.mappingsDirectory = mappings
             options.tokenizerDirectory = tokenizer
+            if let dtype {
+                guard let parsed = DTypeCast.parse(dtype) else { throw ValidationError("--dtype must be bf16, fp16 or fp32, not `\(dtype)`") }
+                options.dtype = parsed
+            }
             let plan = try MegatronExport(checkpoint: source, output: output, options: options)
             guard let seconds = try planned.run(phase: "export", planText: { plan.planText() },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
@@ -48,6 +55,7 @@ struct Export: ParsableCommand {
             writeStandardOutput(
                 "exported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.mapping.hfTensors.count) tensors in "
                     + "\(plan.shards.count) file(s), \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
+            if let summary = plan.castSummary { writeStandardOutput(summary) }
             if let made = plan.trainingConfig {
                 writeStandardOutput("config.json and generation_config.json written from the checkpoint's training args (\(made.table) table); "
                     + (made.tokenizerSource.map { "tokenizer files from \($0)" }

@@ -29,6 +29,9 @@ struct Reshard: ParsableCommand {
     @Option(help: "Folder with the model's config.json, when the checkpoint has none recorded (--megatron).")
     var hfConfig: String?
 
+    @Flag(help: "Leave the optimizer state out (the run resumes with --no-load-optim); needed to move a dp-reshardable distributed-optimizer checkpoint to another layout.")
+    var dropOptimizer = false
+
     @Option(name: .customLong("out"), help: "Output folder (must not exist).")
     var output: String
 
@@ -59,6 +62,7 @@ struct Reshard: ParsableCommand {
                 options.lastStageLayers = layout.lastStageLayers
                 options.format = layout.ckptFormat
                 options.hfConfigDirectory = hfConfig
+                options.dropOptimizer = dropOptimizer
                 options.fileCount = max(1, planned.workers)
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
                 guard let seconds = try planned.run(phase: "reshard", planText: { plan.planText() },
@@ -71,6 +75,7 @@ struct Reshard: ParsableCommand {
                 if !plan.droppedState.isEmpty {
                     writeStandardOutput("dropped training state (not model weights): \(plan.droppedState.joined(separator: ", "))")
                 }
+                for note in plan.trainingStateNotes { writeStandardOutput(note) }
                 return
             }
             guard let source else { throw ValidationError("give --hf SRC or --megatron SRC") }

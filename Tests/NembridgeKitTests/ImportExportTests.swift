@@ -174,6 +174,64 @@ struct ImportExportTests {
         #expect(config["rms_norm_eps"] == .number(JSONNumber(text: "1e-05")))
         #expect(config["tie_word_embeddings"] == .bool(false) && config["dtype"] == .string("bfloat16"))
         #expect(config["rope_parameters"]?["rope_theta"] == .number(JSONNumber(text: "500000.0")))
+
+        // --tokenizer DIR: its tokenizer files travel with the written config
+        var options = MegatronExport.Options()
+        options.tokenizerDirectory = TestCheckpoints.path("llama3-tiny/hf")
+        let plan = try MegatronExport(checkpoint: TestCheckpoints.path("megatron/gpt-dense-ws1"), output: scratch + "/tok", options: options)
+        #expect(plan.trainingConfig?.tokenizerSource == options.tokenizerDirectory)
+        #expect(plan.companionFiles == ["chat_template.jinja", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"])
+        options.tokenizerDirectory = scratch
+        #expect(throws: TrainingConfigError.notATokenizerFolder(path: scratch)) {
+            try MegatronExport(checkpoint: TestCheckpoints.path("megatron/gpt-dense-ws1"), output: scratch + "/tok2", options: options)
+        }
+    }
+
+    @Test("export --dtype fp16 casts every floating tensor but the table's dtype_kept (the fp32 router bias), and reports it")
+    func exportDTypeKeepsRouterBias() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("dtype")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try HFImport(source: TestCheckpoints.path("nemotron3-moe-tiny/hf"), output: scratch + "/mc").run(executor: MoveExecutor())
+        var options = MegatronExport.Options()
+        options.dtype = .float16
+        let plan = try MegatronExport(checkpoint: scratch + "/mc", output: scratch + "/out", options: options)
+        try plan.run(executor: MoveExecutor())
+        let folder = try HFCheckpointFolder(directory: scratch + "/out")
+        let source = try HFCheckpointFolder(directory: TestCheckpoints.path("nemotron3-moe-tiny/hf"))
+        var kept = 0
+        for name in folder.tensors.map(\.info.name) {
+            let (file, info) = try folder.locate(name)
+            let (sourceFile, sourceInfo) = try source.locate(name)
+            if name.hasSuffix("e_score_correction_bias") {
+                kept += 1
+                let written = try file.bytes(of: info), original = try sourceFile.bytes(of: sourceInfo)
+                #expect(info.dtype == .float32 && written == original)
+            } else {
+                #expect(info.dtype == .float16, "\(name)")
+            }
+        }
+        #expect(kept > 0 && plan.keptDTypes.count == kept)
+        #expect(plan.castSummary?.hasPrefix("cast \(plan.casts.count) tensor(s): BF16 -> F16 (\(plan.casts.count)); kept in their dtype") == true)
+        #expect(try CheckpointVerifier.verifyManifest(scratch + "/out").passed)
+    }
+
+    @Test("casts round to nearest even, ties both ways, NaN and infinities as torch writes them")
+    func castKernel() {
+        func cast(_ values: [UInt32], to: DType) -> [UInt16] {
+            let input = values.map { $0.littleEndian }
+            var output = [UInt16](repeating: 0, count: values.count)
+            input.withUnsafeBytes { bytes in
+                output.withUnsafeMutableBytes { DTypeCast.convert(bytes, from: .float32, to: to, into: $0) }
+            }
+            return output
+        }
+        // 1 + 2^-8 is a bf16 tie (down to even 1.0); 1 + 3*2^-8 rounds up to 1 + 2^-6; NaN -> 0xFFFF
+        #expect(cast([0x3F80_8000, 0x3F81_8000, 0x7FC0_0000, 0xFF80_0000, 0x8000_0000, 0x0000_0001], to: .bfloat16)
+            == [0x3F80, 0x3F82, 0xFFFF, 0xFF80, 0x8000, 0x0000])
+        // fp16: 65520 overflows to inf; of the smallest subnormal s = 2^-24, s/2 ties to 0, 3s/4 rounds
+        // up to s, 3s/2 ties to even 2s; a NaN keeps its sign and becomes 0x7E00
+        #expect(cast([0x477F_F000, 0x3300_0000, 0x3340_0000, 0x33C0_0000, 0xFFC0_0000, 0x7F80_0001], to: .float16)
+            == [0x7C00, 0x0000, 0x0001, 0x0002, 0xFE00, 0x7E00])
     }
 
     @Test("a config written from training args needs each field: the error names the argument, its flag and --hf-config")

@@ -212,3 +212,129 @@ def test_verify_and_reshard_need_no_config(nembridge, trained, exported, tmp_pat
     r1 = tmp_path / "tp1"
     nembridge.run("reshard", trained["llama-tp2"], "--out", r1, "--tp", "1").ok()
     nembridge.run("verify", trained["llama-tp2"], r1).ok()
+
+
+# ------------------------------------------------------------------------------------------------
+# training state: the optimizer re-sharded with the model, and resumed by Megatron-LM
+
+def dcp_tensors(save: Path) -> dict[str, torch.Tensor]:
+    """Every tensor key of a torch_dist checkpoint as its global tensor (torch's DCP reader)."""
+    import torch.distributed.checkpoint as dcp
+
+    it = (save / "latest_checkpointed_iteration.txt").read_text().strip()
+    d = save / ("release" if it == "release" else f"iter_{int(it):07d}")
+    md = dcp.FileSystemReader(str(d)).read_metadata()
+    sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in md.state_dict_metadata.items()
+          if isinstance(m, dcp.metadata.TensorStorageMetadata)}
+    dcp.load(sd, checkpoint_id=str(d), no_dist=True)
+    return sd
+
+
+@pytest.fixture(scope="session")
+def resharded(nembridge, trained, tmp_path_factory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("training-reshard")
+    out = {"tp1": work / "tp1", "tp2": work / "tp2"}
+    r1 = nembridge.run("reshard", trained["llama-tp2"], "--out", out["tp1"], "--tp", "1").ok()
+    assert "optimizer state re-sharded with the model: 27 tensors" in r1.stdout, r1.stdout
+    assert "RNG state dropped" in r1.stdout and "--no-load-rng" in r1.stdout, r1.stdout
+    nembridge.run("reshard", out["tp1"], "--out", out["tp2"], "--tp", "2").ok()
+    return out
+
+
+def test_reshard_tp2_tp1_tp2_is_byte_identical_for_model_and_optimizer_state(trained, resharded):
+    src, back = dcp_tensors(trained["llama-tp2"]), dcp_tensors(resharded["tp2"])
+    assert sum(k.startswith("optimizer.state.") for k in src) == 27, sorted(src)
+    assert set(src) == set(back), sorted(set(src) ^ set(back))
+    for k, t in src.items():
+        assert t.dtype == back[k].dtype and torch.equal(t.view(torch.uint8), back[k].view(torch.uint8)), k
+    # the TP=1 copy holds the same global tensors, chunked for one rank
+    assert all(torch.equal(v, src[k]) for k, v in dcp_tensors(resharded["tp1"]).items())
+
+
+def resume(save: Path, tp: int, *flags) -> list[list[float]]:
+    """Megatron-LM resumes the run from `save` at TP `tp` (load_checkpoint strict: raise_all) and
+    trains 2 more steps; the per-rank losses."""
+    out = save.parent / f"{save.name}-resume-tp{tp}.json"
+    run_tool(TRAIN, "--load", save, "--tp", tp, "--continue", 2, "--json", out, *flags)
+    res = json.loads(out.read_text())
+    assert all(r["ok"] and r["loaded_iteration"] == 3 and r["iteration"] == 5 for r in res), res
+    return [r["losses"] for r in res]
+
+
+def test_megatron_lm_resumes_the_resharded_checkpoint_with_its_optimizer(trained, resharded):
+    """TP=2 -> TP=1 -> TP=2 resumes at TP=2 with the very losses of resuming the original, and the
+    TP=1 copy resumes at TP=1 (the optimizer state loaded strictly both times)."""
+    original = resume(trained["llama-tp2"], 2)
+    assert resume(resharded["tp2"], 2, "--no-load-rng") == original
+    tp1 = resume(resharded["tp1"], 1, "--no-load-rng")[0]
+    assert all(abs(a - b) < 1e-2 for a, b in zip(tp1, original[0])), (tp1, original)
+
+
+def test_dp_reshardable_optimizer_is_refused_on_a_layout_change(nembridge, trained, tmp_path):
+    r = nembridge.run("reshard", trained["llama-tp1-dp"], "--out", tmp_path / "x", "--tp", "2")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "dp-reshardable" in r.stderr and "--dist-ckpt-optim-fully-reshardable" in r.stderr \
+        and "--drop-optimizer" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+    r = nembridge.run("reshard", trained["llama-tp1-dp"], "--out", tmp_path / "y", "--tp", "2",
+                      "--drop-optimizer").ok()
+    assert "--no-load-optim" in r.stdout, r.stdout
+    keys = dcp_tensors(tmp_path / "y")
+    assert not [k for k in keys if k.startswith("optimizer.")] and len(keys) == 9, sorted(keys)
+    # the same layout keeps the dp-reshardable state as it is
+    nembridge.run("reshard", trained["llama-tp1-dp"], "--out", tmp_path / "z", "--tp", "1").ok()
+    assert sum(k.startswith("optimizer.distributed.") for k in dcp_tensors(tmp_path / "z")) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# --dtype
+
+def special_fp32(shape, seed: int) -> torch.Tensor:
+    """Random fp32 values with the cases rounding gets wrong: bf16/fp16 halfway points (ties to
+    even both ways), NaN, +-inf, -0, fp32 and fp16 subnormals, values that overflow fp16."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g) * 0.05
+    flat = t.view(-1)
+    specials = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), -0.0, 1e-40,
+                             -3e-39, 6e-8, 3e-5, 70000.0, -65520.0, 65504.0], dtype=torch.float32)
+    flat[:len(specials)] = specials
+    bits = flat.view(torch.int32)
+    n = min(64, flat.numel() - len(specials))
+    base = torch.randint(0x3C000000, 0x40000000, (n,), generator=g, dtype=torch.int32)
+    # exact bf16 ties (low 16 bits 0x8000, both parities) and fp16 ties (low 13 bits 0x1000)
+    ties = torch.where(torch.arange(n) % 2 == 0, (base & ~0xFFFF) | 0x8000, (base & ~0x1FFF) | 0x1000)
+    bits[len(specials):len(specials) + n] = ties
+    return t
+
+
+def test_export_dtype_casts_are_bit_exact_against_torch(nembridge, exported, tmp_path):
+    """fp32 weights (random, with NaN, inf, subnormals and exact ties) imported, then exported
+    with --dtype bf16 and fp16: every tensor equals torch's own `.to(dtype)` bit for bit; --dtype
+    fp32 of the bf16 export widens exactly."""
+    from safetensors.torch import load_file, save_file
+
+    src, _ = exported["llama-tp1"]
+    hf = tmp_path / "fp32"
+    hf.mkdir()
+    tensors = {k: special_fp32(t.shape, i) for i, (k, t) in
+               enumerate(sorted(load_file(str(src / "model.safetensors")).items()))}
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "dtype": "float32"}))
+    nembridge.run("import", "--hf", hf, "--out", tmp_path / "mc").ok()
+    for flag, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        out = tmp_path / flag
+        r = nembridge.run("export", "--megatron", tmp_path / "mc", "--out", out, "--dtype", flag).ok()
+        assert f"cast {len(tensors)} tensor(s)" in r.stdout, r.stdout
+        got = load_file(str(out / "model.safetensors"))
+        for k, t in tensors.items():
+            want = t.to(dtype)
+            assert got[k].dtype == dtype and torch.equal(got[k].view(torch.int16), want.view(torch.int16)), \
+                (flag, k, (got[k].view(torch.int16) != want.view(torch.int16)).nonzero()[:5])
+        nembridge.run("verify", out).ok()
+    nembridge.run("import", "--hf", tmp_path / "bf16", "--out", tmp_path / "mc16").ok()
+    nembridge.run("export", "--megatron", tmp_path / "mc16", "--out", tmp_path / "fp32b", "--dtype",
+                  "fp32").ok()
+    wide = load_file(str(tmp_path / "fp32b" / "model.safetensors"))
+    for k, t in tensors.items():
+        assert torch.equal(wide[k].view(torch.int32), t.to(torch.bfloat16).float().view(torch.int32)), k

@@ -12,9 +12,11 @@ tokens and `save_checkpoint` (torch_dist). TP gloo ranks (DP = 1). The only shim
 calls on a CPU build (mcore_env.cpu_shims, plus the CUDA RNG state, which is replaced by the CPU
 one) -- the checkpoint is Megatron's.
 
---load SAVE --continue N: the same script loads SAVE with load_checkpoint (strict, optimizer and
-scheduler included unless --no-load-optim) and trains N more steps, then prints the loss; exit 0
-if everything loaded and the loss is finite. The model provider builds the local layer spec (no
+--load SAVE --continue N: the same run (its --iters) resumes from SAVE: setup_model_and_optimizer
+calls load_checkpoint (--dist-ckpt-strictness raise_all: every model and optimizer key present,
+none left over; --use-checkpoint-opt_param-scheduler; --no-load-optim / --no-load-rng when
+given) and N more train_step calls follow; exit 0 if it loaded and every loss is finite. The
+per-rank results (--json) hold the losses and the iteration loaded. The model provider builds the local layer spec (no
 Transformer Engine on CPU): GPTModel via gpt_from_args.build_gpt, HybridModel via
 hybrid_load.build_hybrid.
 """
@@ -215,6 +217,43 @@ class CpuDevice(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def prime_torch_adam_before_load():
+    """Without Transformer Engine or Apex the distributed optimizer falls back to torch.optim.Adam,
+    whose per-parameter state (with its `step`) exists only after a first step; load_checkpoint
+    asks the fresh optimizer for its state_dict() first and DistributedOptimizer.state_dict
+    asserts one `step`. TE's FusedAdam needs no such priming. So before the real load_checkpoint
+    runs, every parameter gets the state a fresh FusedAdam would report (step 0, zero moments);
+    the load then replaces all of it."""
+    import megatron.training.training as T
+
+    real = T.load_checkpoint
+
+    def load_checkpoint(model, optimizer, *a, **k):
+        for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+            inner = getattr(opt, "optimizer", None)
+            if isinstance(inner, torch.optim.Adam):
+                for group in inner.param_groups:
+                    for p in group["params"]:
+                        if not inner.state[p]:
+                            inner.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                                                  exp_avg_sq=torch.zeros_like(p))
+        return real(model, optimizer, *a, **k)
+
+    T.load_checkpoint = load_checkpoint
+    # The same fallback keeps `step` as a tensor in each parameter's state, and
+    # _set_main_param_and_optimizer_states copies every state tensor from the checkpoint's
+    # per-parameter tensors, where `step` is not (load_state_dict restores it from the param
+    # groups): `step` is marked absent there, as the code already does for non-tensors.
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer as DO
+
+    set_states = DO._set_main_param_and_optimizer_states
+
+    def _set_main_param_and_optimizer_states(self, model_param, tensors):
+        return set_states(self, model_param, {"step": None, **tensors})
+
+    DO._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
+
+
 def run(rank: int, world: int, init: str, job: dict, res_file: str):
     torch.set_num_threads(1)
     res = {"ok": False, "rank": rank}
@@ -223,8 +262,14 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
         E.init_distributed(rank, world, init, timeout=PG_TIMEOUT)
         argv = argv_for(job["model"], world, job["optimizer"], job["iters"], job.get("out"),
                         job.get("load"))
+        if job.get("load"):
+            # resume as a run does: strict load (every key of the model and optimizer present,
+            # nothing left over), the checkpoint's LR schedule
+            argv += ["--dist-ckpt-strictness", "raise_all", "--use-checkpoint-opt_param-scheduler"]
         if job.get("no_load_optim"):
-            argv += ["--no-load-optim", "--no-load-rng"]
+            argv += ["--no-load-optim"]
+        if job.get("no_load_rng"):
+            argv += ["--no-load-rng"]
         args = E.training_args(argv, world, rank)
         E.allow_megatron_training_import()
         from megatron.core import parallel_state, tensor_parallel
@@ -240,6 +285,8 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
             global_vars.set_global_variables(args, build_tokenizer=False)
         E.init_model_parallel(world, 1, 1)
         tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
+        if job.get("load") and not job.get("no_load_optim"):
+            prime_torch_adam_before_load()
         with E.muted_stdout():
             model, optimizer, sched = setup_model_and_optimizer(
                 ModelType.encoder_or_decoder, model_provider)
@@ -258,7 +305,7 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
         if job.get("out") and not job.get("load"):
             with E.muted_stdout():
                 save_checkpoint(iteration, model, optimizer, sched, 0)
-        res.update(ok=True, losses=losses, iteration=iteration)
+        res.update(ok=True, losses=losses, iteration=iteration, loaded_iteration=args.iteration)
     except BaseException as e:
         res.update(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-6000:])
     torch.save(res, res_file)
@@ -304,14 +351,15 @@ def main(argv=None) -> int:
     ap.add_argument("--load", help="load this save directory and continue training")
     ap.add_argument("--continue", dest="cont", type=int, default=2)
     ap.add_argument("--no-load-optim", action="store_true")
+    ap.add_argument("--no-load-rng", action="store_true")
     ap.add_argument("--json", help="write the per-rank results here")
     a = ap.parse_args(argv)
     job = {"model": a.model, "optimizer": a.optimizer, "iters": a.iters,
            "out": str(Path(a.out).resolve()) if a.out else None,
            "load": str(Path(a.load).resolve()) if a.load else None, "continue": a.cont,
-           "no_load_optim": a.no_load_optim}
+           "no_load_optim": a.no_load_optim, "no_load_rng": a.no_load_rng}
     if a.load:
-        job["iters"] = a.iters + a.cont + 100
+        job["iters"] = a.iters + a.cont
     results = spawn(job, a.tp)
     ok = True
     for r in results:
