@@ -18,6 +18,8 @@ public final class TrainingConfig: Sendable {
     public let tokenizerSource: String?
 
     public static let generationConfig = "generation_config.json"
+    static let heterogeneousJSON = "heterogeneous_layers_config_encoded_json"
+    static let heterogeneousPath = "heterogeneous_layers_config_path"
     /// Files of a Hugging Face tokenizer folder that export carries.
     static let tokenizerFiles: Set<String> = [
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
@@ -72,8 +74,15 @@ public final class TrainingConfig: Sendable {
     public static func synthesize(folder: MegatronCheckpointFolder, checkpoint path: String, tables: [MappingTable],
                                   tokenizerDirectory: String?) throws -> TrainingConfig? {
         guard let namespace = try trainingArguments(folder: folder) else { return nil }
-        let arguments = jsonArguments(namespace)
+        var arguments = jsonArguments(namespace)
         guard !arguments.isEmpty else { return nil }
+        // Megatron-LM reads the heterogeneous (DeciLM) config from a file when no encoded JSON is given.
+        if !HFConfigSpec.isSet(arguments[heterogeneousJSON]), let file = arguments[heterogeneousPath]?.stringValue,
+           FileManager.default.isReadableFile(atPath: file) {
+            let handle = try ReadOnlyFile(path: file)
+            let bytes = try handle.readBytes(ByteRange(offset: 0, count: handle.size))
+            arguments[heterogeneousJSON] = .string(String(decoding: bytes, as: UTF8.self))
+        }
         let source = "\(path): args"
         let table = try MappingTable.forTrainingArguments(arguments, tables: tables, source: source)
         let document = try table.hfConfig!.configDocument(arguments: arguments, source: source, table: table.name)

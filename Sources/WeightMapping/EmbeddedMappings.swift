@@ -169,6 +169,25 @@ extra_state:
     - {module: "decoder.layers.{layer}.mlp.linear_fc1", layer_when: {ffn_no_op: false, ffn_linear: false}}
     - {module: "decoder.layers.{layer}.mlp.linear_fc2", layer_when: {ffn_no_op: false, ffn_linear: false}}
     - {module: "decoder.layers.{layer}.mlp", layer_when: {ffn_linear: true}}
+
+# config.json from the Megatron arguments, for a checkpoint Megatron-LM or Megatron-Bridge trained
+# (no config was recorded or given): the heterogeneous config Megatron-LM reads
+# (args.heterogeneous_layers_config_encoded_json, or the file args.heterogeneous_layers_config_path
+# names) is the model's config.json, block_configs included; the args complete it.
+hf_config:
+  select:
+    set: [heterogeneous_layers_config_encoded_json, heterogeneous_layers_config_path]
+  requires: {normalization: RMSNorm, swiglu: true, position_embedding_type: rope}
+  base: [heterogeneous_layers_config_encoded_json]
+  fields:
+    architectures: {value: [DeciLMForCausalLM]}
+    hidden_size: hidden_size
+    num_attention_heads: num_attention_heads
+    num_hidden_layers: num_layers
+    rms_norm_eps: {arg: layernorm_epsilon, type: float}
+    tie_word_embeddings: {not: untie_embeddings_and_output_weights}
+    # the real vocabulary (padded_vocab_size adds rows that export drops)
+    vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
 """####),
         ("llama.yaml", ####"""
 # Hugging Face LlamaForCausalLM <-> Megatron-Core GPTModel.

@@ -34,6 +34,9 @@ public struct HFConfigSpec: Sendable {
     public let selectSet: [String]
     /// Arguments that must have these values (the model features the table's class implements).
     public let requires: [(name: String, value: JSONValue)]
+    /// Arguments holding a whole config.json as a JSON string (DeciLM's heterogeneous config):
+    /// the first one set is the document `fields` then complete.
+    public let base: [String]
     public let fields: [Field]
 }
 
@@ -42,6 +45,7 @@ public enum ConfigSynthesisError: Error, Equatable, Sendable, CustomStringConver
     case missingArgument(source: String, argument: String, field: String, flag: String?)
     case unsupportedArgument(source: String, argument: String, value: String, expected: String, table: String)
     case noTable(source: String, known: [String])
+    case invalidBase(source: String, argument: String, reason: String)
 
     public var description: String {
         switch self {
@@ -50,6 +54,8 @@ public enum ConfigSynthesisError: Error, Equatable, Sendable, CustomStringConver
                 + (flag.map { "; it is set by \($0) in the training run" } ?? "") + "; give the model's config folder with --hf-config DIR"
         case .unsupportedArgument(let source, let argument, let value, let expected, let table):
             "\(source): args.\(argument) = \(value), but a \(table) model has \(expected); give the model's config folder with --hf-config DIR"
+        case .invalidBase(let source, let argument, let reason):
+            "\(source): args.\(argument) is not a config.json document (\(reason)); give the model's config folder with --hf-config DIR"
         case .noTable(let source, let known):
             "\(source): no mapping table describes the model of these training args (tables with an hf_config section: \(known.joined(separator: ", "))); give the model's config folder with --hf-config DIR"
         }
@@ -57,7 +63,7 @@ public enum ConfigSynthesisError: Error, Equatable, Sendable, CustomStringConver
 }
 
 extension HFConfigSpec {
-    static func isSet(_ value: JSONValue?) -> Bool {
+    public static func isSet(_ value: JSONValue?) -> Bool {
         guard let value, !value.isNull else { return false }
         if let flag = value.boolValue { return flag }
         if let text = value.stringValue { return !text.isEmpty }
@@ -80,6 +86,16 @@ extension HFConfigSpec {
             }
         }
         var document: [(key: String, value: JSONValue)] = []
+        if let name = base.first(where: { Self.isSet(arguments[$0]) }), let text = arguments[name]?.stringValue {
+            let parsed: JSONValue
+            do { parsed = try JSONParser.parse(text, dialect: .python) } catch {
+                throw ConfigSynthesisError.invalidBase(source: source, argument: name, reason: "\(error)")
+            }
+            guard let members = parsed.objectMembers else {
+                throw ConfigSynthesisError.invalidBase(source: source, argument: name, reason: "not a JSON object")
+            }
+            document = members
+        }
         for field in fields {
             var chosen: Source? = field.source
             if let condition = field.condition {

@@ -342,7 +342,7 @@ struct TableReader {
 
     /// The `hf_config` section: `select` (`unset`/`set` argument lists), `requires` and `fields`.
     func hfConfigSpec(_ node: Node) throws -> HFConfigSpec {
-        let top = try mapping(node, allowed: ["select", "requires", "fields"], required: ["fields"], context: "hf_config")
+        let top = try mapping(node, allowed: ["select", "requires", "base", "fields"], required: ["fields"], context: "hf_config")
         let select = try top["select"].map { try mapping($0, allowed: ["unset", "set"], context: "hf_config.select") } ?? [:]
         let requires = try top["requires"].map { node in
             try orderedMapping(node, "hf_config.requires").map { ($0.key, try jsonValue($0.value)) }
@@ -387,7 +387,7 @@ struct TableReader {
         }
         return HFConfigSpec(selectUnset: try select["unset"].map { try strings($0, "hf_config.select.unset") } ?? [],
                             selectSet: try select["set"].map { try strings($0, "hf_config.select.set") } ?? [],
-                            requires: requires, fields: fields)
+                            requires: requires, base: try top["base"].map { try strings($0, "hf_config.base") } ?? [], fields: fields)
     }
 
     func argumentRule(name: String, _ node: Node) throws -> ArgumentRule {

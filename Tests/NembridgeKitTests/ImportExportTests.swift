@@ -234,6 +234,21 @@ struct ImportExportTests {
             == [0x7C00, 0x0000, 0x0001, 0x0002, 0xFE00, 0x7E00])
     }
 
+    @Test("a DeciLM checkpoint with no recorded config exports from its heterogeneous config in the args (block_configs included)")
+    func decilmConfigFromArgs() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("decilm-args")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try HFImport(source: TestCheckpoints.path("decilm-tiny/hf"), output: scratch + "/mc").run(executor: MoveExecutor())
+        try FileManager.default.removeItem(atPath: scratch + "/mc/nembridge")  // as if Megatron-LM had written it
+        let plan = try MegatronExport(checkpoint: scratch + "/mc", output: scratch + "/out")
+        #expect(plan.trainingConfig?.table == "decilm")
+        try plan.run(executor: MoveExecutor())
+        let written = try HFConfig(path: scratch + "/out/config.json").document
+        let fixture = try HFConfig(path: TestCheckpoints.path("decilm-tiny/hf/config.json")).document
+        #expect(written["block_configs"] == fixture["block_configs"] && written["vocab_size"] == fixture["vocab_size"])
+        #expect(try CheckpointVerifier.verify(TestCheckpoints.path("decilm-tiny/hf"), scratch + "/out").passed)
+    }
+
     @Test("a config written from training args needs each field: the error names the argument, its flag and --hf-config")
     func trainingArgsMissingField() throws {
         let table = try #require(try MappingTable.load(directory: nil).first { $0.name == "llama" })
