@@ -47,6 +47,17 @@ struct InterruptedRunTests {
         try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys]).write(to: URL(fileURLWithPath: directory + "/config.json"))
     }
 
+    /// `nembridge import --hf SCRATCH/hf --out SCRATCH/out`, started in the background.
+    static func startImport(_ scratch: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.arguments = ["import", "--hf", scratch + "/hf", "--out", scratch + "/out"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
     @Test("kill -9 at random points leaves nothing that looks complete; the next run cleans up and succeeds")
     func killedImports() throws {
         let scratch = try TestCheckpoints.scratchDirectory("killed")
@@ -56,12 +67,7 @@ struct InterruptedRunTests {
         var random = SystemRandomNumberGenerator()
         var killed = 0
         for _ in 0..<4 {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-            process.arguments = ["import", "--hf", scratch + "/hf", "--out", scratch + "/out"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            let process = try Self.startImport(scratch)
             usleep(UInt32.random(in: 5_000...150_000, using: &random))
             if process.isRunning {
                 kill(process.processIdentifier, SIGKILL)
@@ -89,12 +95,7 @@ struct InterruptedRunTests {
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         try FileManager.default.createDirectory(atPath: scratch + "/hf", withIntermediateDirectories: true)
         try Self.sparseLlama(scratch + "/hf")
-        let first = Process()
-        first.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        first.arguments = ["import", "--hf", scratch + "/hf", "--out", scratch + "/out"]
-        first.standardOutput = FileHandle.nullDevice
-        first.standardError = FileHandle.nullDevice
-        try first.run()
+        let first = try Self.startImport(scratch)
         // Wait until the first run holds the target.
         for _ in 0..<200 where !FileManager.default.fileExists(atPath: scratch + "/.out.nembridge-lock") { usleep(2_000) }
         let second = try CommandLineTests.run(["import", "--hf", scratch + "/hf", "--out", scratch + "/out"])
