@@ -190,9 +190,12 @@ public struct MegatronExport: Sendable {
         let entries = try PlannedWriting.writeSafetensors(
             shards: shards.map { (folder.stagedPath($0.name), $0.name, $0.tensors, [("format", "pt")]) }, executor: executor,
             progress: progress
-        ) { tensor, start in
-            (reads[tensor.name] ?? []).sorted { $0.destinationOffset < $1.destinationOffset }.map {
-                .copy(source: $0.file, range: $0.source, destinationOffset: start + $0.destinationOffset)
+        ) { tensor, plan in
+            var filled: Int64 = 0
+            for read in (reads[tensor.name] ?? []).sorted(by: { $0.destinationOffset < $1.destinationOffset }) {
+                precondition(read.destinationOffset == filled, "the reads of `\(tensor.name)` do not tile it")
+                plan.append(.copy(source: plan.source(read.file), range: read.source))
+                filled += read.source.count
             }
         }
         if let indexBytes {
