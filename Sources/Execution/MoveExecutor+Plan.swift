@@ -62,8 +62,9 @@ extension MoveExecutor {
             let lane = laneOf[output] ?? { laneOf[output] = lanes.count; lanes.append([]); return lanes.count - 1 }()
             lanes[lane].append(Int32(group))
         }
+        let sizes = (0..<plan.groupCount).map { plan.byteCount(group: $0) }
         for lane in lanes.indices {
-            lanes[lane].sort { plan.byteCount(group: Int($0)) > plan.byteCount(group: Int($1)) }
+            lanes[lane].sort { sizes[Int($0)] > sizes[Int($1)] }
         }
         let queues = lanes
         let cursors = Mutex([Int](repeating: 0, count: queues.count))

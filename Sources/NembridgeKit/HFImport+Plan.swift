@@ -40,30 +40,21 @@ extension HFImport {
     /// Row correspondences → byte moves into each chunk's data record, chunk by chunk in item
     /// order: whole rows are one copy, a column slice (a row-parallel split) one strided move,
     /// padding rows one zero move.
-    static func plan(mapping: MappingPlan, index: MappingIndex, chunkings: [TensorChunking], dtypes: [String: DType],
-                     layout: TorchDistLayout, source: HFCheckpointFolder, dialect: HFNameDialect
+    /// `hfSources[i]` is where `mapping.hfTensors[i]` is; `dtypes[t]` the dtype of Megatron tensor `t`.
+    static func plan(mapping: MappingPlan, index: MappingIndex, chunkings: [TensorChunking], dtypes: [DType],
+                     layout: TorchDistLayout, hfSources: [(file: SafetensorsFile, tensor: SafetensorsTensorInfo)]
     ) throws -> (plan: ConversionPlan, sources: [Int32]) {
         var plan = ConversionPlan()
         plan.reserve(groups: layout.tensorItemCount, moves: layout.tensorItemCount + mapping.correspondences.count)
-        // Each correspondence's source: file and the tensor's first byte, looked up once.
-        var located: [(source: Int32, start: Int64)] = []
-        located.reserveCapacity(mapping.correspondences.count)
-        var sourceOf: [ObjectIdentifier: Int32] = [:]
-        for item in mapping.correspondences {
-            let (file, info) = try source.locate(dialect.toSource(item.hf.tensor))
-            let index = sourceOf[ObjectIdentifier(file)] ?? {
-                let index = plan.source(file.file)
-                sourceOf[ObjectIdentifier(file)] = index
-                return index
-            }()
-            located.append((index, file.fileRange(of: info).offset))
-        }
+        // Each HF tensor's source: the plan's file index and the tensor's first byte.
+        let tensorSources = hfSources.map { (source: plan.source($0.file.file), start: $0.file.fileRange(of: $0.tensor).offset) }
+        let located = mapping.correspondenceHFTensors.map { tensorSources[Int($0)] }
         var pieces: [(dataOffset: Int64, move: PlannedMove)] = []
         for grid in layout.grids {
             let tensor = Int(grid.order)
             let spec = mapping.megatronTensors[tensor]
             let chunking = chunkings[tensor]
-            let rowBytes = try Self.rowBytes(spec.shape, dtypes[spec.name]!, tensor: spec.name)
+            let rowBytes = try Self.rowBytes(spec.shape, dtypes[tensor], tensor: spec.name)
             let rowCount = spec.shape.first ?? 1
             for part in 0..<Int(grid.parts) {
                 let rows = chunking.rows(part: part, of: rowCount)

@@ -20,33 +20,85 @@ extension HFImport {
         var gridOf = [Int32](repeating: -1, count: mapping.megatronTensors.count)
         for (index, grid) in layout.grids.enumerated() { gridOf[Int(grid.order)] = Int32(index) }
         let fileNames = plan.sources.map { ($0.path as NSString).lastPathComponent }
-        var texts: [String] = []
-        var names: [(name: String, source: Int32)] = []
         for (tensor, spec) in mapping.megatronTensors.enumerated() {
             let grid = layout.grids[Int(gridOf[tensor])]
             let first = Int(grid.firstItem)
             let key = layout.keys[Int(grid.key)]
-            let bytes = Int64(grid.parts) * layout.byteCount(item: first)
-            let position = spec.prefix.isEmpty ? "" : " at \(spec.prefix) of"
-            out.line("  \(spec.key)\(position) \(formatShape(spec.shape)) \(key.dtype) \(bytes) bytes -> \(layout.fileNames[layout.file(item: first)])@\(layout.dataOffset(item: first))")
-            texts.removeAll(keepingCapacity: true)
-            names.removeAll(keepingCapacity: true)
-            for index in mappingIndex.correspondences(tensor) {
-                let item = mapping.correspondences[index]
-                let text = "\(item.hf.tensor)[\(item.hf.rows.lowerBound):\(item.hf.rows.upperBound)]"
-                if texts.last != text { texts.append(text) }
-                if !names.contains(where: { $0.name == item.hf.tensor }) { names.append((item.hf.tensor, correspondenceSources[index])) }
+            out.write("  ")
+            out.write(spec.key)
+            if !spec.prefix.isEmpty {
+                out.write(" at ")
+                out.write(shape: spec.prefix)
+                out.write(" of")
             }
-            for (name, source) in names { out.line("      <- \(name) (\(fileNames[Int(source)]))") }
-            if texts.count > names.count { out.line("         rows: " + texts.joined(separator: ", ")) }
+            out.write(" ")
+            out.write(shape: spec.shape)
+            out.write(" ")
+            out.write(key.dtype.safetensorsName)
+            out.write(" ")
+            out.write(Int64(grid.parts) * layout.byteCount(item: first))
+            out.write(" bytes -> ")
+            out.write(layout.fileNames[layout.file(item: first)])
+            out.write("@")
+            out.write(layout.dataOffset(item: first))
+            out.endLine()
+            let correspondences = mappingIndex.correspondences(tensor)
+            // Distinct source tensors in order (a Megatron tensor has at most a few).
+            var distinct = 0
+            for index in correspondences {
+                let name = mapping.correspondences[index].hf.tensor
+                guard !correspondences[..<index].contains(where: { mapping.correspondences[$0].hf.tensor == name }) else { continue }
+                distinct += 1
+                out.write("      <- ")
+                out.write(name)
+                out.write(" (")
+                out.write(fileNames[Int(correspondenceSources[index])])
+                out.write(")")
+                out.endLine()
+            }
+            // The row blocks, when the rows come in more pieces than there are sources (QKV groups).
+            var blocks = 0
+            var previous: Int?
+            for index in correspondences where previous.map({ mapping.correspondences[$0].hf != mapping.correspondences[index].hf }) ?? true {
+                blocks += 1
+                previous = index
+            }
+            if blocks > distinct {
+                out.write("         rows: ")
+                previous = nil
+                for index in correspondences {
+                    let block = mapping.correspondences[index].hf
+                    if let previous, mapping.correspondences[previous].hf == block { continue }
+                    if previous != nil { out.write(", ") }
+                    out.write(block.tensor)
+                    out.write("[")
+                    out.write(block.rows.lowerBound)
+                    out.write(":")
+                    out.write(block.rows.upperBound)
+                    out.write("]")
+                    previous = index
+                }
+                out.endLine()
+            }
             if mappingIndex.zeros[tensor] >= 0 {
                 let zero = mapping.zeroFills[Int(mappingIndex.zeros[tensor])]
                 out.line("      <- zeros rows \(zero.rows.lowerBound)..<\(zero.rows.upperBound) (vocabulary padding)")
             }
             if grid.parts > 1 {
-                let places = (first..<(first + Int(grid.parts))).map { "\(layout.fileNames[layout.file(item: $0)])@\(layout.dataOffset(item: $0))" }
-                let chunk = layout.chunk(item: first)
-                out.line("      chunks: \(grid.parts) x \(formatShape(chunk.sizes)) along axis \(grid.axis): " + places.joined(separator: ", "))
+                out.write("      chunks: ")
+                out.write(grid.parts)
+                out.write(" x ")
+                out.write(shape: layout.chunk(item: first).sizes)
+                out.write(" along axis ")
+                out.write(grid.axis)
+                out.write(":")
+                for item in first..<(first + Int(grid.parts)) {
+                    out.write(item == first ? " " : ", ")
+                    out.write(layout.fileNames[layout.file(item: item)])
+                    out.write("@")
+                    out.write(layout.dataOffset(item: item))
+                }
+                out.endLine()
             }
         }
         out.line("objects: \(layout.objectItems.count) (common state, \(mapping.extraState.count) _extra_state)")

@@ -82,28 +82,43 @@ public struct HFImport: Sendable {
         let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path, spec: options.spec)
         let dialect = HFNameDialect.detect(source.tensors.map(\.info.name), table: model.table)
         self.dialect = dialect
-        var shapes: [String: [Int]] = [:]
-        var dtypes: [String: DType] = [:]
-        for entry in source.tensors {
-            shapes[dialect.toTable(entry.info.name)] = entry.info.shape
-            dtypes[dialect.toTable(entry.info.name)] = entry.info.dtype
-        }
         try model.checkTensorParallel(options.tensorParallel)
         _ = try options.parallelSizes.stageLayers(layerCount: model.layerCount, config: config.path, field: model.table.layerCountArgument)
-        mapping = try MappingPlan(model: model, direction: .fromHF(
-            shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
+        mapping = try { [source] in
+            var shapes: [String: [Int]] = [:]
+            shapes.reserveCapacity(source.tensors.count)
+            for entry in source.tensors { shapes[dialect.toTable(entry.info.name)] = entry.info.shape }
+            return try MappingPlan(model: model, direction: .fromHF(
+                shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
+        }()
         try Self.checkExpertParallel(mapping, options.expertParallel)
+        mappingIndex = MappingIndex(mapping)
+        // Each HF tensor of the plan located once: its file and header entry.
+        let folder = source
+        let hfSources = try mapping.hfTensors.map { try folder.locate(dialect.toSource($0.name)) }
 
         // Each Megatron tensor keeps its sources' dtype; mixing dtypes in one tensor would need a cast.
-        var megatronDType: [String: DType] = [:]
-        for item in mapping.correspondences {
-            let dtype = dtypes[item.hf.tensor]!
-            if let earlier = megatronDType[item.megatron.tensor], earlier != dtype {
-                throw MappingError.shapeMismatch(tensor: item.hf.tensor, expected: [], actual: [],
-                                                 reason: "dtype \(dtype) differs from \(earlier) of the other sources of `\(item.megatron.tensor)`")
+        var tensorDTypes: [DType] = []
+        tensorDTypes.reserveCapacity(mapping.megatronTensors.count)
+        var bytesPerDType: [DType: Int64] = [:]
+        for (tensor, spec) in mapping.megatronTensors.enumerated() {
+            var dtype: DType?
+            for index in mappingIndex.correspondences(tensor) {
+                let item = mapping.correspondences[index]
+                let source = hfSources[Int(mapping.correspondenceHFTensors[index])].tensor
+                if let earlier = dtype, earlier != source.dtype {
+                    throw MappingError.shapeMismatch(tensor: item.hf.tensor, expected: [], actual: [],
+                                                     reason: "dtype \(source.dtype) differs from \(earlier) of the other sources of `\(spec.name)`")
+                }
+                dtype = source.dtype
             }
-            megatronDType[item.megatron.tensor] = dtype
+            guard let dtype else { preconditionFailure("`\(spec.name)` has no source") }
+            tensorDTypes.append(dtype)
+            bytesPerDType[dtype, default: 0] += Int64(ShapeArithmetic.byteCount(spec.shape, dtype) ?? 0)
         }
+        // The model's dtype for args (bf16, params_dtype): the one most bytes are in (an F32
+        // router bias does not make a BF16 model F32).
+        let mainDType = bytesPerDType.max { ($0.value, $0.key.safetensorsName) < ($1.value, $1.key.safetensorsName) }?.key
         // DCP tensors: stacked keys gather their layers (and experts) on prepended axes; one chunk
         // per layer (expert) slice, split further as the target's tensor-parallel ranks hold it:
         // one grid per Megatron tensor.
@@ -111,23 +126,21 @@ public struct HFImport: Sendable {
         var chunkings: [TensorChunking] = []
         chunkings.reserveCapacity(mapping.megatronTensors.count)
         for spec in mapping.megatronTensors {
-            let isExpert = spec.key.contains("experts.experts")
+            let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
             let chunking = try TensorChunking.of(spec, parallel: parallel)
-            chunking.add(spec, dtype: megatronDType[spec.name]!, to: &builder)
+            chunking.add(spec, dtype: tensorDTypes[chunkings.count], to: &builder)
             chunkings.append(chunking)
         }
         let warnings = Self.ropeWarnings(config: config)
         self.warnings = warnings
-        commonState = Self.commonState(model: model, mapping: mapping, options: options, dtype: megatronDType.values.first)
-        var objects: [(key: String, bytes: [UInt8])] = [
-            ("common_state/shard_0_1", try TorchSaveArchive.objectArchive(.list([commonState]))),
-        ]
-        objects.append(contentsOf: try Self.extraStateObjects(mapping))
-        layout = try builder.layout(objects: objects, fileCount: options.fileCount)
-        mappingIndex = MappingIndex(mapping)
-        (plan, correspondenceSources) = try Self.plan(mapping: mapping, index: mappingIndex, chunkings: chunkings, dtypes: megatronDType,
-                                                      layout: layout, source: source, dialect: dialect)
+        commonState = Self.commonState(model: model, mapping: mapping, options: options, dtype: mainDType)
+        layout = try builder.layout(
+            objects: [("common_state/shard_0_1", try TorchSaveArchive.objectArchive(.list([commonState])))] + Self.extraStateObjects(mapping),
+            fileCount: options.fileCount)
+        builder = TorchDistLayout.Builder()  // its per-grid lists are in the layout now
+        (plan, correspondenceSources) = try Self.plan(mapping: mapping, index: mappingIndex, chunkings: chunkings, dtypes: tensorDTypes,
+                                                      layout: layout, hfSources: hfSources)
         if options.format == .torch { legacy = try makeLegacyPlan() }
     }
 
@@ -137,7 +150,7 @@ public struct HFImport: Sendable {
         let model = mapping.model
         let argument = model.table.expertCountArgument ?? "num_moe_experts"
         let experts = model.argument(argument)?.intValue
-        guard let experts, mapping.megatronTensors.contains(where: { $0.key.contains("experts.experts") }) else {
+        guard let experts, mapping.megatronTensors.contains(where: { $0.isRoutedExpert }) else {
             guard expertParallel == 1 else {
                 throw MappingError.invalidConfigValue(
                     config: model.configPath, field: argument,

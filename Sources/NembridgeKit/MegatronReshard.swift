@@ -100,7 +100,7 @@ public struct MegatronReshard: Sendable {
         let tensor = Int(layout.grids[grid].order)
         guard tensor < chunkings.count else { return nil }
         let spec = mapping.megatronTensors[tensor]
-        let isExpert = spec.key.contains("experts.experts")
+        let isExpert = spec.isRoutedExpert
         var reader = TargetRank(tensorParallel: chunkings[tensor].rank(part: part), expertParallel: nil, isExpert: isExpert)
         if isExpert, let expert = spec.prefix.last, let experts = spec.prefixSizes.last {
             reader.expertParallel = expert / max(1, experts / max(1, options.expertParallel))
@@ -166,7 +166,7 @@ public struct MegatronReshard: Sendable {
         var mappedKeys = Set<String>()
         var firstDType: DType?
         for spec in mapping.megatronTensors {
-            let isExpert = spec.key.contains("experts.experts")
+            let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
             let chunking = try TensorChunking.of(spec, parallel: parallel)
             let dtype = try source.tensor(spec.key).dtype

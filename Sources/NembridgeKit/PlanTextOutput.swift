@@ -23,6 +23,43 @@ public final class PlanTextOutput {
 
     public func line(_ text: String) {
         buffer.append(contentsOf: text.utf8)
+        endLine()
+    }
+
+    // Pieces of a line, for the per-tensor lines a large plan prints 100,000 of: appended as
+    // bytes, without building a `String` per line.
+
+    public func write(_ text: String) { buffer.append(contentsOf: text.utf8) }
+
+    public func write<T: BinaryInteger>(_ number: T) {
+        var value = Int64(number)
+        if value < 0 {
+            buffer.append(UInt8(ascii: "-"))
+            value = -value
+        }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 19 digits
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var index = scratch.count
+            repeat {
+                index -= 1
+                scratch[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            } while value > 0
+            buffer.append(contentsOf: scratch[index...])
+        }
+    }
+
+    /// `[2, 3]`, as `formatShape` writes it.
+    public func write(shape: [Int]) {
+        buffer.append(UInt8(ascii: "["))
+        for (index, dim) in shape.enumerated() {
+            if index > 0 { buffer.append(contentsOf: ", ".utf8) }
+            write(dim)
+        }
+        buffer.append(UInt8(ascii: "]"))
+    }
+
+    public func endLine() {
         buffer.append(0x0A)
         if buffer.count >= 1 << 16 { flush() }
     }

@@ -48,7 +48,7 @@ public struct PlannedMove: Sendable, Hashable {
 /// torch_dist item, a tensor of a legacy rank file) with the moves that fill it, in data order and
 /// back to back, so the plan says where every output byte comes from. Groups and moves are flat
 /// arrays of fixed-size records (no heap allocation per group or move): a plan of 450,000 chunks
-/// takes ~15 MB, and building it is linear.
+/// takes ~20 MB, and building it is linear.
 ///
 /// Destinations are implicit: group `g`'s data starts at `offset(g)` in output file `output(g)`
 /// (an index the writer gives meaning to) and its moves follow each other from there.
@@ -61,8 +61,6 @@ public struct ConversionPlan: Sendable {
     private var moveStarts: [Int32] = [0]
     private var outputs: [Int32] = []
     private var offsets: [Int64] = []
-    private var byteCounts: [Int64] = []
-    private var pendingBytes: Int64 = 0
 
     public init() {}
 
@@ -79,7 +77,6 @@ public struct ConversionPlan: Sendable {
     /// Appends a move to the open group; a copy that continues the previous one is merged into it.
     public mutating func append(_ move: PlannedMove) {
         guard move.byteCount > 0 else { return }
-        pendingBytes += move.byteCount
         if moves.count > Int(moveStarts[moveStarts.count - 1]), let last = moves.last {
             if last.isZeros && move.isZeros {
                 moves[moves.count - 1].segmentBytes += move.segmentBytes
@@ -101,8 +98,6 @@ public struct ConversionPlan: Sendable {
         moveStarts.append(Int32(moves.count))
         outputs.append(Int32(output))
         offsets.append(offset)
-        byteCounts.append(pendingBytes)
-        pendingBytes = 0
     }
 
     /// Reserves room for `groups` groups and `moves` moves.
@@ -110,7 +105,6 @@ public struct ConversionPlan: Sendable {
         moveStarts.reserveCapacity(groups + 1)
         outputs.reserveCapacity(groups)
         offsets.reserveCapacity(groups)
-        byteCounts.reserveCapacity(groups)
         moves.reserveCapacity(count)
     }
 
@@ -120,8 +114,8 @@ public struct ConversionPlan: Sendable {
     public func output(group: Int) -> Int { Int(outputs[group]) }
     /// Absolute offset in its output file of the group's first byte.
     public func offset(group: Int) -> Int64 { offsets[group] }
-    public func byteCount(group: Int) -> Int64 { byteCounts[group] }
-    public var totalBytes: Int64 { byteCounts.reduce(0, +) }
+    public func byteCount(group: Int) -> Int64 { moves(group: group).reduce(0) { $0 + $1.byteCount } }
+    public var totalBytes: Int64 { moves.reduce(0) { $0 + $1.byteCount } }
 
     /// The moves a group reads from other groups' plan: `moves` of `plan`'s group `group`, their
     /// sources re-indexed into this plan (for a writer that fills one output from another plan's
