@@ -118,6 +118,68 @@ extension MoveExecutor {
                             progress?.add(Int64(bytes.count))
                             destination += Int64(bytes.count)
                         }
+                        if plan.isInterleaved(group: group) {
+                            // Row r of the group is segment r of each move in turn: blocks of rows
+                            // are read per move into the scratch buffer and laid out row by row.
+                            let parts = Array(plan.moves(group: group))
+                            let rows = Int64(parts[0].rows)
+                            let rowBytes = parts.reduce(Int64(0)) { $0 + $1.segmentBytes }
+                            let scratch = pool.scratch(worker)
+                            if rowBytes > chunk {
+                                for row in 0..<Int(rows) {
+                                    for part in parts {
+                                        let segment = part.segment(row)
+                                        var done: Int64 = 0
+                                        while done < segment.count {
+                                            let piece = segment.slice(from: done, count: min(chunk, segment.count - done))
+                                            let source = sources[Int(part.source)]
+                                            if source.isHole(piece) {
+                                                try zeros(piece.count)
+                                            } else {
+                                                try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.count)]), at: piece.offset)
+                                                try emit(Int(piece.count))
+                                            }
+                                            done += piece.count
+                                        }
+                                    }
+                                }
+                            } else {
+                                var row: Int64 = 0
+                                while row < rows {
+                                    var count = min(max(1, chunk / rowBytes), rows - row)
+                                    for part in parts where part.stride > part.segmentBytes {
+                                        count = min(count, max(1, (Int64(scratch.count) - part.segmentBytes) / part.stride + 1))
+                                    }
+                                    let blocks = parts.map { ByteRange(offset: $0.offset + row * $0.stride, count: (count - 1) * $0.stride + $0.segmentBytes) }
+                                    if zip(parts, blocks).allSatisfy({ sources[Int($0.0.source)].isHole($0.1) }) {
+                                        try zeros(count * rowBytes)
+                                        row += count
+                                        continue
+                                    }
+                                    var column: Int64 = 0
+                                    for (part, block) in zip(parts, blocks) {
+                                        let source = sources[Int(part.source)]
+                                        let segment = Int(part.segmentBytes)
+                                        if source.isHole(block) {
+                                            for index in 0..<Int(count) {
+                                                memset(buffer.baseAddress! + index * Int(rowBytes) + Int(column), 0, segment)
+                                            }
+                                        } else {
+                                            try source.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(block.count)]), at: block.offset)
+                                            for index in 0..<Int(count) {
+                                                memcpy(buffer.baseAddress! + index * Int(rowBytes) + Int(column),
+                                                       scratch.baseAddress! + index * Int(part.stride), segment)
+                                            }
+                                        }
+                                        column += part.segmentBytes
+                                    }
+                                    try emit(Int(count * rowBytes))
+                                    row += count
+                                }
+                            }
+                            try observer?.finish()
+                            continue
+                        }
                         for move in plan.moves(group: group) {
                             if move.isZeros {
                                 try zeros(move.byteCount)

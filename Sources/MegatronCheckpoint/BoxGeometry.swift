@@ -81,6 +81,47 @@ enum BoxGeometry {
         }
     }
 
+    /// The runs of `box` inside `outer` and `inner` when they form one arithmetic sequence:
+    /// `rows` segments of `segment` bytes, stepping `sourceStep` bytes in `inner` and
+    /// `destinationStep` in `outer` (byte offsets row-major with `elementSize`-byte elements); nil
+    /// when they do not (more than one axis outside the merged run has extent > 1).
+    struct ArithmeticRuns {
+        var source: Int64
+        var destination: Int64
+        var segment: Int64
+        var rows: Int64
+        var sourceStep: Int64
+        var destinationStep: Int64
+    }
+
+    static func arithmeticRuns(of box: DCPChunk, outer: DCPChunk, inner: DCPChunk, elementSize: Int64) -> ArithmeticRuns? {
+        let rank = box.sizes.count
+        if rank == 0 { return ArithmeticRuns(source: 0, destination: 0, segment: elementSize, rows: 1, sourceStep: elementSize, destinationStep: elementSize) }
+        let outerStrides = rowMajorStrides(outer.sizes)
+        let innerStrides = rowMajorStrides(inner.sizes)
+        var firstMerged = rank - 1
+        var runLength = box.sizes[rank - 1]
+        while firstMerged > 0, box.sizes[firstMerged] == outer.sizes[firstMerged], box.sizes[firstMerged] == inner.sizes[firstMerged] {
+            firstMerged -= 1
+            runLength *= box.sizes[firstMerged]
+        }
+        let stepping = (0..<firstMerged).filter { box.sizes[$0] > 1 }
+        guard stepping.count <= 1 else { return nil }
+        var sourceElement = 0, destinationElement = 0
+        for axis in 0..<rank {
+            sourceElement += (box.offsets[axis] - inner.offsets[axis]) * innerStrides[axis]
+            destinationElement += (box.offsets[axis] - outer.offsets[axis]) * outerStrides[axis]
+        }
+        let segment = Int64(runLength) * elementSize
+        guard let axis = stepping.first else {
+            return ArithmeticRuns(source: Int64(sourceElement) * elementSize, destination: Int64(destinationElement) * elementSize,
+                                  segment: segment, rows: 1, sourceStep: segment, destinationStep: segment)
+        }
+        return ArithmeticRuns(source: Int64(sourceElement) * elementSize, destination: Int64(destinationElement) * elementSize,
+                              segment: segment, rows: Int64(box.sizes[axis]),
+                              sourceStep: Int64(innerStrides[axis]) * elementSize, destinationStep: Int64(outerStrides[axis]) * elementSize)
+    }
+
     static func rowMajorStrides(_ sizes: [Int]) -> [Int] {
         var strides = [Int](repeating: 1, count: sizes.count)
         var running = 1

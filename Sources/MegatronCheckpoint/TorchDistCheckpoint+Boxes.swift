@@ -8,6 +8,42 @@ public struct TensorBoxPiece: Sendable {
     public let destinationOffset: Int64
 }
 
+/// A piece of a box as a strided read: `rows` segments of `segmentBytes` bytes of `file`, the
+/// first at `offset`, `stride` apart, landing back to back from `destinationOffset` bytes into
+/// the box laid out row-major. A column slice of a chunk is one of these, not one piece per row.
+public struct TensorBoxMove: Sendable {
+    public let file: ReadOnlyFile
+    public let offset: Int64
+    public let segmentBytes: Int64
+    public let stride: Int64
+    public let rows: Int64
+    public let destinationOffset: Int64
+
+    public var byteCount: Int64 { segmentBytes * rows }
+}
+
+/// The reads that fill a box: strided moves in destination order, or (`interleaved`) moves of
+/// equal row counts that fill it row by row, row `r` being segment `r` of each move in turn.
+public struct BoxReads: Sendable {
+    public var moves: [TensorBoxMove]
+    public var interleaved: Bool
+
+    /// The same reads as plain moves, one per row and move (for a target that cannot interleave).
+    public var deinterleaved: [TensorBoxMove] {
+        guard interleaved, let rows = moves.first?.rows else { return moves }
+        var result: [TensorBoxMove] = []
+        var destination = moves[0].destinationOffset
+        for row in 0..<rows {
+            for move in moves {
+                result.append(TensorBoxMove(file: move.file, offset: move.offset + row * move.stride, segmentBytes: move.segmentBytes,
+                                            stride: move.segmentBytes, rows: 1, destinationOffset: destination))
+                destination += move.segmentBytes
+            }
+        }
+        return result
+    }
+}
+
 /// Global tensors stored as chunks, wherever the chunks are: a torch_dist checkpoint's items, or
 /// the rank files of a legacy checkpoint placed in their global tensors by a layout.
 public protocol GlobalTensorSource: Sendable {
@@ -18,6 +54,44 @@ public protocol GlobalTensorSource: Sendable {
     func tensor(_ key: String) throws -> DCPTensorMetadata
     /// Where the bytes of one chunk of `key` are.
     func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData
+    /// The chunks of `key` that may overlap `box` (a superset, in chunk order); by default all.
+    func candidateChunks(key: String, box: DCPChunk) throws -> [DCPChunk]
+}
+
+extension GlobalTensorSource {
+    public func candidateChunks(key: String, box: DCPChunk) throws -> [DCPChunk] { try tensor(key).chunks }
+}
+
+/// Chunks of one tensor sorted by their start on axis 0, for finding the few that overlap a
+/// box without testing all of them (an expert key of 512 experts × 8 tensor-parallel parts has
+/// 4,096 chunks, and each of its 4,096 target boxes overlaps one).
+struct AxisZeroIndex: Sendable {
+    let order: [Int32]
+    let starts: [Int]
+    let longest: Int
+
+    init(_ chunks: [DCPChunk]) {
+        let order = chunks.indices.sorted { chunks[$0].offsets[0] < chunks[$1].offsets[0] }
+        self.order = order.map { Int32($0) }
+        starts = order.map { chunks[$0].offsets[0] }
+        longest = chunks.map { $0.sizes[0] }.max() ?? 0
+    }
+
+    /// Indices (into the chunk list, ascending) of chunks whose axis-0 extent meets `[low, high)`.
+    func candidates(low: Int, high: Int) -> [Int] {
+        // Chunks starting in (low - longest, high) are the only ones that can reach into the range.
+        func firstIndex(_ predicate: (Int) -> Bool) -> Int {
+            var lower = 0, upper = starts.count
+            while lower < upper {
+                let middle = (lower + upper) / 2
+                if predicate(starts[middle]) { upper = middle } else { lower = middle + 1 }
+            }
+            return lower
+        }
+        let from = firstIndex { $0 > low - longest }
+        let to = firstIndex { $0 >= high }
+        return from < to ? order[from..<to].map { Int($0) }.sorted() : []
+    }
 }
 
 /// Assembling any box of a global tensor from the chunks that overlap it, by byte ranges:
@@ -65,7 +139,7 @@ extension GlobalTensorSource {
         }
         var pieces: [BoxPiece] = []
         var covered = 0
-        for chunk in tensor.chunks {
+        for chunk in try candidateChunks(key: key, box: box) {
             guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
             covered += BoxGeometry.volume(overlap.sizes)
             let data = try chunkData(key: key, chunk: chunk)
@@ -92,6 +166,121 @@ extension GlobalTensorSource {
             }
         }
         return merged
+    }
+
+    /// The reads that fill the box at `offsets` with `sizes` of tensor `key`, sorted by
+    /// destination, as strided reads: the runs of one chunk that continue each other in the box
+    /// and step by a fixed distance in the chunk (a column slice: one per row) are one move.
+    /// Throws `boxNotCovered` as `boxPieces` does.
+    public func boxMoves(key: String, offsets: [Int], sizes: [Int]) throws -> [TensorBoxMove] {
+        let tensor = try self.tensor(key)
+        precondition(offsets.count == tensor.size.count && sizes.count == tensor.size.count,
+                     "box rank \(offsets.count)/\(sizes.count) for `\(key)` of rank \(tensor.size.count)")
+        let box = DCPChunk(offsets: offsets, sizes: sizes)
+        let total = BoxGeometry.volume(sizes)
+        func notCovered(_ missing: Int) -> MegatronCheckpointError {
+            .boxNotCovered(file: metadataPath, key: key, offsets: offsets, sizes: sizes, shape: tensor.size, missingElements: missing)
+        }
+        let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] + sizes[$0] <= tensor.size[$0] }
+        guard inside else { throw notCovered(total) }
+        if total == 0 { return [] }
+        guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
+            throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)
+        }
+        var moves: [TensorBoxMove] = []
+        var covered = 0
+        for chunk in try candidateChunks(key: key, box: box) {
+            guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
+            covered += BoxGeometry.volume(overlap.sizes)
+            let data = try chunkData(key: key, chunk: chunk)
+            // The move being extended: segments of one length, a fixed step apart in the chunk,
+            // back to back in the box.
+            var open: (offset: Int64, segment: Int64, stride: Int64, rows: Int64, destination: Int64)?
+            func close() {
+                if let run = open {
+                    moves.append(TensorBoxMove(file: data.file, offset: run.offset, segmentBytes: run.segment,
+                                               stride: run.rows > 1 ? run.stride : run.segment, rows: run.rows, destinationOffset: run.destination))
+                }
+                open = nil
+            }
+            BoxGeometry.forEachRun(of: overlap, outer: box, inner: chunk) { boxElement, chunkElement, count in
+                for (source, relative) in data.sources(from: Int64(chunkElement * elementSize), count: Int64(count * elementSize)) {
+                    let destination = Int64(boxElement * elementSize) + relative
+                    if var run = open, run.segment == source.count, run.destination + run.rows * run.segment == destination {
+                        let step = source.offset - run.offset
+                        if run.rows == 1, step >= run.segment {
+                            run.stride = step
+                            run.rows = 2
+                            open = run
+                            continue
+                        }
+                        if run.rows > 1, source.offset == run.offset + run.rows * run.stride {
+                            run.rows += 1
+                            open = run
+                            continue
+                        }
+                    }
+                    close()
+                    open = (source.offset, source.count, source.count, 1, destination)
+                }
+            }
+            close()
+        }
+        guard covered == total else { throw notCovered(total - covered) }
+        moves.sort { $0.destinationOffset < $1.destinationOffset }
+        return moves
+    }
+
+    /// The reads that fill the box at `offsets` with `sizes` of tensor `key`, computed from the
+    /// chunk geometry instead of row by row where the chunks' bytes are contiguous (every
+    /// uncompressed torch_dist item): each overlapping chunk then gives one strided move, and a
+    /// box that takes a column slice of each row from several chunks (a row-parallel weight
+    /// saved at TP > 1, read whole) is `interleaved` — row `r` of the box is segment `r` of each
+    /// move in turn. Anything else falls back to `boxMoves`. Throws `boxNotCovered` as it does.
+    public func boxReads(key: String, offsets: [Int], sizes: [Int]) throws -> BoxReads {
+        let tensor = try self.tensor(key)
+        precondition(offsets.count == tensor.size.count && sizes.count == tensor.size.count,
+                     "box rank \(offsets.count)/\(sizes.count) for `\(key)` of rank \(tensor.size.count)")
+        let box = DCPChunk(offsets: offsets, sizes: sizes)
+        let total = BoxGeometry.volume(sizes)
+        let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] + sizes[$0] <= tensor.size[$0] }
+        guard inside, total > 0, let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
+            return BoxReads(moves: try boxMoves(key: key, offsets: offsets, sizes: sizes), interleaved: false)
+        }
+        var pieces: [(file: ReadOnlyFile, run: BoxGeometry.ArithmeticRuns)] = []
+        var covered = 0
+        for chunk in try candidateChunks(key: key, box: box) {
+            guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
+            covered += BoxGeometry.volume(overlap.sizes)
+            let data = try chunkData(key: key, chunk: chunk)
+            guard let range = data.contiguousRange,
+                var run = BoxGeometry.arithmeticRuns(of: overlap, outer: box, inner: chunk, elementSize: Int64(elementSize))
+            else { return BoxReads(moves: try boxMoves(key: key, offsets: offsets, sizes: sizes), interleaved: false) }
+            run.source += range.offset
+            pieces.append((data.file, run))
+        }
+        guard covered == total else { return BoxReads(moves: try boxMoves(key: key, offsets: offsets, sizes: sizes), interleaved: false) }
+        pieces.sort { $0.run.destination < $1.run.destination }
+        func move(_ piece: (file: ReadOnlyFile, run: BoxGeometry.ArithmeticRuns)) -> TensorBoxMove {
+            let run = piece.run
+            return TensorBoxMove(file: piece.file, offset: run.source, segmentBytes: run.segment,
+                                 stride: run.rows > 1 ? run.sourceStep : run.segment, rows: run.rows, destinationOffset: run.destination)
+        }
+        // Each chunk's part back to back in the box: plain strided moves.
+        if pieces.allSatisfy({ $0.run.rows == 1 || $0.run.destinationStep == $0.run.segment }) {
+            return BoxReads(moves: pieces.map(move), interleaved: false)
+        }
+        // Every chunk gives a column slice of every row, side by side: interleaved.
+        let rows = pieces[0].run.rows, step = pieces[0].run.destinationStep
+        var column: Int64 = 0
+        let tiles = pieces.allSatisfy { piece in
+            defer { column += piece.run.segment }
+            return piece.run.rows == rows && piece.run.destinationStep == step && piece.run.destination == column
+        }
+        if tiles && column == step {
+            return BoxReads(moves: pieces.map(move), interleaved: true)
+        }
+        return BoxReads(moves: try boxMoves(key: key, offsets: offsets, sizes: sizes), interleaved: false)
     }
 
     /// Reads the box at `offsets` with `sizes` of tensor `key` into `buffer` (row-major, exactly

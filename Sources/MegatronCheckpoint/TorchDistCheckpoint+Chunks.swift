@@ -12,7 +12,7 @@ extension TorchDistCheckpoint {
 
     /// Where the bytes of `chunk` of tensor `key` are, after checking that the stored tensor has
     /// the metadata's dtype and the chunk's sizes and that its storage holds every element.
-    /// Parses the item's zip directory and `data.pkl` (a few KiB); remembered per chunk.
+    /// Parses the item's zip directory and `data.pkl` (a few KiB); the last few thousand are remembered.
     public func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData {
         let storageKey = DCPStorageKey(fqn: key, offsets: chunk.offsets)
         if let cached = cache.withLock({ $0.chunks[storageKey] }) { return cached }
@@ -53,7 +53,11 @@ extension TorchDistCheckpoint {
         let runs = try Self.runs(of: saved, elementSize: elementSize, storage: storage, fail: fail)
         let data = ChunkData(file: archive.file, dataFile: path, key: key, chunk: chunk, dtype: saved.dtype,
                              elementSize: elementSize, runs: runs, isDecoded: decoded)
-        cache.withLock { $0.chunks[storageKey] = data }
+        cache.withLock { cache in
+            // Bounded: a plan over 450,000 chunks asks for each once or twice, in order.
+            if cache.chunks.count >= 8192 { cache.chunks.removeAll(keepingCapacity: true) }
+            cache.chunks[storageKey] = data
+        }
         return data
     }
 

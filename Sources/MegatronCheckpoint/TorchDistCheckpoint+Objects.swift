@@ -10,7 +10,7 @@ extension TorchDistCheckpoint {
     public static let commonStateKey = "common_state/shard_0_1"
 
     func objectStorageKey(_ key: String) throws -> DCPStorageKey {
-        guard metadata.bytesItems.contains(key) else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
+        guard bytesItemKeys.contains(key) else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
         return DCPStorageKey(fqn: key, offsets: nil)
     }
 

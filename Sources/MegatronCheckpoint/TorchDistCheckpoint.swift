@@ -25,11 +25,15 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
     /// Data files by `relative_path`.
     let files: [String: ReadOnlyFile]
     let tensorIndex: [String: Int]
+    /// `metadata.bytesItems` as a set (42,000 per-expert `_extra_state` objects are looked up one by one).
+    let bytesItemKeys: Set<String>
     let cache = Mutex(ItemCache())
 
     struct ItemCache {
         var chunks: [DCPStorageKey: ChunkData] = [:]
         var decoded: [DCPStorageKey: ReadOnlyFile] = [:]
+        /// Per tensor (by index) with many chunks: its chunks by start on axis 0.
+        var axisIndex: [Int: AxisZeroIndex] = [:]
     }
 
     public var globalTensors: [(fqn: String, metadata: DCPTensorMetadata)] { metadata.tensors }
@@ -66,6 +70,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         }
         metadata = try DCPMetadata(pickle: bytes, file: metadataPath)
         tensorIndex = Dictionary(metadata.tensors.enumerated().map { ($0.element.fqn, $0.offset) }, uniquingKeysWith: { first, _ in first })
+        bytesItemKeys = Set(metadata.bytesItems)
         files = try Self.validate(metadata, metadataPath: metadataPath, directory: directory)
     }
 
@@ -122,6 +127,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
                     throw MegatronCheckpointError.missingDataFile(metadata: metadataPath, key: key.fqn, file: info.relativePath)
                 }
                 file = try ReadOnlyFile(path: path)
+                file.adviseRandomAccess()  // items are opened by their few KiB of headers
                 files[info.relativePath] = file
             }
             guard info.length <= file.size, info.offset <= file.size - info.length else {
@@ -155,6 +161,20 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
     public func tensor(_ key: String) throws -> DCPTensorMetadata {
         guard let index = tensorIndex[key] else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
         return metadata.tensors[index].metadata
+    }
+
+    /// The chunks of `key` whose axis-0 extent meets the box's (indexed for tensors of many chunks).
+    public func candidateChunks(key: String, box: DCPChunk) throws -> [DCPChunk] {
+        guard let index = tensorIndex[key] else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
+        let chunks = metadata.tensors[index].metadata.chunks
+        guard chunks.count > 16, !box.offsets.isEmpty else { return chunks }
+        let axis = cache.withLock { cache in
+            if let known = cache.axisIndex[index] { return known }
+            let built = AxisZeroIndex(chunks)
+            cache.axisIndex[index] = built
+            return built
+        }
+        return axis.candidates(low: box.offsets[0], high: box.offsets[0] + max(box.sizes[0], 1)).map { chunks[$0] }
     }
 
     /// The storage entry of a chunk (`offsets`) or bytes item (nil).

@@ -35,18 +35,14 @@ public enum TorchDistCompressedWriter {
             let zeros = [UInt8](repeating: 0, count: 1 << 20)
             for index in layout.tensorItemIndices {
                 let item = layout.tensorItem(index)
-                let moves = plan.moves(group: index)
                 // The zip's local header carries the CRC, so it is computed first (a read of the
                 // sources; they are then read again, from the page cache, to compress).
                 var crc: UInt32 = 0
-                for move in moves {
-                    if move.isZeros {
-                        crc = CRC32.combine(crc, CRC32.zeros(count: move.byteCount), move.byteCount)
-                        continue
-                    }
-                    for row in 0..<Int(move.rows) {
-                        let range = move.segment(row)
-                        crc = CRC32.combine(crc, try checksum(plan.sources[Int(move.source)], range), range.count)
+                try plan.forEachSegment(group: index) { source, range in
+                    if source == PlannedMove.zeroSource {
+                        crc = CRC32.combine(crc, CRC32.zeros(count: range.count), range.count)
+                    } else {
+                        crc = CRC32.combine(crc, try checksum(plan.sources[Int(source)], range), range.count)
                     }
                 }
                 let recording = RecordingByteSink()
@@ -71,16 +67,14 @@ public enum TorchDistCompressedWriter {
                         // The only gap is the tensor data: stream it from its sources.
                         precondition(position == dataRange.offset && write.offset == dataRange.end, "unexpected gap in a planned archive")
                         var dataPosition: Int64 = 0
-                        for move in moves {
-                            if move.isZeros {
-                                try emitZeros(move.byteCount)
+                        try plan.forEachSegment(group: index) { source, range in
+                            if source == PlannedMove.zeroSource {
+                                try emitZeros(range.count)
                             } else {
-                                for row in 0..<Int(move.rows) {
-                                    try compressor.write(from: plan.sources[Int(move.source)], range: move.segment(row))
-                                }
+                                try compressor.write(from: plan.sources[Int(source)], range: range)
                             }
-                            dataPosition += move.byteCount
-                            progress?(move.byteCount)
+                            dataPosition += range.count
+                            progress?(range.count)
                         }
                         precondition(dataPosition == item.byteCount)
                         position = dataRange.end

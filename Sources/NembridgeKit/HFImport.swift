@@ -301,7 +301,7 @@ public struct HFImport: Sendable {
                 guard let dtype = layout.key(named: key)?.dtype else { preconditionFailure("no item of \(key)") }
                 return dtype
             },
-            fill: { piece, target in
+            fill: { piece, _, target in
                 guard let index = layout.item(key: piece.key, offsets: piece.offsets), layout.chunk(item: index).sizes == piece.sizes else {
                     preconditionFailure("the legacy layout asks for \(piece.key)\(piece.offsets), which the import did not plan")
                 }

@@ -19,12 +19,13 @@ public struct LegacyCheckpointPlan: Sendable {
     /// - Parameters:
     ///   - arguments: the `args` Namespace; its parallel sizes and format are set to the layout's.
     ///   - dtype: the stored dtype of a global key.
-    ///   - fill: appends to the plan the moves that fill one box of a global key, in data order.
+    ///   - fill: appends to the plan the moves that fill one box of a global key, in data order
+    ///     (`wholeTensor`: the box is all of the tensor, so its group may be interleaved).
     ///   - vocabDivisor: Megatron-LM's `make_vocab_size_divisible_by`: the vocabulary is padded
     ///     for the target's tensor-parallel size as Megatron-LM builds that model.
     public init(mapping: MappingPlan, sizes: ParallelSizes, spec: MegatronSpec, arguments: PickleValue, iteration: Int,
                 vocabDivisor: Int, dtype: (String) throws -> DType,
-                fill: (LegacyLayout.Piece, inout ConversionPlan) throws -> Void) throws {
+                fill: (LegacyLayout.Piece, _ wholeTensor: Bool, inout ConversionPlan) throws -> Void) throws {
         let renames = mapping.model.table.stateDictRenames[spec] ?? []
         layout = try LegacyLayout(mapping: mapping, sizes: sizes, expertNaming: spec == .local ? .sequential : .grouped,
                                   moduleRenames: renames, vocabDivisor: vocabDivisor)
@@ -70,7 +71,7 @@ public struct LegacyCheckpointPlan: Sendable {
                         // Padding rows stay a hole of the fresh file, which reads as zeros.
                         conversion.append(.zeros(Int64(ShapeArithmetic.byteCount(piece.sizes, type) ?? 0)))
                     } else {
-                        try fill(piece, &conversion)
+                        try fill(piece, pieces.count == 1, &conversion)
                     }
                 }
                 let range = plan.tensorDataRange(tensorIndex)

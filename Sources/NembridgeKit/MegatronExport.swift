@@ -67,8 +67,8 @@ public struct MegatronExport: Sendable {
     public let keptDTypes: [String]
     /// `__metadata__` of each output file as the imported source had it (absent: not recorded).
     let shardMetadata: [String: [(key: String, value: String)]?]
-    /// Per HF tensor: the reads that fill it, relative to the tensor's first byte.
-    let reads: [String: [(file: ReadOnlyFile, source: ByteRange, destinationOffset: Int64)]]
+    /// Per HF tensor: the reads of each of its row blocks (at `base` bytes into the tensor).
+    let reads: [String: [(reads: BoxReads, base: Int64)]]
 
     public init(checkpoint path: String, output: String, options: Options = Options()) throws {
         let folder = try MegatronCheckpointFolder(path: path)
@@ -113,7 +113,7 @@ public struct MegatronExport: Sendable {
 
         let megatronSpecs = Dictionary(uniqueKeysWithValues: mapping.megatronTensors.map { ($0.name, $0) })
         var hfDType: [String: DType] = [:]
-        var reads: [String: [(file: ReadOnlyFile, source: ByteRange, destinationOffset: Int64)]] = [:]
+        var reads: [String: [(reads: BoxReads, base: Int64)]] = [:]
         let hfShapes = Dictionary(uniqueKeysWithValues: mapping.hfTensors.map { ($0.name, $0.shape) })
         for item in mapping.correspondences {
             let spec = megatronSpecs[item.megatron.tensor]!
@@ -123,9 +123,7 @@ public struct MegatronExport: Sendable {
             let rowBytes = Int64(ShapeArithmetic.byteCount(trailing, dtype) ?? 0)
             let (offsets, sizes) = spec.box(rows: item.megatron.rows)
             let base = Int64(item.hf.rows.lowerBound) * rowBytes
-            for piece in try source.boxPieces(key: spec.key, offsets: offsets, sizes: sizes) {
-                reads[item.hf.tensor, default: []].append((piece.file, piece.source, base + piece.destinationOffset))
-            }
+            reads[item.hf.tensor, default: []].append((try source.boxReads(key: spec.key, offsets: offsets, sizes: sizes), base))
         }
         let dialect = self.dialect
         var casts: [String: ElementCast] = [:]
@@ -233,10 +231,12 @@ public struct MegatronExport: Sendable {
         }
         let byName = Dictionary(uniqueKeysWithValues: declarations.map { ($0.name, $0) })
         guard Set(map.map(\.key)) == Set(byName.keys) else { return nil }
+        // The last entry of a name wins, as Python's json reads a repeated key.
+        let fileOf = Dictionary(map.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
         var files: [String] = []
         var groups: [String: [TensorDeclaration]] = [:]
         for declaration in declarations {
-            guard let file = map.last(where: { $0.key == declaration.name })?.value.stringValue else { return nil }
+            guard let file = fileOf[declaration.name]?.stringValue else { return nil }
             if groups[file] == nil { files.append(file) }
             groups[file, default: []].append(declaration)
         }
@@ -270,11 +270,17 @@ public struct MegatronExport: Sendable {
             }, executor: executor,
             progress: progress, casts: casts
         ) { tensor, plan in
+            // A tensor of one row block may be interleaved (a row-parallel weight from TP > 1).
+            let blocks = (reads[tensor.name] ?? []).sorted { $0.base < $1.base }
+            let interleaved = blocks.count == 1 && blocks[0].reads.interleaved
+            if interleaved { plan.interleaveOpenGroup() }
             var filled: Int64 = 0
-            for read in (reads[tensor.name] ?? []).sorted(by: { $0.destinationOffset < $1.destinationOffset }) {
-                precondition(read.destinationOffset == filled, "the reads of `\(tensor.name)` do not tile it")
-                plan.append(.copy(source: plan.source(read.file), range: read.source))
-                filled += read.source.count
+            for block in blocks {
+                for move in interleaved ? block.reads.moves : block.reads.deinterleaved {
+                    precondition(interleaved || block.base + move.destinationOffset == filled, "the reads of `\(tensor.name)` do not tile it")
+                    plan.append(move.planned(source: plan.source(move.file), keepingRows: interleaved))
+                    filled += move.byteCount
+                }
             }
         }
         if let indexBytes {
@@ -288,7 +294,7 @@ public struct MegatronExport: Sendable {
         // Last: the manifest covers every byte of every file written before it.
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
-        try ReadOnlyFile.checkUnchanged(reads.values.joined().map(\.file))
+        try ReadOnlyFile.checkUnchanged(reads.values.joined().flatMap { $0.reads.moves.map(\.file) })
         try folder.publish()
     }
 
@@ -298,7 +304,7 @@ public struct MegatronExport: Sendable {
         for shard in shards {
             lines.append("  \(shard.name): \(shard.tensors.count) tensors, \(formatBytes(shard.tensors.reduce(0) { $0 + $1.byteCount }))")
             for tensor in shard.tensors {
-                lines.append("    \(tensor.name) \(formatShape(tensor.shape)) \(tensor.dtype) <- \(reads[tensor.name]?.count ?? 0) read(s)")
+                lines.append("    \(tensor.name) \(formatShape(tensor.shape)) \(tensor.dtype) <- \(reads[tensor.name]?.reduce(0) { $0 + $1.reads.moves.count } ?? 0) read(s)")
             }
         }
         if indexBytes != nil { lines.append("  \(HFCheckpointFolder.indexFileName)") }

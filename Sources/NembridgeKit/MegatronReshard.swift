@@ -312,8 +312,8 @@ public struct MegatronReshard: Sendable {
                 iteration: { if case .number(let value)? = folder.iteration { value } else { 0 } }(),
                 vocabDivisor: arguments?["make_vocab_size_divisible_by"]?.intValue ?? 128,
                 dtype: { try source.tensor($0).dtype },
-                fill: { piece, plan in
-                    try Self.appendBox(source.boxPieces(key: piece.key, offsets: piece.offsets, sizes: piece.sizes), to: &plan)
+                fill: { piece, wholeTensor, plan in
+                    try Self.appendBox(source.boxReads(key: piece.key, offsets: piece.offsets, sizes: piece.sizes), alone: wholeTensor, to: &plan)
                 })
         } else {
             legacyPlan = nil
@@ -321,20 +321,23 @@ public struct MegatronReshard: Sendable {
             plan.reserve(groups: layout.tensorItemCount, moves: layout.tensorItemCount)
             for item in layout.tensorItemIndices {
                 let chunk = layout.chunk(item: item)
-                try Self.appendBox(source.boxPieces(key: layout.key(item: item), offsets: chunk.offsets, sizes: chunk.sizes), to: &plan)
+                try Self.appendBox(source.boxReads(key: layout.key(item: item), offsets: chunk.offsets, sizes: chunk.sizes), alone: true, to: &plan)
                 plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item))
             }
             self.plan = plan
         }
     }
 
-    /// The reads of a box (sorted by destination, tiling it: `boxPieces` checks the cover) as moves.
-    static func appendBox(_ pieces: [TensorBoxPiece], to plan: inout ConversionPlan) {
+    /// The reads of a box (tiling it: `boxReads` checks the cover) as moves of the open group;
+    /// interleaved only when the box is `alone` in its group.
+    static func appendBox(_ reads: BoxReads, alone: Bool, to plan: inout ConversionPlan) {
+        let interleaved = reads.interleaved && alone
+        if interleaved { plan.interleaveOpenGroup() }
         var filled: Int64 = 0
-        for piece in pieces {
-            precondition(piece.destinationOffset == filled, "box pieces out of order")
-            plan.append(.copy(source: plan.source(piece.file), range: piece.source))
-            filled += piece.source.count
+        for move in interleaved ? reads.moves : reads.deinterleaved {
+            precondition(interleaved || move.destinationOffset == filled, "box pieces out of order")
+            plan.append(move.planned(source: plan.source(move.file), keepingRows: interleaved))
+            filled += move.byteCount
         }
     }
 

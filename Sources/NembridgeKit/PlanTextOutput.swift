@@ -86,7 +86,7 @@ extension ConversionPlan {
     /// any byte range shows. `group(g)` names group `g`'s destination, `source(i)` source `i`.
     public func writeMoves(to out: PlanTextOutput, group: (Int) -> String, source: (Int) -> String) {
         for index in 0..<groupCount {
-            out.line("\(group(index)) \(byteCount(group: index)) bytes")
+            out.line("\(group(index)) \(byteCount(group: index)) bytes" + (isInterleaved(group: index) ? ", its moves interleaved row by row" : ""))
             for move in moves(group: index) {
                 if move.isZeros {
                     out.line("    zeros \(move.byteCount)")

@@ -85,3 +85,12 @@ extension HFImport {
         }
     }
 }
+
+extension TensorBoxMove {
+    /// The move in a plan reading `source`; `keepingRows` for a part of an interleaved group.
+    func planned(source: Int32, keepingRows: Bool) -> PlannedMove {
+        keepingRows
+            ? .rows(source: source, firstSegment: offset, stride: stride, segmentBytes: segmentBytes, rows: rows)
+            : .strided(source: source, firstSegment: offset, stride: stride, segmentBytes: segmentBytes, rows: rows)
+    }
+}

@@ -31,6 +31,13 @@ public struct PlannedMove: Sendable, Hashable {
         return PlannedMove(source: source, rows: Int32(rows), offset: firstSegment, segmentBytes: segmentBytes, stride: stride)
     }
 
+    /// `rows` segments kept as rows even when they are contiguous: a part of an interleaved group,
+    /// whose row count says how its bytes are laid out.
+    public static func rows(source: Int32, firstSegment: Int64, stride: Int64, segmentBytes: Int64, rows: Int64) -> PlannedMove {
+        precondition(rows >= 1 && rows <= Int64(Int32.max) && segmentBytes >= 0 && stride >= segmentBytes, "bad row move")
+        return PlannedMove(source: source, rows: Int32(rows), offset: firstSegment, segmentBytes: segmentBytes, stride: stride)
+    }
+
     public static func zeros(_ count: Int64) -> PlannedMove {
         PlannedMove(source: zeroSource, rows: 1, offset: 0, segmentBytes: count, stride: count)
     }
@@ -63,6 +70,9 @@ public struct ConversionPlan: Sendable {
     private var offsets: [Int64] = []
     /// Groups whose elements are converted on the way (`export --dtype`); most plans have none.
     private var casts: [Int32: ElementCast] = [:]
+    /// Groups whose moves are interleaved row by row (see `interleaveOpenGroup`).
+    private var interleaved: Set<Int32> = []
+    private var openGroupInterleaved = false
 
     public init() {}
 
@@ -76,9 +86,23 @@ public struct ConversionPlan: Sendable {
         return index
     }
 
+    /// Makes the open group (which has no moves yet) row-interleaved: its moves, all of the same
+    /// number of rows, fill it row by row, row `r` being segment `r` of each move in turn. A
+    /// tensor gathered from chunks cut along columns (a row-parallel weight saved at TP > 1)
+    /// takes one move per chunk this way, not one per row and chunk.
+    public mutating func interleaveOpenGroup() {
+        precondition(moves.count == Int(moveStarts[moveStarts.count - 1]), "interleaving a group that has moves")
+        openGroupInterleaved = true
+    }
+
     /// Appends a move to the open group; a copy that continues the previous one is merged into it.
     public mutating func append(_ move: PlannedMove) {
         guard move.byteCount > 0 else { return }
+        if openGroupInterleaved {
+            precondition(!move.isZeros, "zeros in an interleaved group")
+            moves.append(move)
+            return
+        }
         if moves.count > Int(moveStarts[moveStarts.count - 1]), let last = moves.last {
             if last.isZeros && move.isZeros {
                 moves[moves.count - 1].segmentBytes += move.segmentBytes
@@ -99,6 +123,12 @@ public struct ConversionPlan: Sendable {
     public mutating func endGroup(output: Int, offset: Int64, cast: ElementCast? = nil) {
         precondition(moves.count <= Int(Int32.max), "more than 2^31 moves")
         if let cast { casts[Int32(outputs.count)] = cast }
+        if openGroupInterleaved {
+            let parts = moves[Int(moveStarts[moveStarts.count - 1])...]
+            precondition(parts.allSatisfy { $0.rows == parts.first!.rows }, "interleaved moves of different row counts")
+            interleaved.insert(Int32(outputs.count))
+            openGroupInterleaved = false
+        }
         moveStarts.append(Int32(moves.count))
         outputs.append(Int32(output))
         offsets.append(offset)
@@ -120,6 +150,28 @@ public struct ConversionPlan: Sendable {
     public func offset(group: Int) -> Int64 { offsets[group] }
     /// Source bytes the group's moves put in (before any cast).
     public func byteCount(group: Int) -> Int64 { moves(group: group).reduce(0) { $0 + $1.byteCount } }
+    /// Whether the group's moves are interleaved row by row.
+    public func isInterleaved(group: Int) -> Bool { !interleaved.isEmpty && interleaved.contains(Int32(group)) }
+
+    /// The group's source pieces in output order: `body(source, range)` per segment, with
+    /// `source == PlannedMove.zeroSource` for zeros (`range.count` of them).
+    public func forEachSegment(group: Int, _ body: (Int32, ByteRange) throws -> Void) rethrows {
+        let parts = moves(group: group)
+        if isInterleaved(group: group), let rows = parts.first?.rows {
+            for row in 0..<Int(rows) {
+                for move in parts { try body(move.source, move.segment(row)) }
+            }
+            return
+        }
+        for move in parts {
+            if move.isZeros {
+                try body(move.source, ByteRange(offset: 0, count: move.byteCount))
+            } else {
+                for row in 0..<Int(move.rows) { try body(move.source, move.segment(row)) }
+            }
+        }
+    }
+
     /// The conversion of the group's elements, if any.
     public func cast(group: Int) -> ElementCast? { casts.isEmpty ? nil : casts[Int32(group)] }
     /// Bytes the group writes.
@@ -133,6 +185,7 @@ public struct ConversionPlan: Sendable {
     /// sources re-indexed into this plan (for a writer that fills one output from another plan's
     /// groups, such as a legacy rank file from import chunks).
     public mutating func append(group: Int, of plan: ConversionPlan) {
+        if plan.isInterleaved(group: group) { interleaveOpenGroup() }
         for move in plan.moves(group: group) {
             var copy = move
             if !move.isZeros { copy.source = source(plan.sources[Int(move.source)]) }

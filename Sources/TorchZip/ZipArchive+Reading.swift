@@ -44,27 +44,36 @@ struct ArchiveReader {
 
     func readEndRecords() throws -> EndDirectory {
         let minimum = Int64(ZipFormat.endOfCentralDirectorySize)
-        let tailCount = min(range.count, minimum + Int64(ZipFormat.maxCommentLength))
-        let tailStart = range.count - tailCount
-        guard tailCount >= minimum else {
-            throw ZipError.noEndOfCentralDirectory(archive: id, searchedFrom: absolute(tailStart))
+        let fullCount = min(range.count, minimum + Int64(ZipFormat.maxCommentLength))
+        guard fullCount >= minimum else {
+            throw ZipError.noEndOfCentralDirectory(archive: id, searchedFrom: absolute(range.count - fullCount))
         }
-        let tail = try read(tailStart, Int(tailCount))
-        // The last record whose comment length reaches exactly to the end of the range.
-        var found: Int?
-        var candidate = tail.count - ZipFormat.endOfCentralDirectorySize
-        while candidate >= 0 {
-            if tail[candidate] == 0x50, tail[candidate + 1] == 0x4B, tail[candidate + 2] == 0x05,
-                tail[candidate + 3] == 0x06
-            {
-                let commentLength = Int(tail[candidate + 20]) | Int(tail[candidate + 21]) << 8
-                if candidate + ZipFormat.endOfCentralDirectorySize + commentLength == tail.count {
-                    found = candidate
-                    break
+        // The last record whose comment length reaches exactly to the end of the range. Archives
+        // without a long comment have it in the last 22 bytes: 1 KiB is read first, the whole
+        // 64 KiB window only when it is not there (reading 64 KiB per item made opening 450,000
+        // items read 29 GB).
+        func search(_ tail: [UInt8]) -> Int? {
+            var candidate = tail.count - ZipFormat.endOfCentralDirectorySize
+            while candidate >= 0 {
+                if tail[candidate] == 0x50, tail[candidate + 1] == 0x4B, tail[candidate + 2] == 0x05,
+                    tail[candidate + 3] == 0x06
+                {
+                    let commentLength = Int(tail[candidate + 20]) | Int(tail[candidate + 21]) << 8
+                    if candidate + ZipFormat.endOfCentralDirectorySize + commentLength == tail.count { return candidate }
                 }
+                candidate -= 1
             }
-            candidate -= 1
+            return nil
         }
+        var tailCount = min(fullCount, 1024)
+        var tail = try read(range.count - tailCount, Int(tailCount))
+        var found = search(tail)
+        if found == nil && tailCount < fullCount {
+            tailCount = fullCount
+            tail = try read(range.count - tailCount, Int(tailCount))
+            found = search(tail)
+        }
+        let tailStart = range.count - tailCount
         guard let found else {
             throw ZipError.noEndOfCentralDirectory(archive: id, searchedFrom: absolute(tailStart))
         }
