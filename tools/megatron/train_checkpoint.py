@@ -2,6 +2,7 @@
 
     python tools/megatron/train_checkpoint.py --model llama|hybrid --out SAVE [--tp N]
         [--optimizer dist-fully|dist-dp|fp16] [--iters N] [--load SAVE --continue N]
+        [--tokenizer DIR] [--no-args] [--ckpt-format torch_dist|torch]
 
 What a training run does, minus the launcher: `parse_args` + `validate_args` (pretrain_gpt.py's
 flags for a tiny Llama-like GPT or a Mamba+attention+MoE hybrid), `set_global_variables`,
@@ -11,6 +12,18 @@ fully-reshardable form, or the plain mixed-precision one), a few `train_step` ca
 tokens and `save_checkpoint` (torch_dist). TP gloo ranks (DP = 1). The only shims are for CUDA
 calls on a CPU build (mcore_env.cpu_shims, plus the CUDA RNG state, which is replaced by the CPU
 one) -- the checkpoint is Megatron's.
+
+--tokenizer DIR: the vocabulary comes from a Hugging Face tokenizer folder
+(`--tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR`, no --vocab-size) and the tokenizer is
+built, as a run on real data does: Megatron-LM then records `args.vocab_size = None` and only
+`padded_vocab_size` (the tokenizer's `len()` padded).
+
+--no-args: the checkpoint as Megatron-Bridge's save_checkpoint writes it, whose common state holds
+no `args` (Bridge records its config in run_config.yaml instead): Megatron-LM's generate_state_dict
+is wrapped to leave `args` out, nothing else changes.
+
+--ckpt-format torch: the legacy format (mp_rank_XX/model_optim_rng.pt per rank, and
+distrib_optim.pt beside it for the distributed optimizer) instead of torch_dist.
 
 --load SAVE --continue N: the same run (its --iters) resumes from SAVE: setup_model_and_optimizer
 calls load_checkpoint (--dist-ckpt-strictness raise_all: every model and optimizer key present,
@@ -71,8 +84,12 @@ LLAMA = [
 
 
 def argv_for(model: str, tp: int, optimizer: str, iters: int, save: str | None,
-             load: str | None) -> list[str]:
+             load: str | None, tokenizer: str | None = None, ckpt_format: str = "torch_dist") -> list[str]:
     a = list(COMMON) + (LLAMA if model == "llama" else HYBRID)
+    a[a.index("--ckpt-format") + 1] = ckpt_format
+    if tokenizer:
+        at = a.index("--tokenizer-type")
+        a[at:at + 4] = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer]
     a += ["--tensor-model-parallel-size", str(tp), "--train-iters", str(iters), "--bf16"]
     if optimizer.startswith("dist"):
         a.append("--use-distributed-optimizer")
@@ -261,7 +278,7 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
         cpu_rng_shims()
         E.init_distributed(rank, world, init, timeout=PG_TIMEOUT)
         argv = argv_for(job["model"], world, job["optimizer"], job["iters"], job.get("out"),
-                        job.get("load"))
+                        job.get("load"), job.get("tokenizer"), job.get("ckpt_format", "torch_dist"))
         if job.get("load"):
             # resume as a run does: strict load (every key of the model and optimizer present,
             # nothing left over), the checkpoint's LR schedule
@@ -282,7 +299,19 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         with E.muted_stdout():
-            global_vars.set_global_variables(args, build_tokenizer=False)
+            # a tokenizer folder sets padded_vocab_size from len(tokenizer), as in a real run
+            global_vars.set_global_variables(args, build_tokenizer=bool(job.get("tokenizer")))
+        if job.get("no_args"):
+            import megatron.training.checkpointing as C
+
+            generate = C.generate_state_dict
+
+            def generate_state_dict(*a, **k):
+                state = generate(*a, **k)
+                del state["args"]
+                return state
+
+            C.generate_state_dict = generate_state_dict
         E.init_model_parallel(world, 1, 1)
         tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
         if job.get("load") and not job.get("no_load_optim"):
@@ -353,11 +382,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-load-optim", action="store_true")
     ap.add_argument("--no-load-rng", action="store_true")
     ap.add_argument("--json", help="write the per-rank results here")
+    ap.add_argument("--tokenizer", help="Hugging Face tokenizer folder giving the vocabulary")
+    ap.add_argument("--no-args", action="store_true", help="save without args (as Megatron-Bridge does)")
+    ap.add_argument("--ckpt-format", choices=["torch_dist", "torch"], default="torch_dist")
     a = ap.parse_args(argv)
     job = {"model": a.model, "optimizer": a.optimizer, "iters": a.iters,
            "out": str(Path(a.out).resolve()) if a.out else None,
            "load": str(Path(a.load).resolve()) if a.load else None, "continue": a.cont,
-           "no_load_optim": a.no_load_optim, "no_load_rng": a.no_load_rng}
+           "no_load_optim": a.no_load_optim, "no_load_rng": a.no_load_rng,
+           "tokenizer": str(Path(a.tokenizer).resolve()) if a.tokenizer else None, "no_args": a.no_args,
+           "ckpt_format": a.ckpt_format}
     if a.load:
         job["iters"] = a.iters + a.cont
     results = spawn(job, a.tp)
