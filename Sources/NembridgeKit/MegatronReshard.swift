@@ -228,7 +228,6 @@ public struct MegatronReshard: Sendable {
                 if !rng.isEmpty { notes.append("RNG state dropped (per rank of the \(sourceSizes) layout): resume with --no-load-rng") }
             }
         }
-        trainingStateNotes = notes
         let source = self.source
         var builder = TorchDistLayout.Builder()
         var chunkings: [TensorChunking] = []
@@ -287,6 +286,10 @@ public struct MegatronReshard: Sendable {
             }
             if options.dropOptimizer, case .dict(let entries)? = common {
                 common = .dict(entries.filter { $0.key != .string("optimizer") && $0.key != .string("opt_param_scheduler") })
+            } else if let value = common, let (regrouped, note) = Self.regroupingOptimizer(
+                value, hasExperts: mapping.megatronTensors.contains(where: \.isRoutedExpert), targetExpertParallel: options.expertParallel) {
+                common = regrouped
+                notes.append(note)
             }
             objects = try checkpoint.metadata.bytesItems.filter { !droppedTraining.contains($0) }.map { key -> (String, [UInt8]) in
                 guard key == Self.commonStateKey, let value = common else { return (key, try checkpoint.rawBytes(key: key)) }
@@ -296,6 +299,7 @@ public struct MegatronReshard: Sendable {
             // From legacy files: the `_extra_state` objects Megatron-Core asks for (the common state is added below).
             objects.append(contentsOf: try HFImport.extraStateObjects(mapping))
         }
+        trainingStateNotes = notes
         commonState = common.map { Self.settingParallelSizes($0, options) }
         if options.format == .torchDist, !objects.contains(where: { $0.key == Self.commonStateKey }), let commonState {
             objects.insert((Self.commonStateKey, try TorchSaveArchive.objectArchive(.list([commonState]))), at: 0)

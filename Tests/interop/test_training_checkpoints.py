@@ -373,6 +373,74 @@ def test_megatron_lm_resumes_the_resharded_checkpoint_with_its_optimizer(trained
     assert all(abs(a - b) < 1e-2 for a, b in zip(tp1, original[0])), (tp1, original)
 
 
+@pytest.fixture(scope="session")
+def resharded_pp_ep(nembridge, trained, tmp_path_factory) -> dict[str, Path]:
+    """The GPT TP=1 -> PP=2 -> PP=1 and the hybrid EP=1 -> EP=2 -> EP=1, optimizer included."""
+    work = tmp_path_factory.mktemp("training-reshard-pp-ep")
+    out = {k: work / k for k in ("pp2", "pp1", "ep2", "ep1")}
+    r = nembridge.run("reshard", trained["llama-tp1"], "--out", out["pp2"], "--pp", "2").ok()
+    assert "optimizer state re-sharded with the model: 27 tensors" in r.stdout, r.stdout
+    nembridge.run("reshard", out["pp2"], "--out", out["pp1"], "--pp", "1").ok()
+    r = nembridge.run("reshard", trained["hybrid-tp1"], "--out", out["ep2"], "--ep", "2").ok()
+    assert "optimizer param groups split into the dense and the expert optimizer" in r.stdout, r.stdout
+    r = nembridge.run("reshard", out["ep2"], "--out", out["ep1"], "--ep", "1").ok()
+    assert "merged into the one Megatron-Core builds at ep 1" in r.stdout, r.stdout
+    return out
+
+
+def common_state(save: Path) -> dict:
+    import io
+    import torch.distributed.checkpoint as dcp
+
+    it = (save / "latest_checkpointed_iteration.txt").read_text().strip()
+    sd = {"common_state/shard_0_1": io.BytesIO()}
+    dcp.load(sd, checkpoint_id=str(save / f"iter_{int(it):07d}"), no_dist=True)
+    v = sd["common_state/shard_0_1"]
+    return (torch.load(io.BytesIO(v.getvalue()), weights_only=False) if isinstance(v, io.BytesIO) else v)[0]
+
+
+@pytest.mark.parametrize("source, back", [("llama-tp1", "pp1"), ("hybrid-tp1", "ep1")])
+def test_reshard_across_pp_and_ep_and_back_is_byte_identical(trained, resharded_pp_ep, source, back):
+    """Every model and optimizer tensor comes back byte for byte, and so do the optimizer's param
+    groups and the LR scheduler in the common state (split for EP=2, merged again for EP=1)."""
+    src, got = dcp_tensors(trained[source]), dcp_tensors(resharded_pp_ep[back])
+    assert sum(k.startswith("optimizer.state.") for k in src) >= 27, sorted(src)
+    assert set(src) == set(got), sorted(set(src) ^ set(got))
+    for k, t in src.items():
+        assert t.dtype == got[k].dtype and torch.equal(t.view(torch.uint8), got[k].view(torch.uint8)), k
+    a, b = common_state(trained[source]), common_state(resharded_pp_ep[back])
+    assert a["optimizer"] == b["optimizer"] and a["opt_param_scheduler"] == b["opt_param_scheduler"]
+    if back == "ep1":
+        split = common_state(resharded_pp_ep["ep2"])["optimizer"]
+        assert sorted(split) == [0, 1], split
+        assert [g["is_expert_parallel"] for g in split[1]["optimizer"]["param_groups"]] == [True, True]
+
+
+def test_megatron_lm_resumes_across_pp_and_ep_with_its_optimizer(trained, resharded_pp_ep):
+    """Megatron-LM loads the PP=2 copy of the GPT (two pipeline stages) and the EP=2 copy of the
+    hybrid (experts split over two ranks, DP=2) with their optimizer state, strictly, and trains
+    on: the PP=2 losses are those of resuming the original at PP=1 (same data, same state)."""
+    runs = {"original": (trained["llama-tp1"], []),
+            "pp2": (resharded_pp_ep["pp2"], ["--pp", "2", "--no-load-rng"]),
+            "ep2": (resharded_pp_ep["ep2"], ["--model", "hybrid", "--ep", "2", "--no-load-rng"])}
+    procs = {}
+    for name, (save, flags) in runs.items():
+        out = save.parent / f"{save.name}-resume-{name}.json"
+        procs[name] = (out, subprocess.Popen([PYTHON, str(TRAIN), "--load", str(save), "--continue", "2",
+                                              "--json", str(out), *flags], stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True, env=ENV))
+    losses = {}
+    for name, (out, p) in procs.items():
+        text, _ = p.communicate(timeout=TIMEOUT)
+        assert p.returncode == 0, f"resume {name} exited {p.returncode}:\n{text[-6000:]}"
+        res = json.loads(out.read_text())
+        assert all(r["ok"] and r["loaded_iteration"] == 3 and r["iteration"] == 5 for r in res), res
+        losses[name] = [r["losses"] for r in res if r["losses"]]  # the last pipeline stage's
+    (original,), (pp2,) = losses["original"], losses["pp2"]
+    assert all(abs(a - b) < 1e-3 for a, b in zip(pp2, original)) and len(pp2) == 2, (pp2, original)
+    assert len(losses["ep2"]) == 2 and all(len(x) == 2 and all(v == v for v in x) for x in losses["ep2"])
+
+
 def test_dp_reshardable_optimizer_is_refused_on_a_layout_change(nembridge, trained, tmp_path):
     r = nembridge.run("reshard", trained["llama-tp1-dp"], "--out", tmp_path / "x", "--tp", "2")
     assert r.returncode == 1, (r.stdout, r.stderr)
