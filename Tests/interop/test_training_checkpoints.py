@@ -509,3 +509,56 @@ def test_export_dtype_casts_are_bit_exact_against_torch(nembridge, exported, tmp
     wide = load_file(str(tmp_path / "fp32b" / "model.safetensors"))
     for k, t in tensors.items():
         assert torch.equal(wide[k].view(torch.int32), t.to(torch.bfloat16).float().view(torch.int32)), k
+
+
+def test_import_dtype_casts_are_bit_exact_against_torch(nembridge, exported, tmp_path):
+    """import --dtype bf16 / fp16 of fp32 weights (NaN, inf, subnormals, exact ties): Megatron-Core
+    loads each checkpoint strictly and its tensors are torch's own `.to(dtype)` of the HF tensors
+    bit for bit (padded vocabulary rows zero); the legacy format at TP=2 casts the same (read back
+    by export); the hybrid's fp32 router expert_bias is kept (the table's dtype_kept)."""
+    from safetensors.torch import load_file, save_file
+    import save_from_hf as S
+
+    src, _ = exported["llama-tp1"]
+    hf = tmp_path / "fp32"
+    hf.mkdir()
+    tensors = {k: special_fp32(t.shape, 100 + i) for i, (k, t) in
+               enumerate(sorted(load_file(str(src / "model.safetensors")).items()))}
+    save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "dtype": "float32"}))
+    jobs = []
+    count = len(S.megatron_tensors(cfg, tensors, VOCAB))  # import counts the Megatron tensors it writes
+    for flag in ("bf16", "fp16"):
+        r = nembridge.run("import", "--hf", hf, "--out", tmp_path / f"mc-{flag}", "--dtype", flag).ok()
+        assert f"cast {count} tensor(s): F32 -> {dict(bf16='BF16', fp16='F16')[flag]} ({count})" in r.stdout, r.stdout
+        jobs.append({"checkpoint": str(tmp_path / f"mc-{flag}"), "world_size": 1, "tp": 1, "tokens": None,
+                     "dump": str(tmp_path / f"mc-{flag}.pt")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_tool(GPT_FROM_ARGS, "--jobs", tmp_path / "jobs.json")
+    for flag, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        res = torch.load(tmp_path / f"mc-{flag}.pt", weights_only=False)
+        assert res["ok"], res["error"]
+        want = S.megatron_tensors(cfg, {k: t.to(dtype) for k, t in tensors.items()}, VOCAB)
+        assert set(want) == set(res["state"]), sorted(set(want) ^ set(res["state"]))
+        for k, t in want.items():
+            got = res["state"][k]
+            if k in ("embedding.word_embeddings.weight", "output_layer.weight"):
+                assert not got[VOCAB:].view(torch.int16).any(), k  # the padded rows are zeros
+                got = got[:VOCAB]
+            assert got.dtype == dtype and torch.equal(got.view(torch.int16), t.view(torch.int16)), \
+                (flag, k, (got.view(torch.int16) != t.view(torch.int16)).nonzero()[:5])
+    r = nembridge.run("import", "--hf", hf, "--out", tmp_path / "legacy", "--dtype", "bf16",
+                      "--ckpt-format", "torch", "--tp", "2").ok()
+    nembridge.run("export", "--megatron", tmp_path / "legacy", "--out", tmp_path / "legacy-hf").ok()
+    back = load_file(str(tmp_path / "legacy-hf" / "model.safetensors"))
+    for k, t in tensors.items():
+        assert torch.equal(back[k].view(torch.int16), t.to(torch.bfloat16).view(torch.int16)), k
+    # the hybrid (bf16, its router bias fp32) to fp16: the bias stays fp32
+    hybrid, _ = exported["hybrid-tp1"]
+    r = nembridge.run("import", "--hf", hybrid, "--out", tmp_path / "hybrid", "--dtype", "fp16").ok()
+    assert "kept in their dtype (the table's dtype_kept): decoder.layers.3.mlp.router.expert_bias" in r.stdout, r.stdout
+    kept = dcp_tensors(tmp_path / "hybrid")
+    assert {k for k, t in kept.items() if t.dtype != torch.float16} == {"decoder.layers.3.mlp.router.expert_bias"}
+    original = load_file(str(hybrid / "model.safetensors"))["backbone.layers.3.mixer.gate.e_score_correction_bias"]
+    assert torch.equal(kept["decoder.layers.3.mlp.router.expert_bias"], original)
