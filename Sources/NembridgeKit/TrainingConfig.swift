@@ -90,11 +90,7 @@ public final class TrainingConfig: Sendable {
             let arguments = jsonArguments(namespace)
             if !arguments.isEmpty { return ("\(path): args", described.map { ($0, arguments) }) }
         }
-        let file = (folder.directory as NSString).appendingPathComponent(runConfigFile)
-        guard FileManager.default.fileExists(atPath: file) else { return nil }
-        let handle = try ReadOnlyFile(path: file)
-        let sections = try BridgeRunConfigFile.sections(
-            yaml: String(decoding: try handle.readBytes(ByteRange(offset: 0, count: handle.size)), as: UTF8.self), file: file)
+        guard let (file, sections) = try runConfig(folder: folder) else { return nil }
         let model = sections["model"] ?? [:]
         return ("\(file): model", described.map { table in
             var arguments = table.runConfigArguments?.arguments(model: model) ?? model
@@ -104,6 +100,15 @@ public final class TrainingConfig: Sendable {
             }
             return (table, arguments)
         })
+    }
+
+    /// The sections of the iteration folder's Megatron-Bridge run_config.yaml, when it has one.
+    static func runConfig(folder: MegatronCheckpointFolder) throws -> (file: String, sections: [String: [String: JSONValue]])? {
+        let file = (folder.directory as NSString).appendingPathComponent(runConfigFile)
+        guard FileManager.default.fileExists(atPath: file) else { return nil }
+        let handle = try ReadOnlyFile(path: file)
+        return (file, try BridgeRunConfigFile.sections(
+            yaml: String(decoding: try handle.readBytes(ByteRange(offset: 0, count: handle.size)), as: UTF8.self), file: file))
     }
 
     /// Writes the folder for the checkpoint at `folder`, or returns nil when it has neither `args`

@@ -441,6 +441,28 @@ def test_megatron_lm_resumes_across_pp_and_ep_with_its_optimizer(trained, reshar
     assert len(losses["ep2"]) == 2 and all(len(x) == 2 and all(v == v for v in x) for x in losses["ep2"])
 
 
+def test_reshard_of_a_bridge_checkpoint_sets_its_run_config(nembridge, trained, tmp_path):
+    """A checkpoint saved as Megatron-Bridge saves it (no args): reshard TP=1 -> TP=2 -> TP=1
+    takes the source layout and the split axes from run_config.yaml, re-shards the optimizer
+    state byte for byte, and the run config travels with the target's TP (read by PyYAML, every
+    other field as Bridge wrote it)."""
+    import yaml
+
+    src = trained["llama-tp1-bridge"]
+    r = nembridge.run("reshard", src, "--out", tmp_path / "tp2", "--tp", "2").ok()
+    assert "optimizer state re-sharded with the model: 27 tensors" in r.stdout, r.stdout
+    assert "RNG state dropped (per rank of the tp 1, pp 1, ep 1, etp 1 layout)" in r.stdout, r.stdout
+    nembridge.run("reshard", tmp_path / "tp2", "--out", tmp_path / "tp1", "--tp", "1").ok()
+    a, b = dcp_tensors(src), dcp_tensors(tmp_path / "tp1")
+    assert set(a) == set(b), sorted(set(a) ^ set(b))
+    assert all(torch.equal(t.view(torch.uint8), b[k].view(torch.uint8)) for k, t in a.items())
+    original = yaml.safe_load(BRIDGE_RUN_CONFIG.read_text())
+    for folder, tp in (("tp2", 2), ("tp1", 1)):
+        got = yaml.safe_load((tmp_path / folder / "iter_0000003" / "run_config.yaml").read_text())
+        assert got["model"]["tensor_model_parallel_size"] == tp
+        assert {**got, "model": {**got["model"], "tensor_model_parallel_size": 1}} == original
+
+
 def test_dp_reshardable_optimizer_is_refused_on_a_layout_change(nembridge, trained, tmp_path):
     r = nembridge.run("reshard", trained["llama-tp1-dp"], "--out", tmp_path / "x", "--tp", "2")
     assert r.returncode == 1, (r.stdout, r.stderr)
