@@ -23,6 +23,9 @@ public enum CheckpointGlobals {
             "torch.Size", "torch.device", "torch.strided",
             "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_parameter",
             "torch._tensor._rebuild_from_type_v2", "torch.nn.parameter.Parameter",
+            // the type `_rebuild_from_type_v2` restores: a plain tensor that carries Python
+            // attributes (the fp16 optimizer's fp32 master copies in a legacy rank file)
+            "torch.Tensor", "torch._tensor.Tensor",
             "torch.serialization._get_layout", "torch.storage.UntypedStorage", "torch.storage.TypedStorage",
             "torch._C.Generator",
             // DCP metadata (`.metadata`) and the save plans Megatron keeps in it.

@@ -180,8 +180,18 @@ public final class LegacyTorchCheckpoint: Sendable {
     /// Top-level entries that are not model weights and are dropped by a conversion (optimizer,
     /// RNG and scheduler state), by name.
     public var trainingStateKeys: [String] {
-        Array(Set(ranks.flatMap { $0.topLevel.map(\.key) }).subtracting(Self.keptTopLevel)).sorted()
+        var keys = Array(Set(ranks.flatMap { $0.topLevel.map(\.key) }).subtracting(Self.keptTopLevel)).sorted()
+        // The distributed optimizer saves its state beside each rank file, not inside it.
+        let optimizerFiles = ranks.filter { rank in
+            FileManager.default.fileExists(atPath: ((rank.path as NSString).deletingLastPathComponent as NSString)
+                .appendingPathComponent(Self.distributedOptimizerFileName))
+        }.count
+        if optimizerFiles > 0 { keys.append("\(Self.distributedOptimizerFileName) (\(optimizerFiles) rank file(s))") }
+        return keys
     }
+
+    /// The distributed optimizer's per-rank state file in the legacy format.
+    public static let distributedOptimizerFileName = "distrib_optim.pt"
 
     static func rankFilePath(_ directory: String, _ name: String) -> String {
         ((directory as NSString).appendingPathComponent(name) as NSString).appendingPathComponent(fileName)

@@ -50,3 +50,28 @@ enum BridgeRunConfig {
         }
     }
 }
+
+extension BridgeRunConfig {
+    /// `text` (a run_config.yaml as Bridge or nembridge wrote it) with the given fields of its
+    /// top-level sections set, after a reshard: the model's parallel sizes are the target's, and
+    /// `checkpoint.save_rng` / `save_optim` false for state that was dropped, which Bridge's load
+    /// reads to decide what to load. Only existing `  key: value` lines of those sections change;
+    /// every other byte of the file is kept.
+    static func updating(_ text: String, _ values: [String: [(key: String, value: String)]]) -> String {
+        var section: String?
+        var lines = text.components(separatedBy: "\n")
+        for (index, line) in lines.enumerated() {
+            if let first = line.first, first != " ", first != "#", line.hasSuffix(":") {
+                section = String(line.dropLast())
+                continue
+            }
+            guard let section, let fields = values[section], line.hasPrefix("  "), !line.hasPrefix("   "),
+                  let colon = line.firstIndex(of: ":") else { continue }
+            let key = line[line.index(line.startIndex, offsetBy: 2)..<colon]
+            if let value = fields.first(where: { $0.key == key })?.value {
+                lines[index] = "  \(key): \(value)"
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}

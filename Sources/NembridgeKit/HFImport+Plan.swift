@@ -40,9 +40,10 @@ extension HFImport {
     /// Row correspondences → byte moves into each chunk's data record, chunk by chunk in item
     /// order: whole rows are one copy, a column slice (a row-parallel split) one strided move,
     /// padding rows one zero move.
-    /// `hfSources[i]` is where `mapping.hfTensors[i]` is; `dtypes[t]` the dtype of Megatron tensor `t`.
+    /// `hfSources[i]` is where `mapping.hfTensors[i]` is; `dtypes[t]` the dtype of Megatron tensor
+    /// `t`'s sources, `targetDTypes[t]` the one it is written in (`--dtype`: a cast group).
     static func plan(mapping: MappingPlan, index: MappingIndex, chunkings: [TensorChunking], dtypes: [DType],
-                     layout: TorchDistLayout, hfSources: [(file: SafetensorsFile, tensor: SafetensorsTensorInfo)]
+                     targetDTypes: [DType]? = nil, layout: TorchDistLayout, hfSources: [(file: SafetensorsFile, tensor: SafetensorsTensorInfo)]
     ) throws -> (plan: ConversionPlan, sources: [Int32]) {
         var plan = ConversionPlan()
         plan.reserve(groups: layout.tensorItemCount, moves: layout.tensorItemCount + mapping.correspondences.count)
@@ -55,6 +56,8 @@ extension HFImport {
             let spec = mapping.megatronTensors[tensor]
             let chunking = chunkings[tensor]
             let rowBytes = try Self.rowBytes(spec.shape, dtypes[tensor], tensor: spec.name)
+            let target = targetDTypes?[tensor] ?? dtypes[tensor]
+            let cast = target == dtypes[tensor] ? nil : ElementCast(from: dtypes[tensor], to: target)
             let rowCount = spec.shape.first ?? 1
             for part in 0..<Int(grid.parts) {
                 let rows = chunking.rows(part: part, of: rowCount)
@@ -87,8 +90,9 @@ extension HFImport {
                     filled += piece.move.byteCount
                 }
                 let item = Int(grid.firstItem) + part
-                precondition(filled == layout.byteCount(item: item), "chunk \(part) of `\(spec.name)`: \(filled) of \(layout.byteCount(item: item)) bytes planned")
-                plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item))
+                let written = cast?.outputBytes(filled) ?? filled
+                precondition(written == layout.byteCount(item: item), "chunk \(part) of `\(spec.name)`: \(written) of \(layout.byteCount(item: item)) bytes planned")
+                plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item), cast: cast)
             }
         }
         return (plan, located.map(\.source))

@@ -35,6 +35,11 @@ extension HFImport {
             out.write(shape: spec.shape)
             out.write(" ")
             out.write(key.dtype.safetensorsName)
+            if let cast = casts[spec.name] {
+                out.write(" (cast from ")
+                out.write(cast.from.safetensorsName)
+                out.write(")")
+            }
             out.write(" ")
             out.write(Int64(grid.parts) * layout.byteCount(item: first))
             out.write(" bytes -> ")

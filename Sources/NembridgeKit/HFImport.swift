@@ -7,6 +7,18 @@ import TorchPickle
 import TorchZip
 import WeightMapping
 
+public enum ImportError: Error, Equatable, CustomStringConvertible {
+    /// `--dtype` with `--compress`: compressed items are written from the source bytes as they are.
+    case castCompressed
+
+    public var description: String {
+        switch self {
+        case .castCompressed:
+            "--dtype and --compress cannot be combined (compressed items are written from the source bytes as they are); give one of them"
+        }
+    }
+}
+
 /// `nembridge import`: a Hugging Face folder → a Megatron-Core torch_dist checkpoint, as a plan of
 /// byte moves. Only headers and config are read while planning; tensor bytes go straight from the
 /// safetensors files to their final offsets in the `.distcp` files.
@@ -38,6 +50,8 @@ public struct HFImport: Sendable {
         public var firstStageLayers: Int?
         public var lastStageLayers: Int?
         public var format: MegatronOutputFormat = .torchDist
+        /// Cast every floating tensor (bf16, fp16, fp32) to this dtype, except the table's `dtype_kept`.
+        public var dtype: DType?
 
         /// The target layout.
         public var parallelSizes: ParallelSizes {
@@ -67,6 +81,10 @@ public struct HFImport: Sendable {
     public let warnings: [String]
     /// How the source spells the table's HF names (recorded for export).
     public let dialect: HFNameDialect
+    /// Megatron tensors written in another dtype than their HF sources (`--dtype`), by name.
+    public let casts: [String: ElementCast]
+    /// Floating Megatron tensors `--dtype` left as they are (the table's `dtype_kept`).
+    public let keptDTypes: [String]
 
     public var iterationDirectoryName: String { options.iteration.map { String(format: "iter_%07d", $0) } ?? "release" }
 
@@ -116,6 +134,32 @@ public struct HFImport: Sendable {
             tensorDTypes.append(dtype)
             bytesPerDType[dtype, default: 0] += Int64(ShapeArithmetic.byteCount(spec.shape, dtype) ?? 0)
         }
+        // --dtype: each floating tensor cast, but those the table keeps (their HF sources match dtype_kept).
+        var targetDTypes = tensorDTypes
+        var casts: [String: ElementCast] = [:]
+        var kept: [String] = []
+        if let target = options.dtype {
+            if options.zstdLevel != nil { throw ImportError.castCompressed }
+            bytesPerDType = [:]
+            let mapping = self.mapping, index = mappingIndex  // (closures may not capture a self being initialized)
+            for (tensor, spec) in mapping.megatronTensors.enumerated() {
+                let source = tensorDTypes[tensor]
+                if DTypeCast.castable.contains(source) {
+                    let isKept = index.correspondences(tensor).contains { position in
+                        model.table.dtypeKept.contains { $0.match(mapping.correspondences[position].hf.tensor) != nil }
+                    }
+                    if isKept {
+                        kept.append(spec.name)
+                    } else if source != target {
+                        targetDTypes[tensor] = target
+                        casts[spec.name] = ElementCast(from: source, to: target)
+                    }
+                }
+                bytesPerDType[targetDTypes[tensor], default: 0] += Int64(ShapeArithmetic.byteCount(spec.shape, targetDTypes[tensor]) ?? 0)
+            }
+        }
+        self.casts = casts
+        keptDTypes = kept
         // The model's dtype for args (bf16, params_dtype): the one most bytes are in (an F32
         // router bias does not make a BF16 model F32).
         let mainDType = bytesPerDType.max { ($0.value, $0.key.safetensorsName) < ($1.value, $1.key.safetensorsName) }?.key
@@ -129,7 +173,7 @@ public struct HFImport: Sendable {
             let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
             let chunking = try TensorChunking.of(spec, parallel: parallel)
-            chunking.add(spec, dtype: tensorDTypes[chunkings.count], to: &builder)
+            chunking.add(spec, dtype: targetDTypes[chunkings.count], to: &builder)
             chunkings.append(chunking)
         }
         let warnings = Self.ropeWarnings(config: config)
@@ -140,7 +184,7 @@ public struct HFImport: Sendable {
             fileCount: options.fileCount)
         builder = TorchDistLayout.Builder()  // its per-grid lists are in the layout now
         (plan, correspondenceSources) = try Self.plan(mapping: mapping, index: mappingIndex, chunkings: chunkings, dtypes: tensorDTypes,
-                                                      layout: layout, hfSources: hfSources)
+                                                      targetDTypes: targetDTypes, layout: layout, hfSources: hfSources)
         if options.format == .torch { legacy = try makeLegacyPlan() }
     }
 
@@ -230,7 +274,8 @@ public struct HFImport: Sendable {
         ])
     }
 
-    public var totalBytes: Int64 { plan.totalBytes }
+    /// Bytes written (after any `--dtype` cast).
+    public var totalBytes: Int64 { plan.totalOutputBytes }
 
     /// Writes the checkpoint under a staging name and publishes it by rename.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
@@ -293,6 +338,8 @@ public struct HFImport: Sendable {
     private func makeLegacyPlan() throws -> LegacyCheckpointPlan {
         let layout = self.layout
         let plan = self.plan
+        var castsByKey: [String: ElementCast] = [:]  // the layers of a stacked key share its cast
+        for spec in mapping.megatronTensors { if let cast = casts[spec.name] { castsByKey[spec.key] = cast } }
         return try LegacyCheckpointPlan(
             mapping: mapping, sizes: options.parallelSizes,
             spec: options.spec, arguments: commonState["args"] ?? .none, iteration: options.iteration ?? 0,
@@ -301,6 +348,7 @@ public struct HFImport: Sendable {
                 guard let dtype = layout.key(named: key)?.dtype else { preconditionFailure("no item of \(key)") }
                 return dtype
             },
+            cast: { castsByKey[$0] },
             fill: { piece, _, target in
                 guard let index = layout.item(key: piece.key, offsets: piece.offsets), layout.chunk(item: index).sizes == piece.sizes else {
                     preconditionFailure("the legacy layout asks for \(piece.key)\(piece.offsets), which the import did not plan")

@@ -244,7 +244,10 @@ public struct MegatronExport: Sendable {
     }
 
     /// `cast N tensors: bfloat16 -> float32 (N), …; kept: …`, or nil without casts.
-    public var castSummary: String? {
+    public var castSummary: String? { Self.castSummary(casts: casts, kept: keptDTypes) }
+
+    /// `cast N tensors: bfloat16 -> float32 (N), …; kept: …`, or nil without casts (export and import).
+    public static func castSummary(casts: [String: ElementCast], kept keptDTypes: [String]) -> String? {
         guard !casts.isEmpty || !keptDTypes.isEmpty else { return nil }
         var counts: [String: Int] = [:]
         for cast in casts.values { counts["\(cast.from) -> \(cast.to)", default: 0] += 1 }

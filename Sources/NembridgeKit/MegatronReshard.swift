@@ -79,6 +79,8 @@ public struct MegatronReshard: Sendable {
     /// Per chunk grid of the layout (by `ChunkGrid.order`): the mapping's tensor it is of, or
     /// its optimizer state (grids past the end are carried training state).
     let gridTensors: [Int32]
+    /// Fields of Megatron-Bridge's run_config.yaml set for the target, by section.
+    let runConfigEdits: [String: [(key: String, value: String)]]
     /// The common state written (also as common.pt), when the source has one.
     let commonState: PickleValue?
     static let commonStateKey = "common_state/shard_0_1"
@@ -199,10 +201,18 @@ public struct MegatronReshard: Sendable {
         // dp-reshardable form moves only to the same layout; RNG state is per rank and dropped on
         // a layout change.
         var optimizerKeys: [String: [String]] = [:]  // parameter key -> its optimizer state keys
+        // Megatron-Bridge's run_config.yaml travels with the checkpoint, its layout set to the target's.
+        var runConfigEdits: [String: [(key: String, value: String)]] = ["model": [
+            ("tensor_model_parallel_size", "\(options.tensorParallel)"), ("pipeline_model_parallel_size", "\(options.pipelineParallel)"),
+            ("expert_model_parallel_size", "\(options.expertParallel)"),
+        ] + (options.expertTensorParallel.map { [("expert_tensor_parallel_size", "\($0)")] } ?? [])]
         var droppedTraining: Set<String> = []
         var notes: [String] = []
         if let checkpoint, options.format == .torchDist {
-            let sourceSizes = Self.layoutText(arguments)
+            // A checkpoint Megatron-Bridge saved has no args: its provider records the parallel sizes.
+            let sourceSizes = Self.layoutText(try arguments ?? TrainingConfig.runConfig(folder: folder)?.sections["model"].map {
+                PickleValue(json: .object($0.map { ($0.key, $0.value) }))
+            })
             let targetSizes = "tp \(options.tensorParallel), pp \(options.pipelineParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel)"
             let layoutChanges = sourceSizes != targetSizes
             let keys = checkpoint.metadata.tensors.map(\.fqn) + checkpoint.metadata.bytesItems
@@ -225,10 +235,13 @@ public struct MegatronReshard: Sendable {
             if layoutChanges {
                 let rng = keys.filter { $0.hasPrefix("rng_state") || $0.hasPrefix("rerun_state") }
                 droppedTraining.formUnion(rng)
-                if !rng.isEmpty { notes.append("RNG state dropped (per rank of the \(sourceSizes) layout): resume with --no-load-rng") }
+                if !rng.isEmpty {
+                    notes.append("RNG state dropped (per rank of the \(sourceSizes) layout): resume with --no-load-rng")
+                    runConfigEdits["checkpoint", default: []].append(("save_rng", "false"))
+                }
             }
+            if options.dropOptimizer { runConfigEdits["checkpoint", default: []].append(("save_optim", "false")) }
         }
-        trainingStateNotes = notes
         let source = self.source
         var builder = TorchDistLayout.Builder()
         var chunkings: [TensorChunking] = []
@@ -287,6 +300,10 @@ public struct MegatronReshard: Sendable {
             }
             if options.dropOptimizer, case .dict(let entries)? = common {
                 common = .dict(entries.filter { $0.key != .string("optimizer") && $0.key != .string("opt_param_scheduler") })
+            } else if let value = common, let (regrouped, note) = Self.regroupingOptimizer(
+                value, hasExperts: mapping.megatronTensors.contains(where: \.isRoutedExpert), targetExpertParallel: options.expertParallel) {
+                common = regrouped
+                notes.append(note)
             }
             objects = try checkpoint.metadata.bytesItems.filter { !droppedTraining.contains($0) }.map { key -> (String, [UInt8]) in
                 guard key == Self.commonStateKey, let value = common else { return (key, try checkpoint.rawBytes(key: key)) }
@@ -296,6 +313,8 @@ public struct MegatronReshard: Sendable {
             // From legacy files: the `_extra_state` objects Megatron-Core asks for (the common state is added below).
             objects.append(contentsOf: try HFImport.extraStateObjects(mapping))
         }
+        trainingStateNotes = notes
+        self.runConfigEdits = runConfigEdits
         commonState = common.map { Self.settingParallelSizes($0, options) }
         if options.format == .torchDist, !objects.contains(where: { $0.key == Self.commonStateKey }), let commonState {
             objects.insert((Self.commonStateKey, try TorchSaveArchive.objectArchive(.list([commonState]))), at: 0)
@@ -366,7 +385,11 @@ public struct MegatronReshard: Sendable {
             }
             let runConfig = (directory as NSString).appendingPathComponent("run_config.yaml")
             if FileManager.default.fileExists(atPath: runConfig) {
-                try copyFileContents(from: runConfig, to: (iterationPath as NSString).appendingPathComponent("run_config.yaml"))
+                let handle = try ReadOnlyFile(path: runConfig)
+                let text = String(decoding: try handle.readBytes(ByteRange(offset: 0, count: handle.size)), as: UTF8.self)
+                let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("run_config.yaml"))
+                try file.write(Array(BridgeRunConfig.updating(text, runConfigEdits).utf8), at: 0)
+                try file.publish()
             }
         }
         // What travels with the weights: the tracker, and the recorded HF files.

@@ -180,6 +180,10 @@ public struct ConversionPlan: Sendable {
         return cast(group: group)?.outputBytes(count) ?? count
     }
     public var totalBytes: Int64 { moves.reduce(0) { $0 + $1.byteCount } }
+    /// Bytes the plan writes (its moves' bytes, once cast where a group is).
+    public var totalOutputBytes: Int64 {
+        casts.isEmpty ? totalBytes : (0..<groupCount).reduce(0) { $0 + outputByteCount(group: $1) }
+    }
 
     /// The moves a group reads from other groups' plan: `moves` of `plan`'s group `group`, their
     /// sources re-indexed into this plan (for a writer that fills one output from another plan's

@@ -188,6 +188,14 @@ hf_config:
     tie_word_embeddings: {not: untie_embeddings_and_output_weights}
     # the real vocabulary (padded_vocab_size adds rows that export drops)
     vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
+
+# Megatron arguments from Megatron-Bridge's run_config.yaml (its `model:` section: the provider, a
+# TransformerConfig), for a checkpoint Bridge trained (no `args` in its common state). Fields not
+# listed keep their name: provider and Megatron-LM spell them alike.
+run_config_args:
+  untie_embeddings_and_output_weights: {not: share_embeddings_and_output_weights}
+  swiglu: gated_linear_unit
+  max_position_embeddings: seq_length
 """####),
         ("llama.yaml", ####"""
 # Hugging Face LlamaForCausalLM <-> Megatron-Core GPTModel.
@@ -392,6 +400,20 @@ hf_config:
     use_cache: {value: true}
     # the real vocabulary (padded_vocab_size adds rows of zeros that export drops)
     vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
+
+# Megatron arguments from Megatron-Bridge's run_config.yaml (its `model:` section: the provider, a
+# TransformerConfig), for a checkpoint Bridge trained (no `args` in its common state). Fields not
+# listed keep their name: provider and Megatron-LM spell them alike.
+run_config_args:
+  untie_embeddings_and_output_weights: {not: share_embeddings_and_output_weights}
+  swiglu: gated_linear_unit
+  apply_layernorm_1p: layernorm_zero_centered_gamma
+  use_rope_scaling: rope_scaling
+  # the provider's seq_length is the model's context (Bridge's LlamaBridge sets it from max_position_embeddings)
+  max_position_embeddings: seq_length
+  # TransformerConfig sets num_query_groups (= heads without GQA); the HF side is the same either way
+  group_query_attention: {set: num_query_groups}
+  num_experts: num_moe_experts
 """####),
         ("nemotron-h.yaml", ####"""
 # Hugging Face NemotronHForCausalLM (Nemotron-H 8B/47B/56B, Nemotron-Nano-9B/12B-v2, Nemotron 3
@@ -786,6 +808,18 @@ hf_config:
     use_conv_bias: {value: true}
     # the real vocabulary (padded_vocab_size adds rows that export drops)
     vocab_size: {arg: vocab_size, flag: "--vocab-size (or a tokenizer)"}
+
+# Megatron arguments from Megatron-Bridge's run_config.yaml (its `model:` section: the provider, a
+# TransformerConfig), for a checkpoint Bridge trained (no `args` in its common state). Fields not
+# listed keep their name: provider and Megatron-LM spell them alike.
+run_config_args:
+  untie_embeddings_and_output_weights: {not: share_embeddings_and_output_weights}
+  swiglu: gated_linear_unit
+  squared_relu: {field: activation_func, function: megatron.core.activations.squared_relu}
+  apply_layernorm_1p: layernorm_zero_centered_gamma
+  max_position_embeddings: seq_length
+  group_query_attention: {set: num_query_groups}
+  num_experts: num_moe_experts
 """####),
     ]
 }

@@ -21,6 +21,7 @@ extension MappingTable {
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
             "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config", "dtype_kept",
+            "run_config_args",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -130,6 +131,19 @@ extension MappingTable {
             bridgeProvider = nil
         }
         hfConfig = try top["hf_config"].map { try reader.hfConfigSpec($0) }
+        runConfigArguments = try top["run_config_args"].map { node in
+            RunConfigArgumentsSpec(arguments: try reader.orderedMapping(node, "run_config_args").map { name, value in
+                let context = "run_config_args.\(name)"
+                guard case .mapping = value else { return (name, .field(try reader.string(value, context))) }
+                let form = try reader.mapping(value, allowed: ["not", "set", "field", "function"], context: context)
+                if let field = form["not"] { return (name, .not(try reader.string(field, "\(context).not"))) }
+                if let field = form["set"] { return (name, .isSet(try reader.string(field, "\(context).set"))) }
+                if let field = form["field"], let function = form["function"] {
+                    return (name, .target(field: try reader.string(field, "\(context).field"), function: try reader.string(function, "\(context).function")))
+                }
+                throw reader.error(value, "\(context): give a field name, not, set, or field with function")
+            })
+        }
         dtypeKept = try top["dtype_kept"].map { node in
             try reader.strings(node, "dtype_kept").map { try reader.pattern($0, at: node, "dtype_kept") }
         } ?? []

@@ -246,6 +246,8 @@ public struct MappingTable: Sendable {
     public let bridgeProvider: BridgeProviderSpec?
     /// How `config.json` is written from Megatron arguments, when the table gives it.
     public let hfConfig: HFConfigSpec?
+    /// Megatron arguments from a Megatron-Bridge `run_config.yaml` (`run_config_args`), when given.
+    public let runConfigArguments: RunConfigArgumentsSpec?
     /// HF tensors a `--dtype` cast leaves in their own dtype (Nemotron's fp32 router bias).
     public let dtypeKept: [NamePattern]
 }

@@ -58,9 +58,14 @@ struct Export: ParsableCommand {
                     + "\(plan.shards.count) file(s), \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
             if let summary = plan.castSummary { writeStandardOutput(summary) }
             if let made = plan.trainingConfig {
-                writeStandardOutput("config.json and generation_config.json written from the checkpoint's training args (\(made.table) table); "
+                let from = made.argumentSource.hasSuffix(": args") ? "the checkpoint's training args"
+                    : "Megatron-Bridge's \(TrainingConfig.runConfigFile) (its model provider)"
+                writeStandardOutput("config.json and generation_config.json written from \(from) (\(made.table) table); "
                     + (made.tokenizerSource.map { "tokenizer files from \($0)" }
                        ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)"))
+                if let vocabulary = made.vocabularySource {
+                    writeStandardOutput("vocab_size from \(vocabulary) (the training args record only the padded size)")
+                }
             }
             if !plan.skippedKeys.isEmpty {
                 writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Execution
 import Foundation
 import NembridgeKit
+import TensorCore
 import WeightMapping
 
 extension MegatronSpec: ExpressibleByArgument {}
@@ -41,6 +42,9 @@ struct Import: ParsableCommand {
     @Option(help: "Store items as zstd frames, as torch's ZStandard DCP extension does: zstd or zstd:LEVEL (1-22, default 3). Loading needs the `zstandard` Python package.")
     var compress: String?
 
+    @Option(help: "Cast every floating tensor to bf16, fp16 or fp32 (round to nearest even), except those the table keeps (the fp32 router expert bias); default: unchanged.")
+    var dtype: String?
+
     @OptionGroup var planned: PlannedRunOptions
 
     func run() throws {
@@ -67,6 +71,10 @@ struct Import: ParsableCommand {
                 }
                 options.zstdLevel = level
             }
+            if let dtype {
+                guard let parsed = DTypeCast.parse(dtype) else { throw ValidationError("--dtype must be bf16, fp16 or fp32, not `\(dtype)`") }
+                options.dtype = parsed
+            }
             let plan = try HFImport(source: source, output: output, options: options)
             for warning in plan.warnings { FileHandle.standardError.write(Data("nembridge: warning: \(warning)\n".utf8)) }
             let legacy = plan.legacy
@@ -76,6 +84,7 @@ struct Import: ParsableCommand {
                                                },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
             else { return }
+            if let summary = MegatronExport.castSummary(casts: plan.casts, kept: plan.keptDTypes) { writeStandardOutput(summary) }
             if let legacy {
                 writeStandardOutput(
                     "imported \(source) -> \(output) (\(plan.mapping.model.table.name), legacy torch format, \(legacy.files.count) rank files, "

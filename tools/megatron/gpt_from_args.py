@@ -29,7 +29,10 @@ into it (bf16 -> fp32 is exact): a bf16 config would otherwise round attention p
 to bf16 inside the local softmax, so an fp32 forward needs an fp32 config, not just `.float()`.
 
 --jobs: a JSON list of {"checkpoint", "world_size", "tp", "tokens", "dump"} objects (and
-"training_state_present": true for a training run's save, see load_model). World-size-1
+"training_state_present": true for a training run's save, see load_model; "args_from": another
+checkpoint whose args describe the model, for a save without args; "legacy": true for a
+`--ckpt-format torch` save, see load_legacy; "save_dist": a folder where Megatron-Core saves the
+loaded model with its own sharded_state_dict, so its global tensors can be read). World-size-1
 jobs run in this process, all world-size-2 jobs in one pair of spawned gloo ranks (one Megatron
 import per process). Each job writes `dump` (rank r of a world-size-2 job: `dump` with
 `.rank{r}` before the suffix) holding {"ok", "error", "tp", "tp_rank", "state" (the loaded
@@ -233,6 +236,29 @@ def load_model(ckpt_dir, args=None, training_state_present: bool = False):
     return model, loaded
 
 
+def load_legacy(save_dir):
+    """(model, args) of this TP rank's legacy rank file (`--ckpt-format torch`), loaded as
+    load_checkpoint does for that format: torch.load of mp_rank_XX/model_optim_rng.pt, the model
+    built from the file's own args, `load_state_dict(state_dict['model'], strict=True)`."""
+    from megatron.core import parallel_state
+
+    d = Path(save_dir)
+    it = (d / "latest_checkpointed_iteration.txt").read_text().strip()
+    d = d / ("release" if it == "release" else f"iter_{int(it):07d}")
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    state = torch.load(d / f"mp_rank_{rank:02d}" / "model_optim_rng.pt", map_location="cpu",
+                       weights_only=False)
+    args = state["args"]
+    torch.manual_seed(0)
+    model = wrap(build_gpt(args))
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    unwrap(model).load_state_dict(state["model"], strict=True)
+    return model, args
+
+
 def fp32_copy(model, args, parallel_output: bool = False):
     """The same model with fp32 params and config, weights copied exactly from `model`."""
     m32 = build_gpt(args, dtype=torch.float32, parallel_output=parallel_output)
@@ -278,8 +304,19 @@ def run_job(job: dict) -> dict:
     try:
         E.init_model_parallel(job["tp"], 1)
         out["tp_rank"] = parallel_state.get_tensor_model_parallel_rank()
-        args = read_args(job["checkpoint"])
-        model, _ = load_model(job["checkpoint"], args, job.get("training_state_present", False))
+        # "args_from": a checkpoint saved with no args (as Megatron-Bridge saves) is described by
+        # the args of a run with the same flags
+        if job.get("legacy"):
+            model, args = load_legacy(job["checkpoint"])
+        else:
+            args = read_args(job.get("args_from") or job["checkpoint"])
+            model, _ = load_model(job["checkpoint"], args, job.get("training_state_present", False))
+        if job.get("save_dist"):
+            # the loaded model's own sharded_state_dict saved by Megatron-Core: its global tensors
+            from megatron.core import dist_checkpointing
+
+            Path(job["save_dist"]).mkdir(parents=True, exist_ok=True)
+            dist_checkpointing.save({"model": E.model_sharded_state_dict(model)}, job["save_dist"])
         out["config"] = config_summary(unwrap(model).config)
         out["config"]["rope"] = gpt_model_kwargs(args)
         for k, v in unwrap(model).state_dict().items():

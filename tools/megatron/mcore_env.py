@@ -88,9 +88,10 @@ def training_args(argv: list[str], world_size: int, rank: int):
         with muted_stdout():
             args = parse_args()
             validate_args(args)
-            args.padded_vocab_size = calculate_padded_vocab_size(
-                args.vocab_size, args.make_vocab_size_divisible_by,
-                args.tensor_model_parallel_size, logging_enabled=False)
+            if args.vocab_size is not None:  # else the tokenizer sets it when it is built
+                args.padded_vocab_size = calculate_padded_vocab_size(
+                    args.vocab_size, args.make_vocab_size_divisible_by,
+                    args.tensor_model_parallel_size, logging_enabled=False)
     finally:
         sys.argv = saved_argv
         os.environ.clear()

@@ -2,6 +2,7 @@
 
     python tools/megatron/train_checkpoint.py --model llama|hybrid --out SAVE [--tp N]
         [--optimizer dist-fully|dist-dp|fp16] [--iters N] [--load SAVE --continue N]
+        [--tokenizer DIR] [--no-args] [--ckpt-format torch_dist|torch] [--pp N] [--ep N]
 
 What a training run does, minus the launcher: `parse_args` + `validate_args` (pretrain_gpt.py's
 flags for a tiny Llama-like GPT or a Mamba+attention+MoE hybrid), `set_global_variables`,
@@ -11,6 +12,22 @@ fully-reshardable form, or the plain mixed-precision one), a few `train_step` ca
 tokens and `save_checkpoint` (torch_dist). TP gloo ranks (DP = 1). The only shims are for CUDA
 calls on a CPU build (mcore_env.cpu_shims, plus the CUDA RNG state, which is replaced by the CPU
 one) -- the checkpoint is Megatron's.
+
+--tokenizer DIR: the vocabulary comes from a Hugging Face tokenizer folder
+(`--tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR`, no --vocab-size) and the tokenizer is
+built, as a run on real data does: Megatron-LM then records `args.vocab_size = None` and only
+`padded_vocab_size` (the tokenizer's `len()` padded).
+
+--no-args: the checkpoint as Megatron-Bridge's save_checkpoint writes it, whose common state holds
+no `args` (Bridge records its config in run_config.yaml instead): Megatron-LM's generate_state_dict
+is wrapped to leave `args` out, nothing else changes.
+
+--pp N / --ep N: pipeline stages / expert-parallel ranks (world size tp x pp x ep; expert
+parallelism is carved out of data parallelism, so --ep 2 runs DP = 2 with one sequence per micro
+batch, keeping the global batch of 2).
+
+--ckpt-format torch: the legacy format (mp_rank_XX/model_optim_rng.pt per rank, and
+distrib_optim.pt beside it for the distributed optimizer) instead of torch_dist.
 
 --load SAVE --continue N: the same run (its --iters) resumes from SAVE: setup_model_and_optimizer
 calls load_checkpoint (--dist-ckpt-strictness raise_all: every model and optimizer key present,
@@ -44,6 +61,7 @@ import torch  # noqa: E402
 PG_TIMEOUT = datetime.timedelta(seconds=120)
 SEQ = 16
 VOCAB = 250
+MICRO_BATCH = 2  # sequences per step (the global batch)
 
 COMMON = [
     "--seq-length", str(SEQ), "--max-position-embeddings", "64",
@@ -71,8 +89,15 @@ LLAMA = [
 
 
 def argv_for(model: str, tp: int, optimizer: str, iters: int, save: str | None,
-             load: str | None) -> list[str]:
+             load: str | None, tokenizer: str | None = None, ckpt_format: str = "torch_dist",
+             pp: int = 1, ep: int = 1) -> list[str]:
     a = list(COMMON) + (LLAMA if model == "llama" else HYBRID)
+    a += ["--pipeline-model-parallel-size", str(pp), "--expert-model-parallel-size", str(ep)]
+    a[a.index("--micro-batch-size") + 1] = str(MICRO_BATCH // ep)
+    a[a.index("--ckpt-format") + 1] = ckpt_format
+    if tokenizer:
+        at = a.index("--tokenizer-type")
+        a[at:at + 4] = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer]
     a += ["--tensor-model-parallel-size", str(tp), "--train-iters", str(iters), "--bf16"]
     if optimizer.startswith("dist"):
         a.append("--use-distributed-optimizer")
@@ -153,10 +178,10 @@ def forward_step(data_iterator, model):
     return out, loss_func
 
 
-def batches(seed: int):
+def batches(seed: int, micro_batch: int = MICRO_BATCH):
     g = torch.Generator().manual_seed(seed)
     while True:
-        t = torch.randint(0, VOCAB, (2, SEQ + 1), generator=g)
+        t = torch.randint(0, VOCAB, (micro_batch, SEQ + 1), generator=g)
         yield t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
@@ -260,8 +285,9 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
     try:
         cpu_rng_shims()
         E.init_distributed(rank, world, init, timeout=PG_TIMEOUT)
-        argv = argv_for(job["model"], world, job["optimizer"], job["iters"], job.get("out"),
-                        job.get("load"))
+        argv = argv_for(job["model"], world // (job.get("pp", 1) * job.get("ep", 1)), job["optimizer"], job["iters"], job.get("out"),
+                        job.get("load"), job.get("tokenizer"), job.get("ckpt_format", "torch_dist"),
+                        job.get("pp", 1), job.get("ep", 1))
         if job.get("load"):
             # resume as a run does: strict load (every key of the model and optimizer present,
             # nothing left over), the checkpoint's LR schedule
@@ -282,8 +308,21 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         with E.muted_stdout():
-            global_vars.set_global_variables(args, build_tokenizer=False)
-        E.init_model_parallel(world, 1, 1)
+            # a tokenizer folder sets padded_vocab_size from len(tokenizer), as in a real run
+            global_vars.set_global_variables(args, build_tokenizer=bool(job.get("tokenizer")))
+        if job.get("no_args"):
+            import megatron.training.checkpointing as C
+
+            generate = C.generate_state_dict
+
+            def generate_state_dict(*a, **k):
+                state = generate(*a, **k)
+                del state["args"]
+                return state
+
+            C.generate_state_dict = generate_state_dict
+        tp = world // (job.get("pp", 1) * job.get("ep", 1))
+        E.init_model_parallel(tp, job.get("ep", 1), job.get("pp", 1))
         tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
         if job.get("load") and not job.get("no_load_optim"):
             prime_torch_adam_before_load()
@@ -292,7 +331,7 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
                 ModelType.encoder_or_decoder, model_provider)
         config = get_model_config(model[0])
         fb = get_forward_backward_func()
-        it = batches(1000 + args.iteration)
+        it = batches(1000 + args.iteration, args.micro_batch_size)
         losses = []
         iteration = args.iteration
         for _ in range(job["iters"] - iteration if not job.get("load") else job["continue"]):
@@ -301,7 +340,8 @@ def run(rank: int, world: int, init: str, job: dict, res_file: str):
                                                           sched, config, fb, iteration=iteration)
             iteration += 1
             args.curr_iteration = iteration
-            losses.append(float(loss["lm loss"]) if loss else float("nan"))
+            if loss:  # the loss exists on the last pipeline stage only
+                losses.append(float(loss["lm loss"]))
         if job.get("out") and not job.get("load"):
             with E.muted_stdout():
                 save_checkpoint(iteration, model, optimizer, sched, 0)
@@ -353,14 +393,21 @@ def main(argv=None) -> int:
     ap.add_argument("--no-load-optim", action="store_true")
     ap.add_argument("--no-load-rng", action="store_true")
     ap.add_argument("--json", help="write the per-rank results here")
+    ap.add_argument("--tokenizer", help="Hugging Face tokenizer folder giving the vocabulary")
+    ap.add_argument("--no-args", action="store_true", help="save without args (as Megatron-Bridge does)")
+    ap.add_argument("--ckpt-format", choices=["torch_dist", "torch"], default="torch_dist")
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--ep", type=int, default=1)
     a = ap.parse_args(argv)
     job = {"model": a.model, "optimizer": a.optimizer, "iters": a.iters,
            "out": str(Path(a.out).resolve()) if a.out else None,
            "load": str(Path(a.load).resolve()) if a.load else None, "continue": a.cont,
-           "no_load_optim": a.no_load_optim, "no_load_rng": a.no_load_rng}
+           "no_load_optim": a.no_load_optim, "no_load_rng": a.no_load_rng,
+           "tokenizer": str(Path(a.tokenizer).resolve()) if a.tokenizer else None, "no_args": a.no_args,
+           "ckpt_format": a.ckpt_format, "pp": a.pp, "ep": a.ep}
     if a.load:
         job["iters"] = a.iters + a.cont
-    results = spawn(job, a.tp)
+    results = spawn(job, a.tp * a.pp * a.ep)
     ok = True
     for r in results:
         if r["ok"]:
