@@ -3,6 +3,7 @@ import Execution
 import Foundation
 import NembridgeKit
 import SafetensorsFormat
+import TensorCore
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -62,7 +63,7 @@ struct Export: ParsableCommand {
                        ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)"))
             }
             if !plan.skippedKeys.isEmpty {
-                writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")
+                writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).map { MessageText.quoted($0) }.joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")
             }
         }
     }

@@ -3,6 +3,7 @@ import Execution
 import Foundation
 import NembridgeKit
 import SafetensorsFormat
+import TensorCore
 
 struct Reshard: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -73,7 +74,7 @@ struct Reshard: ParsableCommand {
                 writeStandardOutput("resharded \(megatron) -> \(output) (\(options.format.rawValue), \(written), "
                     + "\(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
                 if !plan.droppedState.isEmpty {
-                    writeStandardOutput("dropped training state (not model weights): \(plan.droppedState.joined(separator: ", "))")
+                    writeStandardOutput("dropped training state (not model weights): \(plan.droppedState.map { MessageText.quoted($0) }.joined(separator: ", "))")
                 }
                 for note in plan.trainingStateNotes { writeStandardOutput(note) }
                 return
