@@ -103,3 +103,26 @@ struct ZstdBombTests {
         guard case .invalidItem(_, "w", 100, _)? = error else { Issue.record("\(String(describing: error))"); return }
     }
 }
+
+/// The fuzz corpus keeps the same bombs inside a real torch-written `.distcp` (the dcp-zstd
+/// fixture, with the `weight_bf16` or `blob` item overwritten by such a frame): each must be
+/// refused as a bomb there too, not merely fail somehow.
+struct ZstdBombCorpusTests {
+    @Test("the corpus's zstd bombs are refused as bombs", arguments: [
+        ("zstd-bomb-chunk-claims-1tib", "weight_bf16"), ("zstd-bomb-chunk-decodes-27mb", "weight_bf16"),
+        ("zstd-bomb-object-claims-1tib", "blob"),
+    ])
+    func corpus(_ label: String, _ key: String) throws {
+        let scratch = try TestCheckpoints.scratchDirectory("zstd-bomb-corpus")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.copyItem(atPath: TestCheckpoints.path("megatron/dcp-zstd/zstd"), toPath: scratch + "/zstd")
+        let corpus = TestCheckpoints.root + "/Tests/FuzzCorpus/distcp/dcp-zstd-zstd+__0_0.distcp--\(label).bin"
+        try FileManager.default.removeItem(atPath: scratch + "/zstd/__0_0.distcp")
+        try FileManager.default.copyItem(atPath: corpus, toPath: scratch + "/zstd/__0_0.distcp")
+        let checkpoint = try TorchDistCheckpoint(directory: scratch + "/zstd")
+        let info = try checkpoint.storageInfo(key: key, offsets: key == "blob" ? nil : [0, 0])
+        ZstdBombTests.expectBomb({
+            if key == "blob" { _ = try checkpoint.objectValue(key: key) } else { _ = try checkpoint.readTensor(key: key) }
+        }, key: key, offset: info.offset, saying: label.contains("claims") ? "the frame claims 1099511627776 bytes" : "the item decodes to more than")
+    }
+}
