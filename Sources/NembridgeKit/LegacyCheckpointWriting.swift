@@ -87,6 +87,17 @@ public struct LegacyCheckpointPlan: Sendable {
 
     public var totalBytes: Int64 { files.reduce(0) { $0 + $1.tensorBytes } }
 
+    /// Every file the moves read, for the check that none changed before publishing.
+    public var sourceFiles: [ReadOnlyFile] {
+        fills.joined().joined().compactMap { step in
+            switch step {
+            case .copy(let source, _, _): source
+            case .strided(let source, _, _, _, _, _, _): source
+            case .zeros: nil
+            }
+        }
+    }
+
     /// Writes every rank file into `iterationPath` (each tensor one group of moves, checksummed
     /// as it is written). Returns one manifest entry per tensor, files relative to the save directory.
     public func write(iterationPath: String, iterationName: String, executor: MoveExecutor, progress: ProgressCounter?) throws -> [ChecksumManifest.Entry] {

@@ -367,7 +367,7 @@ public struct MegatronReshard: Sendable {
         // Last: the manifest covers every byte of every file written before it.
         try manifest.writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
-        try ReadOnlyFile.checkUnchanged(fills.joined().map(\.file))
+        try ReadOnlyFile.checkUnchanged(fills.joined().map(\.file) + (legacyPlan?.sourceFiles ?? []))
         try folder.publish()
     }
 
