@@ -79,6 +79,11 @@ public struct ChecksumManifest: Sendable, Equatable {
     public static func coverage(root: String, entries: [Entry]) throws -> [FileEntry] {
         var covered: [String: [ByteRange]] = [:]
         for entry in entries { covered[entry.file, default: []].append(entry.range) }
+        return try coverage(root: root, covered: covered)
+    }
+
+    /// The `files` section for the folder at `root`, given the ranges the entries cover per file.
+    static func coverage(root: String, covered: [String: [ByteRange]]) throws -> [FileEntry] {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
         defer { buffer.deallocate() }
         return try folderFiles(root).map { name in
@@ -122,6 +127,30 @@ public struct ChecksumManifest: Sendable, Equatable {
         var complete = self
         complete.files = try Self.coverage(root: root, entries: entries)
         try complete.write(to: (root as NSString).appendingPathComponent(Self.fileName))
+    }
+
+    /// A manifest whose entries are made on demand: a checkpoint of 450,000 chunks holds only
+    /// their digests until the manifest is written.
+    public struct Streamed {
+        public var kind: Kind
+        public var count: Int
+        public var entry: (Int) throws -> Entry
+
+        public init(kind: Kind, count: Int, entry: @escaping (Int) throws -> Entry) {
+            self.kind = kind
+            self.count = count
+            self.entry = entry
+        }
+
+        /// `ChecksumManifest.writeCovering(kind:count:root:entry:)` of these entries.
+        public func writeCovering(root: String) throws {
+            try ChecksumManifest.writeCovering(kind: kind, count: count, root: root, entry: entry)
+        }
+    }
+
+    public var streamed: Streamed {
+        let entries = self.entries
+        return Streamed(kind: kind, count: entries.count) { entries[$0] }
     }
 
     /// The `files` section checked against the folder: every listed file present with its size
@@ -231,27 +260,100 @@ public struct ChecksumManifest: Sendable, Equatable {
             ("format", .string(Self.format)),
             ("algorithm", .string("xxh3-64")),
             ("kind", .string(kind.rawValue)),
-            ("tensors", .array(entries.map { entry -> JSONValue in
-                var fields: [(key: String, value: JSONValue)] = [
-                    ("name", .string(entry.name)), ("file", .string(entry.file)),
-                    ("offset", .number(JSONNumber(Int(entry.range.offset)))),
-                    ("bytes", .number(JSONNumber(Int(entry.range.count)))),
-                ]
-                if let dtype = entry.dtype { fields.append(("dtype", .string(dtype.safetensorsName))) }
-                if let shape = entry.shape { fields.append(("shape", .array(shape.map { .number(JSONNumber($0)) }))) }
-                fields.append(("xxh3", .string(entry.xxh3.hexDigest)))
-                return .object(fields)
-            })),
-            ("files", .array(files.map { file in
-                .object([("name", .string(file.name)), ("bytes", .number(JSONNumber(Int(file.size)))),
-                         ("rest_xxh3", .string(file.restXXH3.hexDigest))])
-            })),
+            ("tensors", .array(entries.map(Self.json))),
+            ("files", .array(files.map(Self.json))),
         ])
     }
 
+    static func json(_ entry: Entry) -> JSONValue {
+        var fields: [(key: String, value: JSONValue)] = [
+            ("name", .string(entry.name)), ("file", .string(entry.file)),
+            ("offset", .number(JSONNumber(Int(entry.range.offset)))),
+            ("bytes", .number(JSONNumber(Int(entry.range.count)))),
+        ]
+        if let dtype = entry.dtype { fields.append(("dtype", .string(dtype.safetensorsName))) }
+        if let shape = entry.shape { fields.append(("shape", .array(shape.map { .number(JSONNumber($0)) }))) }
+        fields.append(("xxh3", .string(entry.xxh3.hexDigest)))
+        return .object(fields)
+    }
+
+    static func json(_ file: FileEntry) -> JSONValue {
+        .object([("name", .string(file.name)), ("bytes", .number(JSONNumber(Int(file.size)))),
+                 ("rest_xxh3", .string(file.restXXH3.hexDigest))])
+    }
+
     public func write(to path: String) throws {
+        try Self.write(kind: kind, count: entries.count, files: files, to: path) { entries[$0] }
+    }
+
+    /// Writes the manifest of `count` entries made one at a time by `entry` into the folder at
+    /// `root`, its `files` section computed from the folder as it stands (call it once everything
+    /// else is written), streamed: `entry` is called twice per index, and only the byte ranges
+    /// are held in between.
+    public static func writeCovering(kind: Kind, count: Int, root: String, entry: (Int) throws -> Entry) throws {
+        var covered: [String: [ByteRange]] = [:]
+        for index in 0..<count {
+            let item = try entry(index)
+            covered[item.file, default: []].append(item.range)
+        }
+        let files = try coverage(root: root, covered: covered)
+        covered = [:]
+        try write(kind: kind, count: count, files: files, to: (root as NSString).appendingPathComponent(fileName), entry: entry)
+    }
+
+    /// Writes a manifest of `count` entries made one at a time by `entry`, through a bounded
+    /// buffer: the text `write(to:)` gives, without holding the entries (a checkpoint of
+    /// 450,000 chunks has a manifest of ~150 MB).
+    public static func write(kind: Kind, count: Int, files: [FileEntry], to path: String, entry: (Int) throws -> Entry) throws {
         let output = try AtomicOutputFile(path: path)
-        try output.write(Array((JSONWriter.pythonIndented(json, sortKeys: false) + "\n").utf8), at: 0)
+        var buffer: [UInt8] = []
+        var position: Int64 = 0
+        func emit(_ text: String) throws {
+            buffer.append(contentsOf: text.utf8)
+            if buffer.count >= 1 << 20 { try flush() }
+        }
+        func flush() throws {
+            try output.write(buffer, at: position)
+            position += Int64(buffer.count)
+            buffer.removeAll(keepingCapacity: true)
+        }
+        let head = JSONValue.object([("format", .string(Self.format)), ("algorithm", .string("xxh3-64")), ("kind", .string(kind.rawValue))])
+        let headText = JSONWriter.pythonIndented(head, sortKeys: false)
+        // The head's members, then the tensors array, entry by entry at the array's indentation.
+        try emit(String(headText.dropLast(2)) + ",\n  \"tensors\": ")
+        if count == 0 {
+            try emit("[]")
+        } else {
+            try emit("[\n")
+            for index in 0..<count {
+                let text = JSONWriter.pythonIndented(Self.json(try entry(index)), sortKeys: false)
+                buffer.append(contentsOf: "    ".utf8)
+                for byte in text.utf8 {
+                    buffer.append(byte)
+                    if byte == 0x0A { buffer.append(contentsOf: "    ".utf8) }
+                }
+                try emit(index + 1 < count ? ",\n" : "\n")
+            }
+            try emit("  ]")
+        }
+        try emit(",\n  \"files\": ")
+        if files.isEmpty {
+            try emit("[]")
+        } else {
+            try emit("[\n")
+            for (index, file) in files.enumerated() {
+                let text = JSONWriter.pythonIndented(Self.json(file), sortKeys: false)
+                buffer.append(contentsOf: "    ".utf8)
+                for byte in text.utf8 {
+                    buffer.append(byte)
+                    if byte == 0x0A { buffer.append(contentsOf: "    ".utf8) }
+                }
+                try emit(index + 1 < files.count ? ",\n" : "\n")
+            }
+            try emit("  ]")
+        }
+        try emit("\n}\n")
+        try flush()
         try output.publish()
     }
 

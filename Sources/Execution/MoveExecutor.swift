@@ -29,7 +29,7 @@ public final class MoveExecutor: Sendable {
         pool = BufferPool(count: workers, size: chunkBytes)
     }
 
-    /// Peak bytes this executor holds, whatever the model size.
+    /// Peak bytes this executor holds, whatever the model size (a cast adds twice as much scratch).
     public var bufferBytes: Int { workers * chunkBytes }
 
     /// Copies every move into `output`, in parallel. The first failure stops the run and is thrown.
@@ -82,12 +82,20 @@ public final class MoveExecutor: Sendable {
 /// Buffers allocated once per executor and handed one to each worker.
 final class BufferPool: @unchecked Sendable {
     private let buffers: [UnsafeMutableRawBufferPointer]
+    /// Per worker, room for a buffer's bytes once converted (a cast at most doubles them). Pages
+    /// never touched cost no memory, so a run without casts does not pay for these.
+    private let scratches: [UnsafeMutableRawBufferPointer]
 
     init(count: Int, size: Int) {
         buffers = (0..<count).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096) }
+        scratches = (0..<count).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: 2 * size, alignment: 4096) }
     }
 
-    deinit { buffers.forEach { $0.deallocate() } }
+    deinit {
+        buffers.forEach { $0.deallocate() }
+        scratches.forEach { $0.deallocate() }
+    }
 
     func buffer(_ index: Int) -> UnsafeMutableRawBufferPointer { buffers[index] }
+    func scratch(_ index: Int) -> UnsafeMutableRawBufferPointer { scratches[index] }
 }

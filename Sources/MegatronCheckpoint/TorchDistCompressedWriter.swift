@@ -9,70 +9,45 @@ import TorchZip
 public enum TorchDistCompressedWriter {
     public static let transform = "stream.zstd/1"
 
-    /// Where one tensor item's data bytes come from, in data order.
-    public enum Piece: Sendable {
-        case file(ReadOnlyFile, ByteRange, dataOffset: Int64)
-        case zeros(count: Int64, dataOffset: Int64)
-        /// From each of `rows` rows (`rowStride` apart from `firstRow`), `segmentBytes` at `segmentOffset`.
-        case strided(ReadOnlyFile, firstRow: Int64, rowStride: Int64, segmentOffset: Int64, segmentBytes: Int64, rows: Int64, dataOffset: Int64)
-
-        var dataOffset: Int64 {
-            switch self {
-            case .file(_, _, let offset), .zeros(_, let offset), .strided(_, _, _, _, _, _, let offset): offset
-            }
-        }
-
-        var count: Int64 {
-            switch self {
-            case .file(_, let range, _): range.count
-            case .zeros(let count, _): count
-            case .strided(_, _, _, _, let segment, let rows, _): segment * rows
-            }
-        }
-
-        /// The file ranges this piece reads, in order.
-        var ranges: [(ReadOnlyFile, ByteRange)] {
-            switch self {
-            case .file(let file, let range, _): [(file, range)]
-            case .zeros: []
-            case .strided(let file, let first, let stride, let segmentOffset, let segment, let rows, _):
-                (0..<rows).map { (file, ByteRange(offset: first + $0 * stride + segmentOffset, count: segment)) }
-            }
-        }
-    }
-
     /// Writes every item of `layout` compressed into `directory`, then `.metadata` and
-    /// `metadata.json`; returns the metadata written. `sources[i]` fills tensor item `i`.
+    /// `metadata.json`; returns where each tensor item was stored (its zstd frame). Group `i` of
+    /// `plan` fills tensor item `i`.
     @discardableResult
     public static func write(
-        directory: String, layout: TorchDistLayout, sources: [[Piece]], level: Int32, workers: Int,
+        directory: String, layout: TorchDistLayout, plan: ConversionPlan, level: Int32, workers: Int,
         progress: (@Sendable (Int64) -> Void)? = nil
-    ) throws -> DCPMetadata {
-        precondition(sources.count == layout.tensorItems.count)
-        var metadata = layout.metadata
+    ) throws -> [DCPStorageInfo] {
+        precondition(plan.groupCount == layout.tensorItemCount)
         let files = try layout.fileNames.map { try AtomicOutputFile(path: (directory as NSString).appendingPathComponent($0)) }
         do {
             var cursors = [Int64](repeating: 0, count: files.count)
+            var objectStorage: [DCPStorageInfo] = []
             for object in layout.objectItems {
                 let compressor = try ZstdStreamCompressor(sink: files[object.file], offset: cursors[object.file], level: level, workers: workers)
                 try compressor.write(object.bytes)
                 let length = try compressor.finish()
-                metadata.storage[DCPStorageKey(fqn: object.key, offsets: nil)] = DCPStorageInfo(
-                    relativePath: layout.fileNames[object.file], offset: cursors[object.file], length: length,
-                    transformDescriptors: [transform])
+                objectStorage.append(DCPStorageInfo(relativePath: layout.fileNames[object.file], offset: cursors[object.file], length: length,
+                                                    transformDescriptors: [transform]))
                 cursors[object.file] += length
             }
+            var storage: [DCPStorageInfo] = []
+            storage.reserveCapacity(layout.tensorItemCount)
             let zeros = [UInt8](repeating: 0, count: 1 << 20)
-            for (index, item) in layout.tensorItems.enumerated() {
-                let pieces = sources[index].sorted { $0.dataOffset < $1.dataOffset }
+            for index in layout.tensorItemIndices {
+                let item = layout.tensorItem(index)
+                let moves = plan.moves(group: index)
                 // The zip's local header carries the CRC, so it is computed first (a read of the
                 // sources; they are then read again, from the page cache, to compress).
                 var crc: UInt32 = 0
-                for piece in pieces {
-                    if case .zeros(let count, _) = piece {
-                        crc = CRC32.combine(crc, CRC32.zeros(count: count), count)
+                for move in moves {
+                    if move.isZeros {
+                        crc = CRC32.combine(crc, CRC32.zeros(count: move.byteCount), move.byteCount)
+                        continue
                     }
-                    for (file, range) in piece.ranges { crc = CRC32.combine(crc, try checksum(file, range), range.count) }
+                    for row in 0..<Int(move.rows) {
+                        let range = move.segment(row)
+                        crc = CRC32.combine(crc, try checksum(plan.sources[Int(move.source)], range), range.count)
+                    }
                 }
                 let recording = RecordingByteSink()
                 let archive = ZipWriter(layout: item.archive.layout, sink: recording)
@@ -96,12 +71,16 @@ public enum TorchDistCompressedWriter {
                         // The only gap is the tensor data: stream it from its sources.
                         precondition(position == dataRange.offset && write.offset == dataRange.end, "unexpected gap in a planned archive")
                         var dataPosition: Int64 = 0
-                        for piece in pieces {
-                            precondition(piece.dataOffset == dataPosition, "tensor item \(item.key) is not filled contiguously")
-                            if case .zeros(let count, _) = piece { try emitZeros(count) }
-                            for (file, range) in piece.ranges { try compressor.write(from: file, range: range) }
-                            dataPosition += piece.count
-                            progress?(piece.count)
+                        for move in moves {
+                            if move.isZeros {
+                                try emitZeros(move.byteCount)
+                            } else {
+                                for row in 0..<Int(move.rows) {
+                                    try compressor.write(from: plan.sources[Int(move.source)], range: move.segment(row))
+                                }
+                            }
+                            dataPosition += move.byteCount
+                            progress?(move.byteCount)
                         }
                         precondition(dataPosition == item.byteCount)
                         position = dataRange.end
@@ -110,19 +89,18 @@ public enum TorchDistCompressedWriter {
                     position = write.offset + Int64(write.bytes.count)
                 }
                 let length = try compressor.finish()
-                metadata.storage[DCPStorageKey(fqn: item.key, offsets: item.chunk.offsets)] = DCPStorageInfo(
-                    relativePath: layout.fileNames[item.file], offset: cursors[item.file], length: length,
-                    transformDescriptors: [transform])
+                storage.append(DCPStorageInfo(relativePath: layout.fileNames[item.file], offset: cursors[item.file], length: length,
+                                              transformDescriptors: [transform]))
                 cursors[item.file] += length
             }
             let metadataFile = try AtomicOutputFile(path: (directory as NSString).appendingPathComponent(".metadata"))
-            try metadataFile.write(try metadata.pickleBytes(), at: 0)
+            try DCPMetadataWriter.write(layout, to: metadataFile, storage: { storage[$0] }, objectStorage: { objectStorage[$0] })
             let json = try AtomicOutputFile(path: (directory as NSString).appendingPathComponent("metadata.json"))
             try json.write(Array(TorchDistWriter.metadataJSON.utf8), at: 0)
             for file in files { try file.publish() }
             try metadataFile.publish()
             try json.publish()
-            return metadata
+            return storage
         } catch {
             files.forEach { $0.discard() }
             throw error

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TensorCore
 import TorchZip
 
@@ -6,12 +7,17 @@ import TorchZip
 /// `TorchDistLayout`. Tensor bytes are written by the caller at `dataDestination(item:)` (an
 /// executor moving planned bytes) and reported with their CRC-32 through `recordData`; archive
 /// headers, objects and metadata are written here. Files appear under their names on `finish()`.
+///
+/// Per item only its CRC and the bytes reported so far are kept (12 bytes): each archive's
+/// records are generated at `finish()` from the layout's shared archive plans, and written in
+/// one pass per file, the trailer of an item and the headers of the next in one write.
 public final class TorchDistWriter: Sendable {
     public let layout: TorchDistLayout
     public let directory: String
     public let files: [AtomicOutputFile]
-    private let archives: [ZipWriter]
-    private let recordings: [RecordingByteSink]
+    private let reported: Mutex<(crcs: [UInt32], counts: [Int64])>
+    /// Per archive plan: the CRC-32 of each entry, the data entry's left 0 (each item has its own).
+    private let recordCRCs: [[UInt32]]
 
     /// `metadata.json` with all four keys, so Megatron-Core 0.15 through 0.20 recognise the folder.
     public static let metadataJSON = #"{"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch", "common_backend_version": 1}"#
@@ -23,51 +29,72 @@ public final class TorchDistWriter: Sendable {
         for object in layout.objectItems {
             try files[object.file].write(object.bytes, at: object.itemOffset)
         }
-        // Each archive's headers, small records and trailer are collected in memory and written
-        // as two runs per item on `finish()` (the tensor bytes between them come from the caller).
-        var archives: [ZipWriter] = []
-        var recordings: [RecordingByteSink] = []
-        for item in layout.tensorItems {
-            let recording = RecordingByteSink()
-            let writer = ZipWriter(layout: item.archive.layout, sink: recording, baseOffset: 0,
-                                   path: layout.fileNames[item.file], name: item.key)
-            for record in item.archive.smallRecords { try writer.write(entry: record.entry, at: 0, bytes: record.bytes) }
-            archives.append(writer)
-            recordings.append(recording)
+        reported = Mutex(([UInt32](repeating: 0, count: layout.tensorItemCount), [Int64](repeating: 0, count: layout.tensorItemCount)))
+        recordCRCs = layout.archives.map { plan in
+            var crcs = [UInt32](repeating: 0, count: plan.layout.entries.count)
+            for record in plan.smallRecords { crcs[record.entry] = CRC32.checksum(record.bytes) }
+            return crcs
         }
-        self.archives = archives
-        self.recordings = recordings
     }
 
     /// Where item `index`'s tensor bytes go: its file and the absolute offset of byte 0.
     public func dataDestination(item index: Int) -> (file: AtomicOutputFile, offset: Int64) {
-        let item = layout.tensorItems[index]
-        return (files[item.file], item.dataOffset)
+        (files[layout.file(item: index)], layout.dataOffset(item: index))
     }
 
     /// Reports `count` bytes written at `offset` inside item `index`'s data, with their CRC-32.
+    /// Pieces of one item must be reported in data order (one worker writes an item front to back).
     public func recordData(item index: Int, at offset: Int64, count: Int64, crc: UInt32) throws {
-        try archives[index].recordPiece(entry: layout.tensorItems[index].archive.dataEntry, at: offset, count: count, crc: crc)
+        try reported.withLock { state in
+            guard offset == state.counts[index], count <= layout.byteCount(item: index) - offset else {
+                throw ZipError.overlappingPieces(
+                    archive: ZipArchiveID(path: layout.fileNames[layout.file(item: index)], offset: layout.itemOffset(item: index),
+                                          label: layout.key(item: index)),
+                    entry: "archive/data/0", offset: offset)
+            }
+            state.crcs[index] = state.counts[index] == 0 ? crc : CRC32.combine(state.crcs[index], crc, count)
+            state.counts[index] += count
+        }
     }
 
     /// Zero rows (vocabulary padding): nothing is written, the fresh file reads as zeros there.
     public func recordZeros(item index: Int, at offset: Int64, count: Int64) throws {
-        try archives[index].recordZeroFilled(entry: layout.tensorItems[index].archive.dataEntry, at: offset, count: count)
+        try recordData(item: index, at: offset, count: count, crc: CRC32.zeros(count: count))
     }
 
     /// Completes every archive (headers with CRCs, central directories), writes `.metadata` and
     /// `metadata.json`, and publishes the files. Throws if any item is incomplete.
     public func finish() throws {
         do {
-            for (index, archive) in archives.enumerated() {
-                try archive.finish()
-                let item = layout.tensorItems[index]
-                for run in recordings[index].runs { try files[item.file].write(run.bytes, at: item.itemOffset + run.offset) }
+            let (crcs, counts) = reported.withLock { ($0.crcs, $0.counts) }
+            var pending = [PendingWrites](repeating: PendingWrites(), count: files.count)
+            for item in layout.tensorItemIndices {
+                let plan = layout.archive(item: item)
+                let size = layout.byteCount(item: item)
+                guard counts[item] == size else {
+                    throw ZipError.incompleteEntry(
+                        archive: ZipArchiveID(path: layout.fileNames[layout.file(item: item)], offset: layout.itemOffset(item: item),
+                                              label: layout.key(item: item)),
+                        entry: "archive/data/0", offset: counts[item], written: counts[item], expected: size)
+                }
+                var archiveCRCs = recordCRCs[layout.archiveIndex(item: item)]
+                archiveCRCs[plan.dataEntry] = crcs[item]
+                let file = layout.file(item: item)
+                let base = layout.itemOffset(item: item)
+                for (entry, record) in plan.layout.entries.enumerated() {
+                    try pending[file].add(plan.layout.localHeaderBytes(entry: entry, crc: archiveCRCs[entry]),
+                                          at: base + record.localHeaderOffset, to: files[file])
+                    if let small = plan.smallRecords.first(where: { $0.entry == entry }) {
+                        try pending[file].add(small.bytes, at: base + record.dataOffset, to: files[file])
+                    }
+                }
+                try pending[file].add(plan.layout.trailerBytes(crcs: archiveCRCs), at: base + plan.layout.trailerOffset, to: files[file])
             }
+            for file in pending.indices { try pending[file].flush(to: files[file]) }
             // A trailing hole (zero padding at the very end) must still give the file its length.
             for (file, size) in zip(files, layout.fileSizes) where size > 0 { try file.extend(to: size) }
             let metadata = try AtomicOutputFile(path: (directory as NSString).appendingPathComponent(".metadata"))
-            try metadata.write(try layout.metadata.pickleBytes(), at: 0)
+            try DCPMetadataWriter.write(layout, to: metadata)
             let json = try AtomicOutputFile(path: (directory as NSString).appendingPathComponent("metadata.json"))
             try json.write(Array(Self.metadataJSON.utf8), at: 0)
             for file in files { try file.publish() }
@@ -80,4 +107,22 @@ public final class TorchDistWriter: Sendable {
     }
 
     public func discard() { files.forEach { $0.discard() } }
+}
+
+/// Small writes to one file gathered while they are contiguous, then written as one run.
+struct PendingWrites {
+    var start: Int64 = 0
+    var bytes: [UInt8] = []
+
+    mutating func add(_ piece: [UInt8], at offset: Int64, to file: AtomicOutputFile) throws {
+        if !bytes.isEmpty && (offset != start + Int64(bytes.count) || bytes.count >= 1 << 20) { try flush(to: file) }
+        if bytes.isEmpty { start = offset }
+        bytes.append(contentsOf: piece)
+    }
+
+    mutating func flush(to file: AtomicOutputFile) throws {
+        guard !bytes.isEmpty else { return }
+        try file.write(bytes, at: start)
+        bytes.removeAll(keepingCapacity: true)
+    }
 }

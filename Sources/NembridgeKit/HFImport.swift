@@ -53,28 +53,20 @@ public struct HFImport: Sendable {
     public let options: Options
     public let mapping: MappingPlan
     public let layout: TorchDistLayout
+    /// The byte moves: group `i` fills tensor item `i` of `layout` (sources are the safetensors
+    /// files; outputs the `.distcp` files).
+    public let plan: ConversionPlan
+    /// Where each Megatron tensor's correspondences are in `mapping`.
+    let mappingIndex: MappingIndex
+    /// Per correspondence of `mapping`: the plan source its HF rows are read from.
+    let correspondenceSources: [Int32]
     public let commonState: PickleValue
-    /// Per tensor item: the moves that fill it and the zero rows.
-    let fills: [ItemFill]
     /// The rank files written instead of `layout` for `--ckpt-format torch`: each rank's tensors
     /// are chunks of `layout`, filled by the same moves.
     public private(set) var legacy: LegacyCheckpointPlan?
     public let warnings: [String]
     /// How the source spells the table's HF names (recorded for export).
     public let dialect: HFNameDialect
-
-    /// How one chunk's data record is filled, in data order.
-    struct ItemFill: Sendable {
-        enum Step: Sendable {
-            /// Bytes of the source file at `source` (an index into the folder's files).
-            case copy(source: Int, range: ByteRange)
-            /// A column slice of source rows (tensor-parallel row splits).
-            case strided(source: Int, firstRow: Int64, rowStride: Int64, segmentOffset: Int64, segmentBytes: Int64, rows: Int64)
-            case zeros(count: Int64)
-        }
-
-        var steps: [(dataOffset: Int64, step: Step)] = []
-    }
 
     public var iterationDirectoryName: String { options.iteration.map { String(format: "iter_%07d", $0) } ?? "release" }
 
@@ -90,95 +82,65 @@ public struct HFImport: Sendable {
         let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path, spec: options.spec)
         let dialect = HFNameDialect.detect(source.tensors.map(\.info.name), table: model.table)
         self.dialect = dialect
-        var shapes: [String: [Int]] = [:]
-        var dtypes: [String: DType] = [:]
-        for entry in source.tensors {
-            shapes[dialect.toTable(entry.info.name)] = entry.info.shape
-            dtypes[dialect.toTable(entry.info.name)] = entry.info.dtype
-        }
         try model.checkTensorParallel(options.tensorParallel)
         _ = try options.parallelSizes.stageLayers(layerCount: model.layerCount, config: config.path, field: model.table.layerCountArgument)
-        mapping = try MappingPlan(model: model, direction: .fromHF(
-            shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
+        mapping = try { [source] in
+            var shapes: [String: [Int]] = [:]
+            shapes.reserveCapacity(source.tensors.count)
+            for entry in source.tensors { shapes[dialect.toTable(entry.info.name)] = entry.info.shape }
+            return try MappingPlan(model: model, direction: .fromHF(
+                shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
+        }()
         try Self.checkExpertParallel(mapping, options.expertParallel)
+        mappingIndex = MappingIndex(mapping)
+        // Each HF tensor of the plan located once: its file and header entry.
+        let folder = source
+        let hfSources = try mapping.hfTensors.map { try folder.locate(dialect.toSource($0.name)) }
 
         // Each Megatron tensor keeps its sources' dtype; mixing dtypes in one tensor would need a cast.
-        var megatronDType: [String: DType] = [:]
-        for item in mapping.correspondences {
-            let dtype = dtypes[item.hf.tensor]!
-            if let earlier = megatronDType[item.megatron.tensor], earlier != dtype {
-                throw MappingError.dtypeConflict(tensor: item.hf.tensor, dtypes: [earlier, dtype].sorted { $0.rawValue < $1.rawValue },
-                                                 reason: "\(dtype) differs from \(earlier) of the other sources of `\(item.megatron.tensor)`")
+        var tensorDTypes: [DType] = []
+        tensorDTypes.reserveCapacity(mapping.megatronTensors.count)
+        var bytesPerDType: [DType: Int64] = [:]
+        for (tensor, spec) in mapping.megatronTensors.enumerated() {
+            var dtype: DType?
+            for index in mappingIndex.correspondences(tensor) {
+                let item = mapping.correspondences[index]
+                let source = hfSources[Int(mapping.correspondenceHFTensors[index])].tensor
+                if let earlier = dtype, earlier != source.dtype {
+                    throw MappingError.dtypeConflict(tensor: item.hf.tensor, dtypes: [earlier, source.dtype].sorted { $0.rawValue < $1.rawValue },
+                                                     reason: "\(source.dtype) differs from \(earlier) of the other sources of `\(spec.name)`")
+                }
+                dtype = source.dtype
             }
-            megatronDType[item.megatron.tensor] = dtype
+            guard let dtype else { preconditionFailure("`\(spec.name)` has no source") }
+            tensorDTypes.append(dtype)
+            bytesPerDType[dtype, default: 0] += Int64(ShapeArithmetic.byteCount(spec.shape, dtype) ?? 0)
         }
+        // The model's dtype for args (bf16, params_dtype): the one most bytes are in (an F32
+        // router bias does not make a BF16 model F32).
+        let mainDType = bytesPerDType.max { ($0.value, $0.key.safetensorsName) < ($1.value, $1.key.safetensorsName) }?.key
         // DCP tensors: stacked keys gather their layers (and experts) on prepended axes; one chunk
-        // per layer (expert) slice, split further as the target's tensor-parallel ranks hold it.
-        var tensors: [(key: String, metadata: DCPTensorMetadata)] = []
-        var keyPosition: [String: Int] = [:]
-        var chunkPlans: [String: [ChunkPlan]] = [:]
+        // per layer (expert) slice, split further as the target's tensor-parallel ranks hold it:
+        // one grid per Megatron tensor.
+        var builder = TorchDistLayout.Builder()
+        var chunkings: [TensorChunking] = []
+        chunkings.reserveCapacity(mapping.megatronTensors.count)
         for spec in mapping.megatronTensors {
-            let dtype = megatronDType[spec.name]!
-            let isExpert = spec.routedExpert
+            let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
-            let plans = try Self.chunkPlans(spec, parallel: parallel)
-            chunkPlans[spec.name] = plans
-            let chunks = plans.map { DCPChunk(offsets: $0.offsets, sizes: $0.sizes) }
-            if let position = keyPosition[spec.key] {
-                tensors[position].metadata.chunks.append(contentsOf: chunks)
-            } else {
-                keyPosition[spec.key] = tensors.count
-                tensors.append((spec.key, DCPTensorMetadata(dtype: dtype, size: spec.globalShape, chunks: chunks)))
-            }
+            let chunking = try TensorChunking.of(spec, parallel: parallel)
+            chunking.add(spec, dtype: tensorDTypes[chunkings.count], to: &builder)
+            chunkings.append(chunking)
         }
         let warnings = Self.ropeWarnings(config: config)
         self.warnings = warnings
-        commonState = Self.commonState(model: model, mapping: mapping, options: options, dtype: megatronDType.values.first)
-        var objects: [(key: String, bytes: [UInt8])] = [
-            ("common_state/shard_0_1", try TorchSaveArchive.objectArchive(.list([commonState]))),
-        ]
-        objects.append(contentsOf: try Self.extraStateObjects(mapping))
-        layout = try TorchDistLayout(tensors: tensors, objects: objects, fileCount: options.fileCount)
-
-        // Row correspondences → byte moves into each chunk's data record.
-        var fills = [ItemFill](repeating: ItemFill(), count: layout.tensorItems.count)
-        var byTensor: [String: [RowCorrespondence]] = [:]
-        for item in mapping.correspondences { byTensor[item.megatron.tensor, default: []].append(item) }
-        let zerosByTensor = Dictionary(grouping: mapping.zeroFills, by: \.tensor)
-        for spec in mapping.megatronTensors {
-            let dtype = megatronDType[spec.name]!
-            let rowBytes = try Self.rowBytes(spec.shape, dtype, tensor: spec.name)
-            for plan in chunkPlans[spec.name]! {
-                let index = layout.item(key: spec.key, offsets: plan.offsets)!
-                // Bytes of one chunk row: the whole row, or the chunk's column slice of it.
-                let segment = plan.columns.map { Int64($0.count) * rowBytes / Int64(spec.shape[1]) } ?? rowBytes
-                let segmentOffset = plan.columns.map { Int64($0.lowerBound) * rowBytes / Int64(spec.shape[1]) } ?? 0
-                for item in byTensor[spec.name] ?? [] {
-                    let overlap = item.megatron.rows.clamped(to: plan.rows)
-                    guard !overlap.isEmpty else { continue }
-                    let (file, info) = try source.locate(dialect.toSource(item.hf.tensor))
-                    let fileIndex = source.files.firstIndex { $0 === file }!
-                    let firstHFRow = item.hf.rows.lowerBound + (overlap.lowerBound - item.megatron.rows.lowerBound)
-                    let start = file.fileRange(of: info).offset + Int64(firstHFRow) * rowBytes
-                    let dataOffset = Int64(overlap.lowerBound - plan.rows.lowerBound) * segment
-                    if plan.columns == nil {
-                        fills[index].steps.append((dataOffset, .copy(source: fileIndex, range: ByteRange(offset: start, count: Int64(overlap.count) * rowBytes))))
-                    } else {
-                        fills[index].steps.append((dataOffset, .strided(source: fileIndex, firstRow: start, rowStride: rowBytes,
-                                                                        segmentOffset: segmentOffset, segmentBytes: segment,
-                                                                        rows: Int64(overlap.count))))
-                    }
-                }
-                for zero in zerosByTensor[spec.name] ?? [] {
-                    let overlap = zero.rows.clamped(to: plan.rows)
-                    guard !overlap.isEmpty else { continue }
-                    fills[index].steps.append((Int64(overlap.lowerBound - plan.rows.lowerBound) * segment,
-                                               .zeros(count: Int64(overlap.count) * segment)))
-                }
-                fills[index].steps.sort { $0.dataOffset < $1.dataOffset }
-            }
-        }
-        self.fills = fills
+        commonState = Self.commonState(model: model, mapping: mapping, options: options, dtype: mainDType)
+        layout = try builder.layout(
+            objects: [("common_state/shard_0_1", try TorchSaveArchive.objectArchive(.list([commonState])))] + Self.extraStateObjects(mapping),
+            fileCount: options.fileCount)
+        builder = TorchDistLayout.Builder()  // its per-grid lists are in the layout now
+        (plan, correspondenceSources) = try Self.plan(mapping: mapping, index: mappingIndex, chunkings: chunkings, dtypes: tensorDTypes,
+                                                      layout: layout, hfSources: hfSources)
         if options.format == .torch { legacy = try makeLegacyPlan() }
     }
 
@@ -188,7 +150,7 @@ public struct HFImport: Sendable {
         let model = mapping.model
         let argument = model.table.expertCountArgument ?? "num_moe_experts"
         let experts = model.argument(argument)?.intValue
-        guard let experts, mapping.megatronTensors.contains(where: \.routedExpert) else {
+        guard let experts, mapping.megatronTensors.contains(where: \.isRoutedExpert) else {
             guard expertParallel == 1 else {
                 throw MappingError.invalidConfigValue(
                     config: model.configPath, field: argument,
@@ -211,53 +173,6 @@ public struct HFImport: Sendable {
             let suffix = extra.prefix.isEmpty ? "shard_0_1"
                 : "shard_\(extra.prefix.map(String.init).joined(separator: "."))_\(extra.prefixSizes.map(String.init).joined(separator: "."))"
             return ("\(extra.key)._extra_state/\(suffix)", none)
-        }
-    }
-
-    /// A chunk of one Megatron tensor (one layer/expert slice): its place in the key, and which
-    /// rows (and columns, for a split along axis 1) of the per-layer tensor it holds.
-    public struct ChunkPlan: Sendable {
-        var offsets: [Int]
-        var sizes: [Int]
-        var rows: Range<Int>
-        var columns: Range<Int>?
-        /// The tensor-parallel rank that holds this chunk; nil when every rank holds it whole.
-        var tensorParallelRank: Int? = nil
-    }
-
-    /// The chunks a tensor is written in: whole, or as `parallel` tensor-parallel ranks hold it
-    /// (column-parallel: rows; SwiGLU: 2 × tp row fragments, gate parts then up parts; row-parallel:
-    /// columns; vocabulary rows after padding).
-    public static func chunkPlans(_ spec: MegatronTensorSpec, parallel: Int) throws -> [ChunkPlan] {
-        let rows = spec.shape.first ?? 1
-        let whole = ChunkPlan(offsets: spec.chunk.offsets, sizes: spec.chunk.sizes, rows: 0..<rows, columns: nil)
-        guard parallel > 1, let split = spec.split, !spec.shape.isEmpty else { return [whole] }
-        let prefixZeros = spec.prefix
-        let prefixOnes = spec.prefix.map { _ in 1 }
-        switch split {
-        case .column, .vocab:
-            let parts = spec.op.tensorParallelFragments * parallel
-            guard rows % parts == 0 else {
-                throw MappingError.cannotSplit(what: "`\(spec.name)`", reason: "its \(rows) rows do not divide into \(parts) tensor-parallel parts")
-            }
-            let size = rows / parts
-            return (0..<parts).map { part in
-                ChunkPlan(offsets: prefixZeros + [part * size] + spec.shape.dropFirst().map { _ in 0 },
-                          sizes: prefixOnes + [size] + spec.shape.dropFirst(), rows: (part * size)..<((part + 1) * size), columns: nil,
-                          tensorParallelRank: part % parallel)
-            }
-        case .row:
-            guard spec.shape.count >= 2 else { return [whole] }
-            let columns = spec.shape[1]
-            guard columns % parallel == 0 else {
-                throw MappingError.cannotSplit(what: "`\(spec.name)`", reason: "its \(columns) columns do not divide into \(parallel) tensor-parallel parts")
-            }
-            let size = columns / parallel
-            return (0..<parallel).map { part in
-                ChunkPlan(offsets: prefixZeros + [0, part * size] + spec.shape.dropFirst(2).map { _ in 0 },
-                          sizes: prefixOnes + [rows, size] + spec.shape.dropFirst(2), rows: 0..<rows,
-                          columns: (part * size)..<((part + 1) * size), tensorParallelRank: part)
-            }
         }
     }
 
@@ -315,7 +230,7 @@ public struct HFImport: Sendable {
         ])
     }
 
-    public var totalBytes: Int64 { layout.tensorItems.reduce(0) { $0 + $1.byteCount } }
+    public var totalBytes: Int64 { plan.totalBytes }
 
     /// Writes the checkpoint under a staging name and publishes it by rename.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
@@ -334,37 +249,26 @@ public struct HFImport: Sendable {
             try folder.publish()
             return
         }
-        let manifest: ChecksumManifest
+        let manifest: ChecksumManifest.Streamed
         if let level = options.zstdLevel {
-            var sources: [[TorchDistCompressedWriter.Piece]] = []
-            for fill in fills {
-                sources.append(fill.steps.map { dataOffset, step -> TorchDistCompressedWriter.Piece in
-                    switch step {
-                    case .copy(let file, let range): .file(source.files[file].file, range, dataOffset: dataOffset)
-                    case .zeros(let count): .zeros(count: count, dataOffset: dataOffset)
-                    case .strided(let file, let first, let stride, let segmentOffset, let segment, let rows):
-                        .strided(source.files[file].file, firstRow: first, rowStride: stride, segmentOffset: segmentOffset,
-                                 segmentBytes: segment, rows: rows, dataOffset: dataOffset)
-                    }
-                })
-            }
             let counter = progress
             let metadata = try TorchDistCompressedWriter.write(
-                directory: iterationPath, layout: layout, sources: sources, level: level, workers: executor.workers,
+                directory: iterationPath, layout: layout, plan: plan, level: level, workers: executor.workers,
                 progress: { counter?.add($0) })
             // Compressed items: the manifest covers each stored frame.
             var items: [(String, String, ByteRange)] = []
-            for (key, info) in metadata.storage {
-                let offsets = key.offsets.map { "\($0)" } ?? ""
-                items.append(("\(key.fqn)\(offsets) (zstd)", "\(iterationDirectoryName)/\(info.relativePath)",
+            for (item, info) in metadata.enumerated() {
+                items.append(("\(layout.key(item: item))\(layout.chunk(item: item).offsets) (zstd)", "\(iterationDirectoryName)/\(info.relativePath)",
                               ByteRange(offset: info.offset, count: info.length)))
             }
             items.sort { $0.0 < $1.0 }
             manifest = try ChecksumManifest.compute(kind: .megatronTorchDist, root: folder.stagingPath, items: items,
-                                                    workers: executor.workers)
+                                                    workers: executor.workers).streamed
         } else {
-            manifest = ChecksumManifest(kind: .megatronTorchDist,
-                                        entries: try writePlain(iterationPath: iterationPath, executor: executor, progress: progress))
+            // Uncompressed items at planned offsets: each chunk is one group of moves in data order.
+            manifest = try PlannedWriting.writeTorchDist(
+                directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, plan: plan, executor: executor,
+                progress: progress)
         }
         // The common state also as common.pt (torch.save of the dict), which Megatron-Core up to
         // 0.18 reads; 0.19 reads it first too, and finds the same dict as in the DCP item.
@@ -384,46 +288,24 @@ public struct HFImport: Sendable {
         try folder.publish()
     }
 
-    /// Uncompressed items at planned offsets: each chunk is one group of copies in data order.
-    private func writePlain(iterationPath: String, executor: MoveExecutor, progress: ProgressCounter?) throws -> [ChecksumManifest.Entry] {
-        try PlannedWriting.writeTorchDist(
-            directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, executor: executor, progress: progress
-        ) { index, base in moves(item: index, base: base) }
-    }
-
-    /// The moves that fill tensor item `index` (one chunk), destinations counted from `base`.
-    func moves(item index: Int, base: Int64) -> [MoveGroup.Step] {
-        fills[index].steps.map { dataOffset, step in
-            switch step {
-            case .copy(let file, let range):
-                .copy(source: source.files[file].file, range: range, destinationOffset: base + dataOffset)
-            case .zeros(let count): .zeros(count: count)
-            case .strided(let file, let first, let stride, let segmentOffset, let segment, let rows):
-                .strided(source: source.files[file].file, firstRow: first, rowStride: stride, segmentOffset: segmentOffset,
-                         segmentBytes: segment, rows: rows, destinationOffset: base + dataOffset)
-            }
-        }
-    }
-
     /// The legacy layout of this import (`--ckpt-format torch`): each rank's tensors are the
     /// chunks planned for torch_dist, in state-dict order.
     private func makeLegacyPlan() throws -> LegacyCheckpointPlan {
         let layout = self.layout
-        var dtypes: [String: DType] = [:]
-        for item in layout.tensorItems { dtypes[item.key] = item.dtype }
+        let plan = self.plan
         return try LegacyCheckpointPlan(
             mapping: mapping, sizes: options.parallelSizes,
             spec: options.spec, arguments: commonState["args"] ?? .none, iteration: options.iteration ?? 0,
             vocabDivisor: options.vocabDivisor,
             dtype: { key in
-                guard let dtype = dtypes[key] else { preconditionFailure("no item of \(key)") }
+                guard let dtype = layout.key(named: key)?.dtype else { preconditionFailure("no item of \(key)") }
                 return dtype
             },
-            steps: { piece, base in
-                guard let index = layout.item(key: piece.key, offsets: piece.offsets) else {
+            fill: { piece, target in
+                guard let index = layout.item(key: piece.key, offsets: piece.offsets), layout.chunk(item: index).sizes == piece.sizes else {
                     preconditionFailure("the legacy layout asks for \(piece.key)\(piece.offsets), which the import did not plan")
                 }
-                return moves(item: index, base: base)
+                target.append(group: index, of: plan)
             })
     }
 
@@ -462,59 +344,6 @@ public struct HFImport: Sendable {
 }
 
 extension HFImport {
-    /// The plan as `--dry-run` prints it: each Megatron key with its sources, shapes, bytes and
-    /// files, the expected peak memory, and the arguments that would be written.
-    public func planText(bufferBytes: Int = 2 * (16 << 20)) -> String {
-        var lines = ["import \(source.directory) -> \(outputPath)/\(iterationDirectoryName)",
-                     "architecture: \(mapping.model.table.name) (\(mapping.model.table.megatronModel), \(mapping.model.layerCount) layers, \(mapping.model.table.layerKeys.rawValue) keys)"]
-        var sourcesOf: [String: [String]] = [:]
-        for item in mapping.correspondences {
-            let text = "\(item.hf.tensor)[\(item.hf.rows.lowerBound):\(item.hf.rows.upperBound)]"
-            if sourcesOf[item.megatron.tensor]?.last != text { sourcesOf[item.megatron.tensor, default: []].append(text) }
-        }
-        let zeroOf = Dictionary(grouping: mapping.zeroFills, by: \.tensor)
-        lines.append("targets:")
-        for spec in mapping.megatronTensors {
-            let position = spec.prefix.isEmpty ? "" : " at \(spec.prefix) of"
-            let item = layout.tensorItems[layout.item(key: spec.key, offsets: spec.chunk.offsets)!]
-            lines.append("  \(spec.key)\(position) \(formatShape(spec.shape)) \(item.dtype) \(item.byteCount) bytes -> \(layout.fileNames[item.file])@\(item.dataOffset)")
-            var sources = Set<String>()
-            for text in sourcesOf[spec.name] ?? [] {
-                let name = String(text.prefix { $0 != "[" })
-                if sources.insert(name).inserted, let (file, _) = try? source.locate(dialect.toSource(name)) {
-                    lines.append("      <- \(name) (\((file.path as NSString).lastPathComponent))")
-                }
-            }
-            if sourcesOf[spec.name]?.count ?? 0 > sources.count {
-                lines.append("         rows: " + (sourcesOf[spec.name] ?? []).joined(separator: ", "))
-            }
-            for zero in zeroOf[spec.name] ?? [] { lines.append("      <- zeros rows \(zero.rows.lowerBound)..<\(zero.rows.upperBound) (vocabulary padding)") }
-        }
-        lines.append("objects: \(layout.objectItems.count) (common state, \(mapping.extraState.count) _extra_state)")
-        lines.append("files: " + zip(layout.fileNames, layout.fileSizes).map { "\($0) \(formatBytes($1))" }.joined(separator: ", "))
-        lines.append("tensor bytes: \(formatBytes(totalBytes)); expected peak memory: buffers \(formatBytes(Int64(bufferBytes))) + headers")
-        lines.append("args:")
-        if case .object(let object)? = commonState["args"].map({ $0 }), case .dict(let entries)? = object.state {
-            for entry in entries { lines.append("  \(entry.key.stringValue ?? "?") = \(Self.render(entry.value))") }
-        }
-        return lines.joined(separator: "\n")
-    }
-
-    static func render(_ value: PickleValue) -> String {
-        switch value {
-        case .none: "None"
-        case .bool(let flag): flag ? "True" : "False"
-        case .int(let int): String(int)
-        case .float(let double): String(double)
-        case .string(let text): "'\(text)'"
-        case .global(let module, let name): "\(module).\(name)"
-        case .list(let items): "[" + items.map(render).joined(separator: ", ") + "]"
-        default: "\(value)"
-        }
-    }
-}
-
-extension HFImport {
     /// Flags Megatron-LM's `--use-checkpoint-args` does not restore from a checkpoint's args
     /// (its `load_args_from_checkpoint` skips them) and a user must still pass.
     public var megatronLMFlags: [String] {
@@ -525,7 +354,7 @@ extension HFImport {
             if let factor = argument("rope_scaling_factor") { flags.append("--rope-scaling-factor \(JSONWriter.compact(factor))") }
         }
         if let epsilon = argument("layernorm_epsilon") { flags.append("--norm-epsilon \(JSONWriter.compact(epsilon))") }
-        let dtypes = Set(layout.tensorItems.map(\.dtype))
+        let dtypes = Set(layout.keys.map(\.dtype))
         if dtypes == [.bfloat16] { flags.append("--bf16") } else if dtypes == [.float16] { flags.append("--fp16") }
         flags.append("--make-vocab-size-divisible-by \(options.vocabDivisor)")
         if !mapping.model.table.configJSONArguments.isEmpty {

@@ -69,9 +69,9 @@ public struct HFReshard: Sendable {
         let source = self.source
         let entries = try PlannedWriting.writeSafetensors(
             shards: files.map { (folder.stagedPath($0.name), $0.name, $0.tensors, $0.metadata) }, executor: executor, progress: progress
-        ) { tensor, start in
+        ) { tensor, plan in
             let (file, info) = try source.locate(tensor.name)
-            return tensor.byteCount > 0 ? [.copy(source: file.file, range: file.fileRange(of: info), destinationOffset: start)] : []
+            plan.append(.copy(source: plan.source(file.file), range: file.fileRange(of: info)))
         }
         if let indexBytes {
             let index = try AtomicOutputFile(path: folder.stagedPath(HFCheckpointFolder.indexFileName))

@@ -13,18 +13,18 @@ import WeightMapping
 public struct LegacyCheckpointPlan: Sendable {
     public let layout: LegacyLayout
     public let files: [LegacyRankFilePlan]
-    /// Per file, per tensor: the moves that fill it, destinations absolute in the file.
-    let fills: [[[MoveGroup.Step]]]
+    /// The moves: one group per tensor, file by file, output = the file's index.
+    public let plan: ConversionPlan
 
     /// - Parameters:
     ///   - arguments: the `args` Namespace; its parallel sizes and format are set to the layout's.
     ///   - dtype: the stored dtype of a global key.
-    ///   - steps: the moves that fill one box of a global key, destinations counted from `base`.
+    ///   - fill: appends to the plan the moves that fill one box of a global key, in data order.
     ///   - vocabDivisor: Megatron-LM's `make_vocab_size_divisible_by`: the vocabulary is padded
     ///     for the target's tensor-parallel size as Megatron-LM builds that model.
     public init(mapping: MappingPlan, sizes: ParallelSizes, spec: MegatronSpec, arguments: PickleValue, iteration: Int,
                 vocabDivisor: Int, dtype: (String) throws -> DType,
-                steps: (LegacyLayout.Piece, Int64) throws -> [MoveGroup.Step]) throws {
+                fill: (LegacyLayout.Piece, inout ConversionPlan) throws -> Void) throws {
         let renames = mapping.model.table.stateDictRenames[spec] ?? []
         layout = try LegacyLayout(mapping: mapping, sizes: sizes, expertNaming: spec == .local ? .sequential : .grouped,
                                   moduleRenames: renames, vocabDivisor: vocabDivisor)
@@ -41,7 +41,7 @@ public struct LegacyCheckpointPlan: Sendable {
         }
         let args = arguments.settingNamespaceFields(sizeFields)
         var files: [LegacyRankFilePlan] = []
-        var fills: [[[MoveGroup.Step]]] = []
+        var conversion = ConversionPlan()
         for rank in layout.ranks {
             let entries = layout.entries[rank] ?? []
             var model: [(name: String, entry: LegacyRankFilePlan.ModelEntry)] = []
@@ -61,42 +61,31 @@ public struct LegacyCheckpointPlan: Sendable {
                 ("args", args), ("checkpoint_version", .float(3.0)), ("iteration", .int(Int64(iteration))), ("model", nil),
                 ("num_floating_point_operations_so_far", .int(0)),
             ], model: model)
-            var fileFills: [[MoveGroup.Step]] = []
             var tensorIndex = 0
             for entry in entries {
                 guard case .tensor(let shape, let pieces) = entry.content else { continue }
-                var base = plan.tensorDataRange(tensorIndex).offset
-                var moves: [MoveGroup.Step] = []
                 let type = plan.tensors[tensorIndex].dtype
                 for piece in pieces {
-                    let count = Int64(ShapeArithmetic.byteCount(piece.sizes, type) ?? 0)
-                    // Padding rows stay a hole of the fresh file, which reads as zeros.
-                    moves.append(contentsOf: piece.isPadding ? [.zeros(count: count)] : try steps(piece, base))
-                    base += count
+                    if piece.isPadding {
+                        // Padding rows stay a hole of the fresh file, which reads as zeros.
+                        conversion.append(.zeros(Int64(ShapeArithmetic.byteCount(piece.sizes, type) ?? 0)))
+                    } else {
+                        try fill(piece, &conversion)
+                    }
                 }
-                precondition(base == plan.tensorDataRange(tensorIndex).end, "pieces of \(entry.name) \(shape) do not fill it")
-                fileFills.append(moves)
+                let range = plan.tensorDataRange(tensorIndex)
+                conversion.endGroup(output: files.count, offset: range.offset)
+                precondition(conversion.byteCount(group: conversion.groupCount - 1) == range.count,
+                             "pieces of \(entry.name) \(shape) do not fill it")
                 tensorIndex += 1
             }
             files.append(plan)
-            fills.append(fileFills)
         }
         self.files = files
-        self.fills = fills
+        self.plan = conversion
     }
 
     public var totalBytes: Int64 { files.reduce(0) { $0 + $1.tensorBytes } }
-
-    /// Every file the moves read, for the check that none changed before publishing.
-    public var sourceFiles: [ReadOnlyFile] {
-        fills.joined().joined().compactMap { step in
-            switch step {
-            case .copy(let source, _, _): source
-            case .strided(let source, _, _, _, _, _, _): source
-            case .zeros: nil
-            }
-        }
-    }
 
     /// Writes every rank file into `iterationPath` (each tensor one group of moves, checksummed
     /// as it is written). Returns one manifest entry per tensor, files relative to the save directory.
@@ -105,16 +94,15 @@ public struct LegacyCheckpointPlan: Sendable {
         var indices: [(file: Int, tensor: Int)] = []
         for (file, plan) in files.enumerated() { for tensor in plan.tensors.indices { indices.append((file, tensor)) } }
         let digests = DigestTable(count: indices.count)
+        precondition(indices.count == plan.groupCount)
+        let slots = indices
         do {
-            var groups: [MoveGroup] = []
-            for (slot, (file, tensor)) in indices.enumerated() {
-                let observer = StreamChecksums(crc: true) { xxh3, crc, count in
-                    try writer.recordData(file: file, tensor: tensor, at: 0, count: count, crc: crc)
+            try executor.run(plan, sinks: writer.files, observer: { slot in
+                StreamChecksums(crc: true) { xxh3, crc, count in
+                    try writer.recordData(file: slots[slot].file, tensor: slots[slot].tensor, at: 0, count: count, crc: crc)
                     digests.set(slot, xxh3)
                 }
-                groups.append(MoveGroup(sink: writer.files[file], steps: fills[file][tensor], observer: observer, lane: file))
-            }
-            try executor.run(groups: groups, progress: progress)
+            }, progress: progress)
             try writer.finish()
         } catch {
             writer.discard()
@@ -129,8 +117,10 @@ public struct LegacyCheckpointPlan: Sendable {
         }
     }
 
+    public func planText() -> String { PlanTextOutput.collect(writePlanText) }
+
     /// Each rank file with its tensors, the global boxes that fill them and their bytes.
-    public func planText() -> String {
+    public func writePlanText(to out: PlanTextOutput) {
         var lines = ["legacy layout: \(layout.sizes); stages hold layers \(layout.stageLayers.map { "\($0.lowerBound)..<\($0.upperBound)" }.joined(separator: ", "))"]
         for (plan, rank) in zip(files, layout.ranks) {
             lines.append("  \(plan.relativePath) (\(rank)): \(plan.tensors.count) tensors, \(formatBytes(plan.tensorBytes)), file \(formatBytes(plan.fileSize))")
@@ -145,8 +135,11 @@ public struct LegacyCheckpointPlan: Sendable {
                     index += 1
                 }
             }
+            for line in lines { out.line(line) }
+            lines.removeAll()
         }
-        return lines.joined(separator: "\n")
+        for line in lines { out.line(line) }
+        out.line(self.plan.summary)
     }
 }
 

@@ -174,7 +174,7 @@ public struct LegacyLayout: Sendable {
             }
         }
         self.ranks = ranks
-        let expertCount = mapping.megatronTensors.first(where: \.routedExpert)?.prefixSizes.last
+        let expertCount = mapping.megatronTensors.first(where: \.isRoutedExpert)?.prefixSizes.last
         let namer = LocalNamer(stageLayers: self.stageLayers, expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) },
                                expertNaming: expertNaming, renames: moduleRenames)
         var padded: Int?
@@ -200,7 +200,7 @@ public struct LegacyLayout: Sendable {
         var embeddingPieces: [Int: (shape: [Int], pieces: [Piece])] = [:]
         let tied = !mapping.megatronTensors.contains { $0.key == "output_layer.weight" }
         for spec in mapping.megatronTensors {
-            let isExpert = spec.routedExpert
+            let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? sizes.expertTensor : sizes.tensor
             let (name, stage, expertRank) = try namer.local(spec.name)
             if spec.split == .vocab, let padded, padded != spec.shape.first {

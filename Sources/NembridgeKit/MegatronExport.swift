@@ -62,7 +62,7 @@ public struct MegatronExport: Sendable {
     /// Training-state keys (optimizer, RNG) present in the checkpoint and not exported.
     public let skippedKeys: [String]
     /// Tensors written in another dtype than the checkpoint's (`--dtype`), by output name.
-    public let casts: [String: (from: DType, to: DType)]
+    public let casts: [String: ElementCast]
     /// Floating tensors `--dtype` left as they are (the table's `dtype_kept`).
     public let keptDTypes: [String]
     /// `__metadata__` of each output file as the imported source had it (absent: not recorded).
@@ -128,14 +128,14 @@ public struct MegatronExport: Sendable {
             }
         }
         let dialect = self.dialect
-        var casts: [String: (from: DType, to: DType)] = [:]
+        var casts: [String: ElementCast] = [:]
         var kept: [String] = []
         if let target = options.dtype {
             for tensor in mapping.hfTensors where DTypeCast.castable.contains(hfDType[tensor.name]!) {
                 if mapping.model.table.dtypeKept.contains(where: { $0.match(tensor.name) != nil }) {
                     kept.append(dialect.toSource(tensor.name))
                 } else if hfDType[tensor.name]! != target {
-                    casts[dialect.toSource(tensor.name)] = (hfDType[tensor.name]!, target)
+                    casts[dialect.toSource(tensor.name)] = ElementCast(from: hfDType[tensor.name]!, to: target)
                 }
             }
         }
@@ -269,9 +269,12 @@ public struct MegatronExport: Sendable {
                 return (folder.stagedPath(shard.name), shard.name, shard.tensors, metadata)
             }, executor: executor,
             progress: progress, casts: casts
-        ) { tensor, start in
-            (reads[tensor.name] ?? []).sorted { $0.destinationOffset < $1.destinationOffset }.map {
-                .copy(source: $0.file, range: $0.source, destinationOffset: start + $0.destinationOffset)
+        ) { tensor, plan in
+            var filled: Int64 = 0
+            for read in (reads[tensor.name] ?? []).sorted(by: { $0.destinationOffset < $1.destinationOffset }) {
+                precondition(read.destinationOffset == filled, "the reads of `\(tensor.name)` do not tile it")
+                plan.append(.copy(source: plan.source(read.file), range: read.source))
+                filled += read.source.count
             }
         }
         if let indexBytes {

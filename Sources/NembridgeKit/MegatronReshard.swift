@@ -71,8 +71,14 @@ public struct MegatronReshard: Sendable {
     public let droppedState: [String]
     /// What happened to the training state, one line each (re-sharded optimizer, dropped RNG).
     public let trainingStateNotes: [String]
-    /// Per target item: the source reads that fill it, in data order.
-    let fills: [[(file: ReadOnlyFile, source: ByteRange, dataOffset: Int64)]]
+    /// The byte moves: group `i` fills target item `i` (empty for `--ckpt-format torch`, whose
+    /// plan is `legacyPlan.plan`).
+    public let plan: ConversionPlan
+    /// Per Megatron tensor of the mapping: how the target chunks it.
+    let chunkings: [TensorChunking]
+    /// Per chunk grid of the layout (by `ChunkGrid.order`): the mapping's tensor it is of, or
+    /// its optimizer state (grids past the end are carried training state).
+    let gridTensors: [Int32]
     /// The common state written (also as common.pt), when the source has one.
     let commonState: PickleValue?
     static let commonStateKey = "common_state/shard_0_1"
@@ -118,9 +124,21 @@ public struct MegatronReshard: Sendable {
             return expertParallel.map { "ep rank \($0), \(tensorText)" } ?? tensorText
         }
     }
-    struct ChunkID: Hashable { var key: String; var offsets: [Int] }
-    /// Per target item, who reads it (nil for keys outside the mapping, kept as they were).
-    public let targetRanks: [TargetRank?]
+
+    /// Who reads target item `item` (nil for keys outside the mapping, kept as they were).
+    public func targetRank(item: Int) -> TargetRank? {
+        let (grid, part) = layout.grid(item: item)
+        let order = Int(layout.grids[grid].order)
+        guard order < gridTensors.count else { return nil }
+        let tensor = Int(gridTensors[order])
+        let spec = mapping.megatronTensors[tensor]
+        let isExpert = spec.isRoutedExpert
+        var reader = TargetRank(tensorParallel: chunkings[tensor].rank(part: part), expertParallel: nil, isExpert: isExpert)
+        if isExpert, let expert = spec.prefix.last, let experts = spec.prefixSizes.last {
+            reader.expertParallel = expert / max(1, experts / max(1, options.expertParallel))
+        }
+        return reader
+    }
 
     public init(checkpoint path: String, output: String, options: Options = Options()) throws {
         let folder = try MegatronCheckpointFolder(path: path)
@@ -212,42 +230,34 @@ public struct MegatronReshard: Sendable {
         }
         trainingStateNotes = notes
         let source = self.source
-        var tensors: [(key: String, metadata: DCPTensorMetadata)] = []
-        var position: [String: Int] = [:]
-        var readers: [ChunkID: TargetRank] = [:]
+        var builder = TorchDistLayout.Builder()
+        var chunkings: [TensorChunking] = []
+        var mappedKeys = Set<String>()
+        var gridTensors: [Int32] = []
+        var firstDType: DType?
         for spec in mapping.megatronTensors {
-            let isExpert = spec.routedExpert
+            let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? (options.expertTensorParallel ?? options.tensorParallel) : options.tensorParallel
-            let plans = try HFImport.chunkPlans(spec, parallel: parallel)
-            let chunks = plans.map { DCPChunk(offsets: $0.offsets, sizes: $0.sizes) }
-            for plan in plans {
-                var reader = TargetRank(tensorParallel: plan.tensorParallelRank, expertParallel: nil, isExpert: isExpert)
-                if isExpert, let expert = spec.prefix.last, let experts = spec.prefixSizes.last {
-                    reader.expertParallel = expert / max(1, experts / max(1, options.expertParallel))
-                }
-                readers[ChunkID(key: spec.key, offsets: plan.offsets)] = reader
-            }
+            let chunking = try TensorChunking.of(spec, parallel: parallel)
             let dtype = try source.tensor(spec.key).dtype
-            if let index = position[spec.key] {
-                tensors[index].metadata.chunks.append(contentsOf: chunks)
-            } else {
-                position[spec.key] = tensors.count
-                tensors.append((spec.key, DCPTensorMetadata(dtype: dtype, size: spec.globalShape, chunks: chunks)))
-            }
+            firstDType = firstDType ?? dtype
+            chunking.add(spec, dtype: dtype, to: &builder)
+            gridTensors.append(Int32(chunkings.count))
+            mappedKeys.insert(spec.key)
+            // Its optimizer state (fp32 moments and master copy) is chunked as the parameter is.
             for key in optimizerKeys[spec.key] ?? [] {
                 let state = try source.tensor(key)
                 guard state.size == spec.globalShape else {
                     throw ReshardError.optimizerShape(key: key, shape: state.size, parameterShape: spec.globalShape)
                 }
-                for plan in plans { readers[ChunkID(key: key, offsets: plan.offsets)] = readers[ChunkID(key: spec.key, offsets: plan.offsets)] }
-                if let index = position[key] {
-                    tensors[index].metadata.chunks.append(contentsOf: chunks)
-                } else {
-                    position[key] = tensors.count
-                    tensors.append((key, DCPTensorMetadata(dtype: state.dtype, size: spec.globalShape, chunks: chunks)))
-                }
+                chunking.add(spec, key: key, dtype: state.dtype, to: &builder)
+                gridTensors.append(Int32(chunkings.count))
+                mappedKeys.insert(key)
             }
+            chunkings.append(chunking)
         }
+        self.chunkings = chunkings
+        self.gridTensors = gridTensors
         if arguments == nil {
             // A plain DCP directory, or legacy files without args: describe the model from its config.
             var described = HFImport.Options()
@@ -259,7 +269,7 @@ public struct MegatronReshard: Sendable {
             described.expertTensorParallel = options.expertTensorParallel
             described.spec = mapping.model.spec
             described.format = options.format
-            let generated = HFImport.commonState(model: mapping.model, mapping: mapping, options: described, dtype: tensors.first?.metadata.dtype)
+            let generated = HFImport.commonState(model: mapping.model, mapping: mapping, options: described, dtype: firstDType)
             common = common ?? generated
             arguments = generated["args"]
             if case .dict(var entries)? = common, !entries.contains(where: { $0.key == .string("args") }), let args = arguments {
@@ -271,8 +281,9 @@ public struct MegatronReshard: Sendable {
         if let checkpoint, options.format == .torchDist {
             // Keys outside the mapping (training state) keep their chunks; objects are carried,
             // the common state with its args' parallel sizes set to the target's.
-            for (key, tensor) in checkpoint.metadata.tensors where position[key] == nil && !droppedTraining.contains(key) {
-                tensors.append((key, tensor))
+            for (key, tensor) in checkpoint.metadata.tensors where !mappedKeys.contains(key) && !droppedTraining.contains(key) {
+                builder.declare(key: key, dtype: tensor.dtype, size: tensor.size)
+                builder.add(key: key, metadata: tensor)
             }
             if options.dropOptimizer, case .dict(let entries)? = common {
                 common = .dict(entries.filter { $0.key != .string("optimizer") && $0.key != .string("opt_param_scheduler") })
@@ -289,11 +300,10 @@ public struct MegatronReshard: Sendable {
         if options.format == .torchDist, !objects.contains(where: { $0.key == Self.commonStateKey }), let commonState {
             objects.insert((Self.commonStateKey, try TorchSaveArchive.objectArchive(.list([commonState]))), at: 0)
         }
-        let layout = try TorchDistLayout(tensors: tensors, objects: objects, fileCount: options.fileCount)
+        let layout = try builder.layout(objects: objects, fileCount: options.fileCount)
         self.layout = layout
-        targetRanks = layout.tensorItems.map { readers[ChunkID(key: $0.key, offsets: $0.chunk.offsets)] }
         if options.format == .torch {
-            fills = []
+            plan = ConversionPlan()
             let spec = mapping.model.spec
             legacyPlan = try LegacyCheckpointPlan(
                 mapping: mapping,
@@ -302,22 +312,33 @@ public struct MegatronReshard: Sendable {
                 iteration: { if case .number(let value)? = folder.iteration { value } else { 0 } }(),
                 vocabDivisor: arguments?["make_vocab_size_divisible_by"]?.intValue ?? 128,
                 dtype: { try source.tensor($0).dtype },
-                steps: { piece, base in
-                    try source.boxPieces(key: piece.key, offsets: piece.offsets, sizes: piece.sizes).map {
-                        .copy(source: $0.file, range: $0.source, destinationOffset: base + $0.destinationOffset)
-                    }
+                fill: { piece, plan in
+                    try Self.appendBox(source.boxPieces(key: piece.key, offsets: piece.offsets, sizes: piece.sizes), to: &plan)
                 })
         } else {
             legacyPlan = nil
-            fills = try layout.tensorItems.map { item in
-                try source.boxPieces(key: item.key, offsets: item.chunk.offsets, sizes: item.chunk.sizes)
-                    .sorted { $0.destinationOffset < $1.destinationOffset }
-                    .map { ($0.file, $0.source, $0.destinationOffset) }
+            var plan = ConversionPlan()
+            plan.reserve(groups: layout.tensorItemCount, moves: layout.tensorItemCount)
+            for item in layout.tensorItemIndices {
+                let chunk = layout.chunk(item: item)
+                try Self.appendBox(source.boxPieces(key: layout.key(item: item), offsets: chunk.offsets, sizes: chunk.sizes), to: &plan)
+                plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item))
             }
+            self.plan = plan
         }
     }
 
-    public var totalBytes: Int64 { legacyPlan?.totalBytes ?? layout.tensorItems.reduce(0) { $0 + $1.byteCount } }
+    /// The reads of a box (sorted by destination, tiling it: `boxPieces` checks the cover) as moves.
+    static func appendBox(_ pieces: [TensorBoxPiece], to plan: inout ConversionPlan) {
+        var filled: Int64 = 0
+        for piece in pieces {
+            precondition(piece.destinationOffset == filled, "box pieces out of order")
+            plan.append(.copy(source: plan.source(piece.file), range: piece.source))
+            filled += piece.source.count
+        }
+    }
+
+    public var totalBytes: Int64 { legacyPlan?.totalBytes ?? plan.totalBytes }
 
     public var iterationDirectoryName: String { (directory as NSString).lastPathComponent }
 
@@ -326,19 +347,15 @@ public struct MegatronReshard: Sendable {
         for note in folder.notes { progress?.note(note) }
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
-        let manifest: ChecksumManifest
+        let manifest: ChecksumManifest.Streamed
         if let legacyPlan {
             let entries = try legacyPlan.write(iterationPath: iterationPath, iterationName: iterationDirectoryName, executor: executor,
                                                progress: progress)
-            manifest = ChecksumManifest(kind: .megatronTorch, entries: entries)
+            manifest = ChecksumManifest(kind: .megatronTorch, entries: entries).streamed
         } else {
-            let fills = self.fills
-            let entries = try PlannedWriting.writeTorchDist(
-                directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, executor: executor, progress: progress
-            ) { index, base in
-                fills[index].map { MoveGroup.Step.copy(source: $0.file, range: $0.source, destinationOffset: base + $0.dataOffset) }
-            }
-            manifest = ChecksumManifest(kind: .megatronTorchDist, entries: entries)
+            manifest = try PlannedWriting.writeTorchDist(
+                directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, plan: plan, executor: executor,
+                progress: progress)
             if let commonState {
                 let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
                 try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)
@@ -367,36 +384,43 @@ public struct MegatronReshard: Sendable {
         // Last: the manifest covers every byte of every file written before it.
         try manifest.writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
-        try ReadOnlyFile.checkUnchanged(fills.joined().map(\.file) + (legacyPlan?.sourceFiles ?? []))
+        try ReadOnlyFile.checkUnchanged(legacyPlan?.plan.sources ?? plan.sources)
         try folder.publish()
     }
 
-    public func planText() -> String {
-        var lines = ["reshard \(directory) -> \(outputPath)/\(iterationDirectoryName) as \(options.format.rawValue) (tp \(options.tensorParallel), pp \(options.pipelineParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel))"]
+    public func planText() -> String { PlanTextOutput.collect(writePlanText) }
+
+    /// Every target chunk with its reads and the rank that loads it, then the chunks and bytes
+    /// per rank; streamed line by line.
+    public func writePlanText(to out: PlanTextOutput) {
+        out.line("reshard \(directory) -> \(outputPath)/\(iterationDirectoryName) as \(options.format.rawValue) (tp \(options.tensorParallel), pp \(options.pipelineParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel))")
         if let legacy = legacySource {
-            lines.append("source: legacy checkpoint, \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files")
+            out.line("source: legacy checkpoint, \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files")
         }
         if !droppedState.isEmpty {
-            lines.append("dropped (not model weights): \(droppedState.joined(separator: ", "))")
+            out.line("dropped (not model weights): \(droppedState.joined(separator: ", "))")
         }
-        lines.append(contentsOf: trainingStateNotes)
+        for note in trainingStateNotes { out.line(note) }
         if let legacyPlan {
-            lines.append(legacyPlan.planText())
-            lines.append("total \(formatBytes(totalBytes))")
-            return lines.joined(separator: "\n")
+            legacyPlan.writePlanText(to: out)
+            out.line("total \(formatBytes(totalBytes))")
+            out.flush()
+            return
         }
-        var perRank: [String: (chunks: Int, bytes: Int64)] = [:]
-        for (index, item) in layout.tensorItems.enumerated() {
-            let reader = targetRanks[index]?.description ?? "as in the source"
-            lines.append("  \(item.key) chunk \(item.chunk.offsets) \(formatShape(item.chunk.sizes)) \(item.dtype) -> \(layout.fileNames[item.file])@\(item.dataOffset) <- \(fills[index].count) read(s); loaded by \(reader)")
-            perRank[reader, default: (0, 0)].chunks += 1
-            perRank[reader, default: (0, 0)].bytes += item.byteCount
+        var perRank: [TargetRank?: (chunks: Int, bytes: Int64)] = [:]
+        for item in layout.tensorItemIndices {
+            let rank = targetRank(item: item)
+            let reader = rank?.description ?? "as in the source"
+            let chunk = layout.chunk(item: item)
+            out.line("  \(layout.key(item: item)) chunk \(chunk.offsets) \(formatShape(chunk.sizes)) \(layout.dtype(item: item)) -> \(layout.fileNames[layout.file(item: item)])@\(layout.dataOffset(item: item)) <- \(plan.moveCount(group: item)) read(s); loaded by \(reader)")
+            perRank[rank, default: (0, 0)].chunks += 1
+            perRank[rank, default: (0, 0)].bytes += layout.byteCount(item: item)
         }
-        lines.append("per target rank (a rank also loads every chunk marked `every tp rank`, and its experts' `every etp rank` chunks):")
-        for reader in perRank.keys.sorted() {
-            lines.append("  \(reader): \(perRank[reader]!.chunks) chunk(s), \(formatBytes(perRank[reader]!.bytes))")
+        out.line("per target rank (a rank also loads every chunk marked `every tp rank`, and its experts' `every etp rank` chunks):")
+        for (reader, totals) in perRank.map({ ($0.key?.description ?? "as in the source", $0.value) }).sorted(by: { $0.0 < $1.0 }) {
+            out.line("  \(reader): \(totals.chunks) chunk(s), \(formatBytes(totals.bytes))")
         }
-        lines.append("objects: \(layout.objectItems.count); total \(formatBytes(totalBytes))")
-        return lines.joined(separator: "\n")
+        out.line("objects: \(layout.objectItems.count); \(plan.summary); total \(formatBytes(totalBytes))")
+        out.flush()
     }
 }

@@ -11,7 +11,8 @@ public final class HFCheckpointFolder: Sendable {
     public let directory: String
     /// Weight files in shard order.
     public let files: [SafetensorsFile]
-    /// The parsed index, or nil for a single-file folder.
+    /// The parsed index without its `weight_map` (checked against the shards at opening; kept, it
+    /// would be a tree of 51,000 strings for a large model), or nil for a single-file folder.
     public let index: JSONValue?
     public let config: HFConfig?
     /// Every tensor with the position of its file in `files`, in file order then data order.
@@ -29,20 +30,21 @@ public final class HFCheckpointFolder: Sendable {
         var weightMap: [(key: String, value: JSONValue)] = []
         if FileManager.default.fileExists(atPath: indexPath) {
             let document = try Self.readIndex(path: indexPath)
-            index = document
+            index = .object(document.objectMembers?.filter { $0.key != "weight_map" } ?? [])
             guard let map = document["weight_map"]?.objectMembers else {
                 throw HFFolderError.invalidIndex(file: indexPath, reason: "no `weight_map` object")
             }
             weightMap = map
+            var seen = Set<String>()
             for member in map {
                 guard let shard = member.value.stringValue else {
                     throw HFFolderError.invalidIndex(
                         file: indexPath, reason: "weight_map value for `\(MessageText.quoted(member.key))` is not a file name")
                 }
-                guard !shard.contains("/"), !shard.contains("\0"), shard != ".", shard != "..", !shard.isEmpty else {
+                guard !shard.utf8.contains(UInt8(ascii: "/")), !shard.utf8.contains(0), shard != ".", shard != "..", !shard.isEmpty else {
                     throw HFFolderError.invalidIndex(file: indexPath, reason: "shard name `\(MessageText.quoted(shard))` is not a plain file name")
                 }
-                if !shardNames.contains(shard) { shardNames.append(shard) }
+                if seen.insert(shard).inserted { shardNames.append(shard) }
             }
             shardNames.sort()
         } else if FileManager.default.fileExists(atPath: singlePath) {
@@ -75,15 +77,15 @@ public final class HFCheckpointFolder: Sendable {
             }
         }
         if index != nil {
-            var mapped = Set<String>()
+            var mapped = [Bool](repeating: false, count: all.count)
             for member in weightMap {
                 let shard = member.value.stringValue!
-                mapped.insert(member.key)
                 guard let position = positions[member.key], shardNames[all[position].file] == shard else {
                     throw HFFolderError.tensorMissingFromShard(index: indexPath, tensor: member.key, shard: shard)
                 }
+                mapped[position] = true
             }
-            for entry in all where !mapped.contains(entry.info.name) {
+            for (entry, isMapped) in zip(all, mapped) where !isMapped {
                 throw HFFolderError.tensorNotInIndex(
                     index: indexPath, tensor: entry.info.name, shard: shardNames[entry.file])
             }

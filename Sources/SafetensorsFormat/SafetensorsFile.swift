@@ -1,3 +1,4 @@
+import Synchronization
 import TensorCore
 
 /// A safetensors file opened for reading: its validated header, and positional reads of any byte
@@ -7,26 +8,36 @@ public final class SafetensorsFile: Sendable {
     public let header: SafetensorsHeader
     /// How the file is named in messages (the path, or a name relative to its folder).
     public let displayName: String
-    private let index: [String: Int]
+    /// Tensor positions by name, built on first lookup (a folder looks names up through its own
+    /// index, so a 225-file model does not build 225 of these).
+    private let index = Mutex<[String: Int]?>(nil)
 
     public init(path: String, displayName: String? = nil) throws {
         file = try ReadOnlyFile(path: path)
         self.displayName = displayName ?? path
         header = try SafetensorsHeader.read(from: file, displayName: self.displayName)
-        index = Dictionary(header.tensors.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
     public var path: String { file.path }
     public var tensors: [SafetensorsTensorInfo] { header.tensors }
 
+    private func position(of name: String) -> Int? {
+        index.withLock { index in
+            if index == nil {
+                index = Dictionary(header.tensors.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
+            }
+            return index![name]
+        }
+    }
+
     public func tensor(named name: String) throws -> SafetensorsTensorInfo {
-        guard let position = index[name] else {
+        guard let position = position(of: name) else {
             throw SafetensorsError.tensorNotFound(file: displayName, tensor: name)
         }
         return header.tensors[position]
     }
 
-    public func contains(_ name: String) -> Bool { index[name] != nil }
+    public func contains(_ name: String) -> Bool { position(of: name) != nil }
 
     /// Where the tensor's bytes are in the file.
     public func fileRange(of tensor: SafetensorsTensorInfo) -> ByteRange {

@@ -84,7 +84,12 @@ public struct SafetensorsHeader: Sendable {
         // 6. The reference keeps the last entry of a repeated name (a HashMap); sort by
         // (begin, end), then 7. validate coverage and sizes in that order.
         var lastIndex: [String: Int] = [:]
-        for (position, entry) in entries.enumerated() { lastIndex[entry.name] = position }
+        lastIndex.reserveCapacity(entries.count)
+        // The first entry that repeats an earlier name (refused below, after the reference's checks).
+        var firstDuplicate: String?
+        for (position, entry) in entries.enumerated() where lastIndex.updateValue(position, forKey: entry.name) != nil {
+            if firstDuplicate == nil { firstDuplicate = entry.name }
+        }
         let kept = entries.enumerated().filter { lastIndex[$0.element.name] == $0.offset }.map(\.element)
         let sorted = kept.enumerated().sorted { lhs, rhs in
             (lhs.element.begin, lhs.element.end, lhs.offset) < (rhs.element.begin, rhs.element.end, rhs.offset)
@@ -132,10 +137,7 @@ public struct SafetensorsHeader: Sendable {
         }
         // nembridge's own rule, checked once the reference would have accepted the file: the
         // format forbids duplicate names.
-        var seen = Set<String>()
-        for entry in entries where !seen.insert(entry.name).inserted {
-            throw SafetensorsError.duplicateTensorName(file: file, tensor: entry.name)
-        }
+        if let firstDuplicate { throw SafetensorsError.duplicateTensorName(file: file, tensor: firstDuplicate) }
         return SafetensorsHeader(headerLength: Int(length), tensors: tensors, metadata: metadata)
     }
 
@@ -213,15 +215,26 @@ public struct SafetensorsHeader: Sendable {
         let offsetsValue: JSONValue
         switch value {
         case .object(let fields):
-            var found: [String: JSONValue] = [:]
-            for field in fields where ["dtype", "shape", "data_offsets"].contains(field.key) {
-                if found[field.key] != nil { throw fail("tensor `\(MessageText.quoted(name))`: duplicate field `\(MessageText.quoted(field.key))`") }
-                found[field.key] = field.value
+            var dtype: JSONValue?, shape: JSONValue?, offsets: JSONValue?
+            for field in fields {
+                switch field.key {
+                case "dtype":
+                    if dtype != nil { throw fail("tensor `\(MessageText.quoted(name))`: duplicate field `dtype`") }
+                    dtype = field.value
+                case "shape":
+                    if shape != nil { throw fail("tensor `\(MessageText.quoted(name))`: duplicate field `shape`") }
+                    shape = field.value
+                case "data_offsets":
+                    if offsets != nil { throw fail("tensor `\(MessageText.quoted(name))`: duplicate field `data_offsets`") }
+                    offsets = field.value
+                default:
+                    continue
+                }
             }
-            for required in ["dtype", "shape", "data_offsets"] where found[required] == nil {
-                throw fail("tensor `\(MessageText.quoted(name))`: missing field `\(required)`")
-            }
-            (dtypeValue, shapeValue, offsetsValue) = (found["dtype"]!, found["shape"]!, found["data_offsets"]!)
+            guard let dtype else { throw fail("tensor `\(MessageText.quoted(name))`: missing field `dtype`") }
+            guard let shape else { throw fail("tensor `\(MessageText.quoted(name))`: missing field `shape`") }
+            guard let offsets else { throw fail("tensor `\(MessageText.quoted(name))`: missing field `data_offsets`") }
+            (dtypeValue, shapeValue, offsetsValue) = (dtype, shape, offsets)
         case .array(let items):
             guard items.count == 3 else {
                 throw fail("tensor `\(MessageText.quoted(name))`: invalid length \(items.count), expected struct TensorInfo with 3 elements")

@@ -77,6 +77,13 @@ public final class SafetensorsWriter: ByteSink {
         return true
     }
 
+    /// Zeros left as a hole of the fresh file (`ByteSink`): counted as written; `finish()` gives
+    /// the file its full length.
+    public func leaveZeros(at offset: Int64, count: Int64) throws {
+        let tensor = try tensorSpanning(offset: offset, count: count)
+        written.withLock { $0[positions[tensor.name]!] += count }
+    }
+
     private func tensorSpanning(offset: Int64, count: Int64) throws -> SafetensorsTensorInfo {
         guard let position = position(containing: offset) else {
             throw SafetensorsError.rangeOutsideTensor(file: path, tensor: "", offset: offset, count: count, tensorBytes: 0)
@@ -98,6 +105,8 @@ public final class SafetensorsWriter: ByteSink {
             throw SafetensorsError.incompleteTensor(
                 file: path, tensor: tensor.name, written: count, expected: tensor.byteCount)
         }
+        // Trailing zeros left as a hole must still give the file its length.
+        try output.extend(to: layout.dataStart + (layout.tensors.map(\.dataOffsets.end).max() ?? 0))
         try output.publish()
     }
 

@@ -4,6 +4,14 @@ public protocol ByteSink: Sendable {
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws
     /// Copies `range` of `source` to `offset` without user-space buffers; false if unsupported.
     func copy(from source: ReadOnlyFile, range: ByteRange, to offset: Int64) throws -> Bool
+    /// `count` bytes at `offset` that are zeros and are not written: a fresh file reads as zeros
+    /// there (a hole, as `cp --sparse` leaves one). The sink still counts them as written.
+    func leaveZeros(at offset: Int64, count: Int64) throws
+}
+
+extension ByteSink {
+    /// A fresh file needs nothing: its writer gives it its full length before publishing.
+    public func leaveZeros(at offset: Int64, count: Int64) throws {}
 }
 
 extension AtomicOutputFile: ByteSink {}

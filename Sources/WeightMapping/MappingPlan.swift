@@ -42,7 +42,7 @@ public struct MegatronTensorSpec: Sendable, Equatable {
     public let op: MappingOp
     /// One routed expert's tensor (its name has the `{expert}` placeholder): split over the
     /// expert tensor-parallel size, stored on the global-expert axis.
-    public let routedExpert: Bool
+    public let isRoutedExpert: Bool
 
     /// The key's global shape.
     public var globalShape: [Int] { prefixSizes + shape }
@@ -71,6 +71,8 @@ public struct MappingPlan: Sendable {
     public let hfTensors: [HFTensorSpec]
     public let megatronTensors: [MegatronTensorSpec]
     public let correspondences: [RowCorrespondence]
+    /// Per correspondence: the index in `hfTensors` of its HF tensor.
+    public let correspondenceHFTensors: [Int32]
     /// Megatron rows with no HF source: vocabulary padding, written as zeros and dropped on export.
     public let zeroFills: [RowBlock]
     /// `_extra_state` objects Megatron-Core asks for: the per-layer module, its key and layer.
@@ -100,6 +102,26 @@ public struct MappingPlan: Sendable {
         var zeroFills: [RowBlock] = []
         var missing: [String] = []
         var padded: Int?
+        // Per-expert instances repeat their key, axes and shapes 512 times: one copy of each is
+        // kept (~240 bytes a tensor, 12 MB for 51,000 tensors).
+        var keys: [String: (key: String, first: Int)] = [:]
+        // Every layer of a stacked key must have the same shape (the first break is reported
+        // after the missing tensors, as a check of the finished list would).
+        var inconsistentLayers: MappingError?
+        var arrays: [[Int]: [Int]] = [:]
+        func interned(_ array: [Int]) -> [Int] {
+            if let known = arrays[array] { return known }
+            arrays[array] = array
+            return array
+        }
+        func interned(key: String) -> (key: String, first: Int) {
+            if let known = keys[key] { return known }
+            let entry = (key, megatronTensors.count)
+            keys[key] = entry
+            return entry
+        }
+        /// Per correspondence: the index of its HF tensor in `hfTensors`.
+        var correspondenceHF: [Int32] = []
         let layerCount = model.layerCount
         let stacked = model.table.stackedPlaceholders
         // Config counts are believed only as far as the tensors go: every layer and every expert
@@ -174,7 +196,12 @@ public struct MappingPlan: Sendable {
                 case .fromHF(let shapes, let divisor, let tp):
                     var known: [String: [Int]] = [:]
                     for (role, name) in hfNames {
-                        if let shape = shapes[name] { known[role] = shape } else { missing.append(name) }
+                        if let index = shapes.index(forKey: name) {
+                            known[role] = shapes.values[index]
+                            hfNames[role] = shapes.keys[index]  // the caller's copy of the name, not a second one
+                        } else {
+                            missing.append(name)
+                        }
                     }
                     guard known.count == hfNames.count else { continue }
                     expansion = try RuleExpansion.fromHF(rule: rule, roles: known, model: model,
@@ -204,9 +231,11 @@ public struct MappingPlan: Sendable {
                                                                model: model, name: megatronName, layer: hasLayer ? layer : nil)
                 }
                 if rule.padsVocab { padded = expansion.megatronShape.first }
+                var positions: [String: Int] = [:]
                 for role in rule.op.roles {
                     let name = hfNames[role]!
                     if let position = hfTensorIndex[name] {
+                        positions[role] = position
                         let earlier = hfTensors[position]
                         // One HF tensor cut into several Megatron tensors (row slices): one shape.
                         guard earlier.shape == expansion.hfShapes[role]! else {
@@ -214,17 +243,29 @@ public struct MappingPlan: Sendable {
                                                              reason: "rules disagree on its shape")
                         }
                     } else {
+                        positions[role] = hfTensors.count
                         hfTensorIndex[name] = hfTensors.count
-                        hfTensors.append(HFTensorSpec(name: name, shape: expansion.hfShapes[role]!))
+                        hfTensors.append(HFTensorSpec(name: name, shape: interned(expansion.hfShapes[role]!)))
+                    }
+                }
+                let key = interned(key: placement.key)
+                if !placement.prefix.isEmpty, inconsistentLayers == nil, key.first < megatronTensors.count {
+                    let earlier = megatronTensors[key.first]
+                    if earlier.shape != expansion.megatronShape {
+                        inconsistentLayers = .inconsistentLayers(
+                            key: key.key, reason: "\(earlier.name) has shape \(earlier.shape), \(megatronName) has \(expansion.megatronShape)",
+                            tensors: [earlier.name, megatronName])
                     }
                 }
                 megatronTensors.append(MegatronTensorSpec(
-                    name: megatronName, key: placement.key, prefix: placement.prefix, prefixSizes: placement.prefixSizes,
-                    shape: expansion.megatronShape, split: rule.split, op: rule.op, routedExpert: expert >= 0))
+                    name: megatronName, key: key.key, prefix: interned(placement.prefix), prefixSizes: interned(placement.prefixSizes),
+                    shape: interned(expansion.megatronShape), split: rule.split, op: rule.op, isRoutedExpert: expert >= 0))
                 for block in expansion.blocks {
+                    let name = hfNames[block.role]!
                     correspondences.append(RowCorrespondence(
-                        hf: RowBlock(tensor: hfNames[block.role]!, rows: block.hfRows),
+                        hf: RowBlock(tensor: name, rows: block.hfRows),
                         megatron: RowBlock(tensor: megatronName, rows: block.megatronRows)))
+                    correspondenceHF.append(Int32(positions[block.role]!))
                 }
                 if let zero = expansion.zeroRows { zeroFills.append(RowBlock(tensor: megatronName, rows: zero)) }
             }
@@ -233,16 +274,18 @@ public struct MappingPlan: Sendable {
             let side = if case .fromHF = direction { "Hugging Face" } else { "Megatron" }
             throw MappingError.missingTensors(side: side, names: Array(Set(missing)).sorted())
         }
-        try Self.checkStackedShapes(megatronTensors)
+        if let inconsistentLayers { throw inconsistentLayers }
         // From the HF side the source shapes were checked up front; otherwise the derived ones.
         if tensorBound == nil { try Self.checkStatedSizes(model, hfTensors) }
         switch direction {
-        case .fromHF(let shapes, _, _):
-            let used = Set(hfTensors.map(\.name))
+        case .fromHF(let shapes, _, _) where hfTensors.count < shapes.count:
+            // Every HF tensor of the plan is one of `shapes`: only fewer of them leaves some unmapped.
             let unmapped = shapes.keys.filter { name in
-                !used.contains(name) && !model.table.ignore.contains { $0.match(name) != nil }
+                hfTensorIndex[name] == nil && !model.table.ignore.contains { $0.match(name) != nil }
             }.sorted()
             if !unmapped.isEmpty { throw MappingError.unmappedTensors(side: "Hugging Face", names: unmapped) }
+        case .fromHF:
+            break
         case .fromMegatron(let keyShapes):
             let used = Set(megatronTensors.map(\.key))
             let unmapped = keyShapes.keys.filter { !used.contains($0) && !Self.isTrainingState($0) }.sorted()
@@ -250,11 +293,12 @@ public struct MappingPlan: Sendable {
         case .fromLocalShards:
             break  // the caller checks each rank file's entries against the layout
         }
-        try Self.checkCoverage(megatronTensors.map { ($0.name, $0.shape.first ?? 1) }, correspondences.map(\.megatron), zeroFills)
-        try Self.checkCoverage(hfTensors.map { ($0.name, $0.shape.first ?? 1) }, correspondences.map(\.hf), [])
+        try Self.checkMegatronCoverage(megatronTensors, correspondences, zeroFills)
+        try Self.checkHFCoverage(hfTensors, correspondences, correspondenceHF)
         self.hfTensors = hfTensors
         self.megatronTensors = megatronTensors
         self.correspondences = correspondences
+        correspondenceHFTensors = correspondenceHF
         self.zeroFills = zeroFills
         paddedVocabSize = padded
         var extra: [(module: String, key: String, prefix: [Int], prefixSizes: [Int])] = []
@@ -275,7 +319,8 @@ public struct MappingPlan: Sendable {
                     if mtp >= 0 { values["mtp"] = mtp }
                     if expert >= 0 { values["expert"] = expert }
                     let placement = try Self.checkpointKey(pattern, values: values, stacked: stacked, counts: count)
-                    extra.append((pattern.render(values), placement.key, placement.prefix, placement.prefixSizes))
+                    extra.append((pattern.render(values), interned(key: placement.key).key, interned(placement.prefix),
+                                  interned(placement.prefixSizes)))
                 }
             }
         }
@@ -346,36 +391,58 @@ public struct MappingPlan: Sendable {
         }
     }
 
-    /// Every layer of a stacked key must have the same shape and split.
-    private static func checkStackedShapes(_ tensors: [MegatronTensorSpec]) throws {
-        var first: [String: MegatronTensorSpec] = [:]
-        for tensor in tensors where !tensor.prefix.isEmpty {
-            if let earlier = first[tensor.key] {
-                guard earlier.shape == tensor.shape else {
-                    throw MappingError.inconsistentLayers(
-                        key: tensor.key, reason: "\(earlier.name) has shape \(earlier.shape), \(tensor.name) has \(tensor.shape)",
-                        tensors: [earlier.name, tensor.name])
-                }
-            } else {
-                first[tensor.key] = tensor
+    /// Each Megatron tensor's rows must be filled exactly once. Its correspondences (and zero
+    /// rows) are appended right after it, so they are read as runs, in order.
+    private static func checkMegatronCoverage(_ tensors: [MegatronTensorSpec], _ correspondences: [RowCorrespondence], _ zeros: [RowBlock]) throws {
+        var position = 0, zero = 0
+        var ranges: [Range<Int>] = []
+        for tensor in tensors {
+            ranges.removeAll(keepingCapacity: true)
+            while position < correspondences.count, correspondences[position].megatron.tensor == tensor.name {
+                ranges.append(correspondences[position].megatron.rows)
+                position += 1
             }
+            if zero < zeros.count, zeros[zero].tensor == tensor.name {
+                ranges.append(zeros[zero].rows)
+                zero += 1
+            }
+            try checkRows(tensor.name, rows: tensor.shape.first ?? 1, ranges)
+        }
+        precondition(position == correspondences.count && zero == zeros.count, "correspondences out of tensor order")
+    }
+
+    private static func checkRows(_ name: String, rows: Int, _ ranges: [Range<Int>]) throws {
+        var next = 0
+        for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            guard range.lowerBound == next else {
+                throw MappingError.unfilledTarget(tensor: name, reason: "rows \(next)..<\(range.lowerBound) have no counterpart or overlap")
+            }
+            next = range.upperBound
+        }
+        guard next == rows else {
+            throw MappingError.unfilledTarget(tensor: name, reason: "covered \(next) of \(rows) rows")
         }
     }
 
-    /// Each tensor's rows must be covered exactly once: a table or op bug otherwise.
-    private static func checkCoverage(_ tensors: [(name: String, rows: Int)], _ blocks: [RowBlock], _ zeros: [RowBlock]) throws {
-        var ranges: [String: [Range<Int>]] = [:]
-        for block in blocks + zeros { ranges[block.tensor, default: []].append(block.rows) }
-        for tensor in tensors {
+    /// Each HF tensor's rows must be used exactly once: the correspondences sorted by tensor and
+    /// row (an index array, not a dictionary of row lists by name).
+    private static func checkHFCoverage(_ tensors: [HFTensorSpec], _ correspondences: [RowCorrespondence], _ tensorOf: [Int32]) throws {
+        let order = correspondences.indices.sorted {
+            (tensorOf[$0], correspondences[$0].hf.rows.lowerBound) < (tensorOf[$1], correspondences[$1].hf.rows.lowerBound)
+        }
+        var position = 0
+        for (index, tensor) in tensors.enumerated() {
             var next = 0
-            for range in (ranges[tensor.name] ?? []).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            while position < order.count, tensorOf[order[position]] == Int32(index) {
+                let range = correspondences[order[position]].hf.rows
                 guard range.lowerBound == next else {
                     throw MappingError.unfilledTarget(tensor: tensor.name, reason: "rows \(next)..<\(range.lowerBound) have no counterpart or overlap")
                 }
                 next = range.upperBound
+                position += 1
             }
-            guard next == tensor.rows else {
-                throw MappingError.unfilledTarget(tensor: tensor.name, reason: "covered \(next) of \(tensor.rows) rows")
+            guard next == (tensor.shape.first ?? 1) else {
+                throw MappingError.unfilledTarget(tensor: tensor.name, reason: "covered \(next) of \(tensor.shape.first ?? 1) rows")
             }
         }
     }

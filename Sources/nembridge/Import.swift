@@ -70,7 +70,10 @@ struct Import: ParsableCommand {
             let plan = try HFImport(source: source, output: output, options: options)
             for warning in plan.warnings { FileHandle.standardError.write(Data("nembridge: warning: \(warning)\n".utf8)) }
             let legacy = plan.legacy
-            guard let seconds = try planned.run(phase: "import", planText: { plan.planText() + (legacy.map { "\n" + $0.planText() } ?? "") },
+            guard let seconds = try planned.run(phase: "import", planText: { output in
+                                                   plan.writePlanText(to: output)
+                                                   legacy?.writePlanText(to: output)
+                                               },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
             else { return }
             if let legacy {
@@ -81,8 +84,8 @@ struct Import: ParsableCommand {
                 return
             }
             writeStandardOutput(
-                "imported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.layout.metadata.tensors.count) keys, "
-                    + "\(plan.layout.tensorItems.count) chunks, \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))"
+                "imported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.layout.keys.count) keys, "
+                    + "\(plan.layout.tensorItemCount) chunks, \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))"
                     + "\nMegatron-LM flags to load it: " + plan.megatronLMFlags.joined(separator: " "))
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Execution
 import Foundation
+import NembridgeKit
 
 /// The options every writing command shares, and what it does once its plan is made: print it on
 /// `--dry-run`, or run it with a progress line on a terminal.
@@ -13,10 +14,13 @@ struct PlannedRunOptions: ParsableArguments {
 
     /// How long the run took; nil for a dry run.
     func run(
-        phase: String, planText: () -> String, totalBytes: Int64, run: (MoveExecutor, ProgressCounter) throws -> Void
+        phase: String, planText: (PlanTextOutput) -> Void, totalBytes: Int64, run: (MoveExecutor, ProgressCounter) throws -> Void
     ) throws -> TimeInterval? {
         if dryRun {
-            writeStandardOutput(planText())
+            // Streamed: the plan of a 450,000-chunk checkpoint is never held as one string.
+            let output = PlanTextOutput.standardOutput()
+            planText(output)
+            output.flush()
             return nil
         }
         let counter = ProgressCounter(total: totalBytes)

@@ -66,11 +66,11 @@ struct Reshard: ParsableCommand {
                 options.dropOptimizer = dropOptimizer
                 options.fileCount = max(1, planned.workers)
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
-                guard let seconds = try planned.run(phase: "reshard", planText: { plan.planText() },
+                guard let seconds = try planned.run(phase: "reshard", planText: plan.writePlanText,
                                                    totalBytes: plan.totalBytes,
                                                    run: { try plan.run(executor: $0, progress: $1) })
                 else { return }
-                let written = plan.legacyPlan.map { "\($0.files.count) rank files" } ?? "\(plan.layout.tensorItems.count) chunks"
+                let written = plan.legacyPlan.map { "\($0.files.count) rank files" } ?? "\(plan.layout.tensorItemCount) chunks"
                 writeStandardOutput("resharded \(megatron) -> \(output) (\(options.format.rawValue), \(written), "
                     + "\(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
                 if !plan.droppedState.isEmpty {
@@ -82,7 +82,7 @@ struct Reshard: ParsableCommand {
             guard let source else { throw ValidationError("give --hf SRC or --megatron SRC") }
             let limit = try maxShardSize.map(ByteCountParser.parse)
             let plan = try HFReshard(source: source, output: output, maxShardSize: limit)
-            guard let seconds = try planned.run(phase: "reshard", planText: { plan.planText() },
+            guard let seconds = try planned.run(phase: "reshard", planText: { $0.line(plan.planText()) },
                                                totalBytes: plan.totalBytes,
                                                run: { try plan.run(executor: $0, progress: $1) })
             else { return }

@@ -409,10 +409,10 @@ struct MegatronReshardTests {
                 let fraction = TensorParallelLayoutTests.fractions([chunk], size: theirs.size, skip: skip)
                 expected[fraction] = theirLayer.count > 1 ? try Self.savingRank(megatron, key, chunk) : nil
             }
-            for (index, item) in dense.layout.tensorItems.enumerated() where item.key == key && (skip == 0 || item.chunk.offsets[0] == 0) {
+            for (index, item) in dense.layout.tensorItemIndices.map(dense.layout.tensorItem).enumerated() where item.key == key && (skip == 0 || item.chunk.offsets[0] == 0) {
                 let size = try dense.source.tensor(key).size
                 let fraction = TensorParallelLayoutTests.fractions([item.chunk], size: size, skip: skip)
-                #expect(dense.targetRanks[index]?.tensorParallel == expected[fraction] ?? nil, "\(key) \(fraction)")
+                #expect(dense.targetRank(item: index)?.tensorParallel == expected[fraction] ?? nil, "\(key) \(fraction)")
                 checked += 1
             }
         }
@@ -433,12 +433,12 @@ struct MegatronReshardTests {
         ep2.expertParallel = 2
         let ours = try MegatronReshard(checkpoint: scratch + "/moe", output: scratch + "/unused", options: ep2)
         var experts = 0
-        for (index, item) in ours.layout.tensorItems.enumerated() where item.key.contains("experts.experts") {
+        for (index, item) in ours.layout.tensorItemIndices.map(ours.layout.tensorItem).enumerated() where item.key.contains("experts.experts") {
             let size = try ours.source.tensor(item.key).size
             let axis = size.count - 3
             let position = Double(item.chunk.offsets[axis]) / Double(size[axis])
             let expected = blockOf.filter { $0.key <= position }.max { $0.key < $1.key }?.value
-            #expect(ours.targetRanks[index]?.expertParallel == expected, "\(item.key) \(item.chunk.offsets)")
+            #expect(ours.targetRank(item: index)?.expertParallel == expected, "\(item.key) \(item.chunk.offsets)")
             experts += 1
         }
         #expect(experts > 0)

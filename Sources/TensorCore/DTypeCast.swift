@@ -1,6 +1,3 @@
-import Execution
-import TensorCore
-
 /// A cast between the floating dtypes a user can ask for (`--dtype bf16|fp16|fp32`), rounding to
 /// nearest even bit for bit as torch 2.13's `Tensor.to` does on CPU (checked by the interop
 /// tests): fp32 → bf16 rounds the upper half to nearest even and writes any NaN as 0xFFFF (its
@@ -17,6 +14,11 @@ public enum DTypeCast {
         case "fp32", "float32", "float": .float32
         default: nil
         }
+    }
+
+    /// Bytes of `count` source bytes once cast.
+    public static func castByteCount(_ count: Int64, from: DType, to: DType) -> Int64 {
+        count / Int64(from.bitWidth / 8) * Int64(to.bitWidth / 8)
     }
 
     static func float32(bfloat16 bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
@@ -53,51 +55,20 @@ public enum DTypeCast {
     }
 }
 
-/// A sink that receives one tensor's bytes in the source dtype, at offsets relative to the
-/// tensor's first byte, and writes them cast to the output dtype at `start` in `base`. The
-/// executor streams each chunk through its buffer; the cast goes to a scratch buffer of the
-/// chunk's converted size.
-final class CastingSink: ByteSink, @unchecked Sendable {
-    let base: any ByteSink
-    let start: Int64
-    let from: DType, to: DType
+/// A conversion of a group's elements on their way to the output (`export --dtype`): its moves
+/// read `from` elements, the output holds `to` elements.
+public struct ElementCast: Sendable, Hashable, CustomStringConvertible {
+    public var from: DType
+    public var to: DType
 
-    init(base: any ByteSink, start: Int64, from: DType, to: DType) {
-        self.base = base
-        self.start = start
+    public init(from: DType, to: DType) {
+        precondition(DTypeCast.castable.contains(from) && DTypeCast.castable.contains(to), "a cast \(from) -> \(to)")
         self.from = from
         self.to = to
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
-        let inSize = Int64(from.bitWidth / 8), outSize = Int64(to.bitWidth / 8)
-        precondition(offset % inSize == 0, "a cast write at a partial element")
-        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count / Int(inSize) * Int(outSize), alignment: 16)
-        defer { output.deallocate() }
-        DTypeCast.convert(bytes, from: from, to: to, into: output)
-        try base.write(UnsafeRawBufferPointer(output), at: start + offset / inSize * outSize)
-    }
+    /// Output bytes of `count` source bytes.
+    public func outputBytes(_ count: Int64) -> Int64 { DTypeCast.castByteCount(count, from: from, to: to) }
 
-    func copy(from source: ReadOnlyFile, range: ByteRange, to offset: Int64) throws -> Bool { false }
-}
-
-/// Forwards a tensor's bytes to `observer` cast, so checksums are of the written bytes.
-final class CastingObserver: StreamObserver, @unchecked Sendable {
-    let observer: any StreamObserver
-    let from: DType, to: DType
-
-    init(observer: any StreamObserver, from: DType, to: DType) {
-        self.observer = observer
-        self.from = from
-        self.to = to
-    }
-
-    func consume(_ bytes: UnsafeRawBufferPointer) throws {
-        let output = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count / (from.bitWidth / 8) * (to.bitWidth / 8), alignment: 16)
-        defer { output.deallocate() }
-        DTypeCast.convert(bytes, from: from, to: to, into: output)
-        try observer.consume(UnsafeRawBufferPointer(output))
-    }
-
-    func finish() throws { try observer.finish() }
+    public var description: String { "\(from) -> \(to)" }
 }

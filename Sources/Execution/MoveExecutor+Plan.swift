@@ -1,0 +1,189 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import TensorCore
+
+/// Sees a group's bytes in order, zeros included: for checksums computed while copying, so an
+/// output is never read back just to hash it.
+public protocol StreamObserver: AnyObject, Sendable {
+    func consume(_ bytes: UnsafeRawBufferPointer) throws
+    /// `count` zero bytes that were neither read nor written (padding, holes of a sparse source).
+    /// By default they are passed to `consume` from a shared page of zeros.
+    func consumeZeros(_ count: Int64) throws
+    /// Called once after the last byte.
+    func finish() throws
+}
+
+extension StreamObserver {
+    public func consumeZeros(_ count: Int64) throws {
+        var left = count
+        while left > 0 {
+            let step = Int(min(left, Int64(ZeroPage.bytes.count)))
+            try consume(UnsafeRawBufferPointer(rebasing: ZeroPage.bytes[0..<step]))
+            left -= Int64(step)
+        }
+    }
+}
+
+/// One mebibyte of zeros, allocated once, never written (so sharing it between threads is safe).
+public enum ZeroPage {
+    nonisolated(unsafe) public static let bytes: UnsafeRawBufferPointer = {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        return UnsafeRawBufferPointer(buffer)
+    }()
+}
+
+extension MoveExecutor {
+    /// Runs every group of `plan` (progress counts output bytes): each group's moves in order on one worker, into
+    /// `sinks[plan.output(group)]` from `plan.offset(group)`, its bytes shown in order (zeros
+    /// included) to `observer(group)`, which is made when a worker takes the group (so a plan of
+    /// 450,000 chunks never holds 450,000 observers). Groups writing one output share a lane:
+    /// workers keep to their own lane while it has work, largest group first, because writes to
+    /// one file serialize on its inode lock in the kernel.
+    ///
+    /// Sources that are sparse stay sparse: a piece of a source that is a hole (see
+    /// `ReadOnlyFile.isHole`) is neither read nor written, and zero moves are not written either;
+    /// the sink is told (`leaveZeros`) and the observer sees the zeros. The sinks must be fresh
+    /// files (or regions never written), which is what every planned writer hands over.
+    /// Without an observer and in `.kernel` mode copies go through `copy_file_range`.
+    public func run(
+        _ plan: ConversionPlan, sinks: [any ByteSink], observer: (@Sendable (Int) throws -> (any StreamObserver)?)? = nil,
+        progress: ProgressCounter? = nil
+    ) throws {
+        // One queue per lane, largest group first; a worker takes from its own lane, then steals.
+        var laneOf: [Int: Int] = [:]
+        var lanes: [[Int32]] = []
+        for group in 0..<plan.groupCount {
+            let output = plan.output(group: group)
+            precondition(output >= 0 && output < sinks.count, "group \(group) writes output \(output) of \(sinks.count)")
+            let lane = laneOf[output] ?? { laneOf[output] = lanes.count; lanes.append([]); return lanes.count - 1 }()
+            lanes[lane].append(Int32(group))
+        }
+        let sizes = (0..<plan.groupCount).map { plan.byteCount(group: $0) }
+        for lane in lanes.indices {
+            lanes[lane].sort { sizes[Int($0)] > sizes[Int($1)] }
+        }
+        let queues = lanes
+        let cursors = Mutex([Int](repeating: 0, count: queues.count))
+        @Sendable func take(_ worker: Int) -> Int? {
+            cursors.withLock { cursors in
+                guard !queues.isEmpty else { return nil }
+                for step in 0..<queues.count {
+                    let lane = (worker + step) % queues.count
+                    if cursors[lane] < queues[lane].count {
+                        cursors[lane] += 1
+                        return Int(queues[lane][cursors[lane] - 1])
+                    }
+                }
+                return nil
+            }
+        }
+        let failure = Mutex<(any Error)?>(nil)
+        let chunk = Int64(chunkBytes)
+        let mode = self.mode
+        let pool = self.pool
+        let sources = plan.sources
+        runLock.withLock { _ in
+            DispatchQueue.concurrentPerform(iterations: min(workers, max(plan.groupCount, 1))) { worker in
+                let buffer = pool.buffer(worker)
+                while failure.withLock({ $0 == nil }) {
+                    guard let group = take(worker) else { return }
+                    do {
+                        let sink = sinks[plan.output(group: group)]
+                        let observer = try observer?(group)
+                        var destination = plan.offset(group: group)
+                        // A cast group's bytes are converted into the worker's scratch buffer
+                        // (moves are whole elements, and so is every piece of them read here).
+                        let cast = plan.cast(group: group)
+                        func zeros(_ count: Int64) throws {
+                            let written = cast?.outputBytes(count) ?? count
+                            try sink.leaveZeros(at: destination, count: written)
+                            try observer?.consumeZeros(written)
+                            progress?.add(written)
+                            destination += written
+                        }
+                        func emit(_ count: Int) throws {
+                            var bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<count])
+                            if let cast {
+                                let written = Int(cast.outputBytes(Int64(count)))
+                                let converted = UnsafeMutableRawBufferPointer(rebasing: pool.scratch(worker)[0..<written])
+                                DTypeCast.convert(bytes, from: cast.from, to: cast.to, into: converted)
+                                bytes = UnsafeRawBufferPointer(converted)
+                            }
+                            try sink.write(bytes, at: destination)
+                            try observer?.consume(bytes)
+                            progress?.add(Int64(bytes.count))
+                            destination += Int64(bytes.count)
+                        }
+                        for move in plan.moves(group: group) {
+                            if move.isZeros {
+                                try zeros(move.byteCount)
+                                continue
+                            }
+                            let source = sources[Int(move.source)]
+                            if move.isContiguous {
+                                let range = ByteRange(offset: move.offset, count: move.byteCount)
+                                if mode == .kernel, observer == nil, cast == nil, try sink.copy(from: source, range: range, to: destination) {
+                                    progress?.add(range.count)
+                                    destination += range.count
+                                    continue
+                                }
+                                var done: Int64 = 0
+                                while done < range.count {
+                                    let piece = range.slice(from: done, count: min(chunk, range.count - done))
+                                    if source.isHole(piece) {
+                                        try zeros(piece.count)
+                                    } else {
+                                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.count)]), at: piece.offset)
+                                        try emit(Int(piece.count))
+                                    }
+                                    done += piece.count
+                                }
+                                continue
+                            }
+                            // Strided: whole blocks of rows are read and their segments compacted in
+                            // place, so a column slice costs one read per block, not one per row.
+                            let segment = move.segmentBytes, stride = move.stride, rows = Int64(move.rows)
+                            let rowsPerBlock = segment + stride <= chunk ? max(1, (chunk - segment) / stride + 1) : 0
+                            var row: Int64 = 0
+                            while row < rows {
+                                if rowsPerBlock == 0 {
+                                    precondition(segment <= chunk, "a row segment larger than the buffer")
+                                    let piece = move.segment(Int(row))
+                                    if source.isHole(piece) {
+                                        try zeros(segment)
+                                    } else {
+                                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(segment)]), at: piece.offset)
+                                        try emit(Int(segment))
+                                    }
+                                    row += 1
+                                    continue
+                                }
+                                let count = min(rowsPerBlock, rows - row)
+                                let block = ByteRange(offset: move.offset + row * stride, count: (count - 1) * stride + segment)
+                                if source.isHole(block) {
+                                    try zeros(count * segment)
+                                } else {
+                                    try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(block.count)]), at: block.offset)
+                                    for index in 1..<Int(count) {
+                                        memmove(buffer.baseAddress! + index * Int(segment), buffer.baseAddress! + index * Int(stride), Int(segment))
+                                    }
+                                    try emit(Int(count * segment))
+                                }
+                                row += count
+                            }
+                        }
+                        try observer?.finish()
+                    } catch {
+                        failure.withLock { if $0 == nil { $0 = error } }
+                        return
+                    }
+                }
+            }
+        }
+        if let error = failure.withLock({ $0 }) { throw error }
+    }
+}
