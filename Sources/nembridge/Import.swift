@@ -74,7 +74,7 @@ struct Import: ParsableCommand {
                                                    plan.writePlanText(to: output)
                                                    legacy?.writePlanText(to: output)
                                                },
-                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
+                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
             else { return }
             if let legacy {
                 writeStandardOutput(
