@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(
             name: "NembridgeKitTests",
             dependencies: [
-                "NembridgeKit", "SafetensorsFormat", "MegatronCheckpoint", "TorchPickle", "TorchZip", "WeightMapping", "Execution",
+                "NembridgeKit", "SafetensorsFormat", "MegatronCheckpoint", "TorchPickle", "TorchZip", "WeightMapping", "Execution", "Verification",
                 "TensorCore", "NembridgeTestSupport",
             ]
         ),

@@ -84,28 +84,32 @@ public struct ChecksumManifest: Sendable, Equatable {
 
     /// The `files` section for the folder at `root`, given the ranges the entries cover per file.
     static func coverage(root: String, covered: [String: [ByteRange]]) throws -> [FileEntry] {
+        try folderFiles(root).map { name in try fileEntry(root: root, name: name, covered: covered[name] ?? []) }
+    }
+
+    /// The `files` row of one file under `root`: its size and the XXH3-64 of its bytes outside
+    /// `covered`, in offset order.
+    public static func fileEntry(root: String, name: String, covered: [ByteRange]) throws -> FileEntry {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
         defer { buffer.deallocate() }
-        return try folderFiles(root).map { name in
-            let file = try ReadOnlyFile(path: (root as NSString).appendingPathComponent(name))
-            let hasher = XXH3Hasher()
-            var next: Int64 = 0
-            func hashUpTo(_ end: Int64) throws {
-                while next < end {
-                    let count = Int(min(Int64(buffer.count), end - next))
-                    let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
-                    try file.read(into: piece, at: next)
-                    hasher.update(UnsafeRawBufferPointer(piece))
-                    next += Int64(count)
-                }
+        let file = try ReadOnlyFile(path: (root as NSString).appendingPathComponent(name))
+        let hasher = XXH3Hasher()
+        var next: Int64 = 0
+        func hashUpTo(_ end: Int64) throws {
+            while next < end {
+                let count = Int(min(Int64(buffer.count), end - next))
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+                try file.read(into: piece, at: next)
+                hasher.update(UnsafeRawBufferPointer(piece))
+                next += Int64(count)
             }
-            for range in (covered[name] ?? []).sorted(by: { $0.offset < $1.offset }) {
-                try hashUpTo(min(range.offset, file.size))
-                next = max(next, range.offset + range.count)
-            }
-            try hashUpTo(file.size)
-            return FileEntry(name: name, size: file.size, restXXH3: hasher.digest)
         }
+        for range in covered.sorted(by: { $0.offset < $1.offset }) {
+            try hashUpTo(min(range.offset, file.size))
+            next = max(next, range.offset + range.count)
+        }
+        try hashUpTo(file.size)
+        return FileEntry(name: name, size: file.size, restXXH3: hasher.digest)
     }
 
     /// Relative paths of the regular files under `root`, sorted, without the manifest itself.

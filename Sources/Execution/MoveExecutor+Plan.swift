@@ -49,18 +49,34 @@ extension MoveExecutor {
     /// the sink is told (`leaveZeros`) and the observer sees the zeros. The sinks must be fresh
     /// files (or regions never written), which is what every planned writer hands over.
     /// Without an observer and in `.kernel` mode copies go through `copy_file_range`.
+    ///
+    /// The groups of outputs in `skipping` are not run (a resumed run's outputs kept from the
+    /// interrupted one; their bytes count as done). `outputDone(output)` is called once, on the
+    /// worker that finished it, when the last group of an output is done, so a writer can
+    /// complete that file while others are still being written.
     public func run(
         _ plan: ConversionPlan, sinks: [any ByteSink], observer: (@Sendable (Int) throws -> (any StreamObserver)?)? = nil,
-        progress: ProgressCounter? = nil
+        progress: ProgressCounter? = nil, skipping: Set<Int> = [], outputDone: (@Sendable (Int) throws -> Void)? = nil
     ) throws {
         // One queue per lane, largest group first; a worker takes from its own lane, then steals.
         var laneOf: [Int: Int] = [:]
         var lanes: [[Int32]] = []
+        var groupsLeft = [Int](repeating: 0, count: sinks.count)
         for group in 0..<plan.groupCount {
             let output = plan.output(group: group)
             precondition(output >= 0 && output < sinks.count, "group \(group) writes output \(output) of \(sinks.count)")
+            if skipping.contains(output) {
+                progress?.add(plan.byteCount(group: group))
+                continue
+            }
+            groupsLeft[output] += 1
             let lane = laneOf[output] ?? { laneOf[output] = lanes.count; lanes.append([]); return lanes.count - 1 }()
             lanes[lane].append(Int32(group))
+        }
+        let remaining = Mutex(groupsLeft)
+        // An output with no group to run (nothing planned, all zeros elsewhere) is done at once.
+        if let outputDone {
+            for output in sinks.indices where groupsLeft[output] == 0 && !skipping.contains(output) { try outputDone(output) }
         }
         let sizes = (0..<plan.groupCount).map { plan.byteCount(group: $0) }
         for lane in lanes.indices {
@@ -239,6 +255,12 @@ extension MoveExecutor {
                             }
                         }
                         try observer?.finish()
+                        let output = plan.output(group: group)
+                        let last = remaining.withLock { left in
+                            left[output] -= 1
+                            return left[output] == 0
+                        }
+                        if last { try outputDone?(output) }
                     } catch {
                         failure.withLock { if $0 == nil { $0 = error } }
                         return

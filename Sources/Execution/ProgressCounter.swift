@@ -9,7 +9,10 @@ public final class ProgressCounter: Sendable {
 
     public init(total: Int64) { self.total = total }
 
-    public func add(_ bytes: Int64) { done.wrappingAdd(bytes, ordering: .relaxed) }
+    public func add(_ bytes: Int64) {
+        let now = done.wrappingAdd(bytes, ordering: .relaxed).newValue
+        if let point = TestKillPoint.afterBytes, now >= point { TestKillPoint.reached() }
+    }
 
     public var completed: Int64 { done.load(ordering: .relaxed) }
 

@@ -224,6 +224,10 @@ public final class LegacyTorchCheckpoint: Sendable {
             throw fail("data.pkl", "\(error)", offset: pickleEntry.localHeaderOffset)
         }
         guard let entries = value.dictEntries else { throw fail("data.pkl", "the saved object is a \(value.kindName), not a dict") }
+        // `args`, `iteration` and `checkpoint_version` are those of a common state.
+        if let reason = TorchDistCheckpoint.commonStateProblem(value) {
+            throw fail("data.pkl", reason, offset: pickleEntry.localHeaderOffset)
+        }
         var topLevel: [(key: String, value: PickleValue)] = []
         var model: PickleValue?
         for entry in entries {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TensorCore
 import TorchPickle
 import TorchZip
@@ -75,15 +76,23 @@ public struct LegacyRankFilePlan: Sendable {
 /// `recordData`). Files appear under their names on `finish()`; `discard()` removes them.
 public final class LegacyTorchWriter: Sendable {
     public let plans: [LegacyRankFilePlan]
-    public let files: [AtomicOutputFile]
-    private let archives: [ZipWriter]
+    /// The rank files, nil for those kept from an interrupted run (`keeping`): not written.
+    public let files: [AtomicOutputFile?]
+    private let archives: [ZipWriter?]
+    private let finished: Mutex<Set<Int>>
 
-    /// Creates `directory/mp_rank_…/` for every plan and opens each file under a temporary name.
-    public init(directory: String, plans: [LegacyRankFilePlan]) throws {
+    /// Creates `directory/mp_rank_…/` for every plan and opens each file under a temporary name,
+    /// but those in `keeping` (already complete there, kept by a resumed run).
+    public init(directory: String, plans: [LegacyRankFilePlan], keeping: Set<Int> = []) throws {
         self.plans = plans
-        var files: [AtomicOutputFile] = []
-        var archives: [ZipWriter] = []
-        for plan in plans {
+        var files: [AtomicOutputFile?] = []
+        var archives: [ZipWriter?] = []
+        for (index, plan) in plans.enumerated() {
+            guard !keeping.contains(index) else {
+                files.append(nil)
+                archives.append(nil)
+                continue
+            }
             let path = (directory as NSString).appendingPathComponent(plan.relativePath)
             try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             let file = try AtomicOutputFile(path: path)
@@ -94,26 +103,39 @@ public final class LegacyTorchWriter: Sendable {
         }
         self.files = files
         self.archives = archives
+        finished = Mutex(keeping)
+    }
+
+    /// The files as the executor's sinks (a kept file's sink refuses writes: none are planned).
+    public var sinks: [any ByteSink] {
+        files.indices.map { index -> any ByteSink in files[index] ?? KeptFileSink(name: plans[index].relativePath) }
     }
 
     /// Reports `count` bytes written at `offset` inside tensor `tensor` of file `file`, with their CRC-32.
     public func recordData(file: Int, tensor: Int, at offset: Int64, count: Int64, crc: UInt32) throws {
-        try archives[file].recordPiece(entry: plans[file].tensors[tensor].entry, at: offset, count: count, crc: crc)
+        guard let archive = archives[file] else { preconditionFailure("data for \(plans[file].relativePath), which was kept") }
+        try archive.recordPiece(entry: plans[file].tensors[tensor].entry, at: offset, count: count, crc: crc)
     }
 
-    /// Completes every archive and publishes the files. Throws (and removes them) if any tensor is incomplete.
+    /// Completes rank file `file`'s archive and publishes it, while other files are still being
+    /// written. Throws if any of its tensors is incomplete.
+    public func finishFile(_ file: Int) throws {
+        guard let output = files[file], let archive = archives[file], finished.withLock({ $0.insert(file).inserted }) else { return }
+        try archive.finish()
+        try output.extend(to: plans[file].fileSize)
+        try output.publish()
+    }
+
+    /// Completes every archive not completed yet and publishes the files. Throws (and removes
+    /// the unpublished ones) if any tensor is incomplete.
     public func finish() throws {
         do {
-            for (archive, (file, plan)) in zip(archives, zip(files, plans)) {
-                try archive.finish()
-                try file.extend(to: plan.fileSize)
-            }
-            for file in files { try file.publish() }
+            for file in files.indices { try finishFile(file) }
         } catch {
             discard()
             throw error
         }
     }
 
-    public func discard() { files.forEach { $0.discard() } }
+    public func discard() { files.forEach { $0?.discard() } }
 }

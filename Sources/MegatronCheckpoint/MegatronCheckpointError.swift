@@ -20,7 +20,7 @@ public enum MegatronCheckpointError: Error, Equatable, Sendable, CustomStringCon
     case boxNotCovered(file: String, key: String, offsets: [Int], sizes: [Int], shape: [Int], missingElements: Int)
     /// The common state (`common.pt`, or the `common_state/shard_0_1` item: `key`) is not the
     /// dict Megatron saves.
-    case invalidCommonState(file: String, key: String?, reason: String)
+    case invalidCommonState(file: String, key: String?, offset: Int64, reason: String)
     /// A tensor whose shape holds more bytes than 64 bits can count.
     case tensorTooLarge(file: String, key: String, shape: [Int], dtype: DType)
     /// libzstd refused a parameter or failed while compressing.
@@ -59,8 +59,8 @@ public enum MegatronCheckpointError: Error, Equatable, Sendable, CustomStringCon
             "\(p(file)): item `\(q(key))` at offset \(offset): zstd: \(r(reason))"
         case .boxNotCovered(let file, let key, let offsets, let sizes, let shape, let missing):
             "\(p(file)): box of `\(q(key))` at offsets \(offsets) with sizes \(sizes) (tensor shape \(shape)) is not covered by chunks: \(missing) elements missing"
-        case .invalidCommonState(let file, let key, let reason):
-            "\(p(file)): \(key.map { "item `\(q($0))`: " } ?? "")not a Megatron common state: \(r(reason))"
+        case .invalidCommonState(let file, let key, let offset, let reason):
+            "\(p(file)): \(key.map { "item `\(q($0))` " } ?? "data.pkl ")at offset \(offset): not a Megatron common state: \(r(reason))"
         case .tensorTooLarge(let file, let key, let shape, let dtype):
             "\(p(file)): `\(q(key))` of shape \(shape) and dtype \(dtype) has more bytes than 64 bits can count"
         case .compressionFailed(let reason):

@@ -208,10 +208,34 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         if let decoded = cache.withLock({ $0.decoded[key] }) {
             return (decoded, ByteRange(offset: 0, count: decoded.size), true)
         }
-        let decoded = try ZstdStreamDecoder.decodeToTemporaryFile(file: file, range: range, key: key.fqn)
+        let decoded = try ZstdStreamDecoder.decodeToTemporaryFile(file: file, range: range, key: key.fqn, limit: decodedLimit(key))
         cache.withLock { $0.decoded[key] = decoded }
         return (decoded, ByteRange(offset: 0, count: decoded.size), true)
     }
+
+    /// The most a compressed item may decode to, so that a zstd bomb is refused after a bounded
+    /// amount of work and temporary disk. A chunk: twice the bytes `.metadata` gives it plus
+    /// 1 MiB (room for the archive's records and for a saved view whose storage outgrows the
+    /// chunk, never the orders of magnitude of a bomb). An object: `objectDecodedLimit`.
+    func decodedLimit(_ key: DCPStorageKey) -> ZstdStreamDecoder.Limit {
+        guard let offsets = key.offsets, let index = tensorIndex[key.fqn],
+            let chunk = metadata.tensors[index].metadata.chunks.first(where: { $0.offsets == offsets })
+        else {
+            return .init(bytes: Self.objectDecodedLimit, holder: "an object item (nembridge decodes at most that)")
+        }
+        let dtype = metadata.tensors[index].metadata.dtype
+        // `validate` bounded the tensor's bytes by Int64.max, so the chunk's fit; the margin saturates.
+        let element = Int64(Self.torchElementSize(dtype) ?? 1)
+        let bytes = chunk.sizes.reduce(element) { $0 * Int64($1) }
+        let (doubled, overflow) = bytes.multipliedReportingOverflow(by: 2)
+        let (limit, sumOverflow) = doubled.addingReportingOverflow(1 << 20)
+        return .init(bytes: overflow || sumOverflow ? Int64.max : limit,
+                     holder: "a chunk of sizes \(chunk.sizes) and dtype \(dtype) (\(bytes) bytes) can hold with its archive")
+    }
+
+    /// Objects Megatron-Core saves (common state, `_extra_state`) are KiB; 256 MiB is far beyond
+    /// any of them and small enough to decode in a second or two.
+    public static let objectDecodedLimit: Int64 = 256 << 20
 
     /// Opens the `torch.save` zip of an item, turning zip faults into `invalidItem` errors that
     /// name the `.distcp` file, the key and the item's offset.

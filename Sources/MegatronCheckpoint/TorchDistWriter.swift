@@ -14,20 +14,28 @@ import TorchZip
 public final class TorchDistWriter: Sendable {
     public let layout: TorchDistLayout
     public let directory: String
-    public let files: [AtomicOutputFile]
+    /// The data files, nil for those kept from an interrupted run (`keeping`): not written.
+    public let files: [AtomicOutputFile?]
     private let reported: Mutex<(crcs: [UInt32], counts: [Int64])>
+    /// Files completed (published) so far, by `finishFile` or `finish`.
+    private let finished: Mutex<Set<Int>>
     /// Per archive plan: the CRC-32 of each entry, the data entry's left 0 (each item has its own).
     private let recordCRCs: [[UInt32]]
 
     /// `metadata.json` with all four keys, so Megatron-Core 0.15 through 0.20 recognise the folder.
     public static let metadataJSON = #"{"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch", "common_backend_version": 1}"#
 
-    public init(directory: String, layout: TorchDistLayout) throws {
+    /// - Parameter keeping: indices of data files already complete in `directory` (kept by a
+    ///   resumed run): neither created nor written; their items need no data.
+    public init(directory: String, layout: TorchDistLayout, keeping: Set<Int> = []) throws {
         self.layout = layout
         self.directory = directory
-        files = try layout.fileNames.map { try AtomicOutputFile(path: (directory as NSString).appendingPathComponent($0)) }
+        files = try layout.fileNames.enumerated().map { index, name in
+            keeping.contains(index) ? nil : try AtomicOutputFile(path: (directory as NSString).appendingPathComponent(name))
+        }
+        finished = Mutex(keeping)
         for object in layout.objectItems {
-            try files[object.file].write(object.bytes, at: object.itemOffset)
+            try files[object.file]?.write(object.bytes, at: object.itemOffset)
         }
         reported = Mutex(([UInt32](repeating: 0, count: layout.tensorItemCount), [Int64](repeating: 0, count: layout.tensorItemCount)))
         recordCRCs = layout.archives.map { plan in
@@ -37,10 +45,8 @@ public final class TorchDistWriter: Sendable {
         }
     }
 
-    /// Where item `index`'s tensor bytes go: its file and the absolute offset of byte 0.
-    public func dataDestination(item index: Int) -> (file: AtomicOutputFile, offset: Int64) {
-        (files[layout.file(item: index)], layout.dataOffset(item: index))
-    }
+    /// The files as the executor's sinks (a kept file's sink refuses writes: none are planned).
+    public var sinks: [any ByteSink] { files.map { file -> any ByteSink in file ?? KeptFileSink(name: directory) } }
 
     /// Reports `count` bytes written at `offset` inside item `index`'s data, with their CRC-32.
     /// Pieces of one item must be reported in data order (one worker writes an item front to back).
@@ -62,42 +68,47 @@ public final class TorchDistWriter: Sendable {
         try recordData(item: index, at: offset, count: count, crc: CRC32.zeros(count: count))
     }
 
-    /// Completes every archive (headers with CRCs, central directories), writes `.metadata` and
-    /// `metadata.json`, and publishes the files. Throws if any item is incomplete.
+    /// Completes data file `file` (its archives' headers with CRCs and central directories) and
+    /// publishes it, so it counts as done while other files are still being written. Throws if
+    /// any of its items is incomplete.
+    public func finishFile(_ file: Int) throws {
+        guard let output = files[file], finished.withLock({ $0.insert(file).inserted }) else { return }
+        let (crcs, counts) = reported.withLock { ($0.crcs, $0.counts) }
+        var pending = PendingWrites()
+        for item in layout.tensorItemIndices where layout.file(item: item) == file {
+            let plan = layout.archive(item: item)
+            let size = layout.byteCount(item: item)
+            guard counts[item] == size else {
+                throw ZipError.incompleteEntry(
+                    archive: ZipArchiveID(path: layout.fileNames[file], offset: layout.itemOffset(item: item), label: layout.key(item: item)),
+                    entry: "archive/data/0", offset: counts[item], written: counts[item], expected: size)
+            }
+            var archiveCRCs = recordCRCs[layout.archiveIndex(item: item)]
+            archiveCRCs[plan.dataEntry] = crcs[item]
+            let base = layout.itemOffset(item: item)
+            for (entry, record) in plan.layout.entries.enumerated() {
+                try pending.add(plan.layout.localHeaderBytes(entry: entry, crc: archiveCRCs[entry]), at: base + record.localHeaderOffset, to: output)
+                if let small = plan.smallRecords.first(where: { $0.entry == entry }) {
+                    try pending.add(small.bytes, at: base + record.dataOffset, to: output)
+                }
+            }
+            try pending.add(plan.layout.trailerBytes(crcs: archiveCRCs), at: base + plan.layout.trailerOffset, to: output)
+        }
+        try pending.flush(to: output)
+        // A trailing hole (zero padding at the very end) must still give the file its length.
+        if layout.fileSizes[file] > 0 { try output.extend(to: layout.fileSizes[file]) }
+        try output.publish()
+    }
+
+    /// Completes the data files not completed yet, writes `.metadata` and `metadata.json`, and
+    /// publishes them. Throws if any item is incomplete.
     public func finish() throws {
         do {
-            let (crcs, counts) = reported.withLock { ($0.crcs, $0.counts) }
-            var pending = [PendingWrites](repeating: PendingWrites(), count: files.count)
-            for item in layout.tensorItemIndices {
-                let plan = layout.archive(item: item)
-                let size = layout.byteCount(item: item)
-                guard counts[item] == size else {
-                    throw ZipError.incompleteEntry(
-                        archive: ZipArchiveID(path: layout.fileNames[layout.file(item: item)], offset: layout.itemOffset(item: item),
-                                              label: layout.key(item: item)),
-                        entry: "archive/data/0", offset: counts[item], written: counts[item], expected: size)
-                }
-                var archiveCRCs = recordCRCs[layout.archiveIndex(item: item)]
-                archiveCRCs[plan.dataEntry] = crcs[item]
-                let file = layout.file(item: item)
-                let base = layout.itemOffset(item: item)
-                for (entry, record) in plan.layout.entries.enumerated() {
-                    try pending[file].add(plan.layout.localHeaderBytes(entry: entry, crc: archiveCRCs[entry]),
-                                          at: base + record.localHeaderOffset, to: files[file])
-                    if let small = plan.smallRecords.first(where: { $0.entry == entry }) {
-                        try pending[file].add(small.bytes, at: base + record.dataOffset, to: files[file])
-                    }
-                }
-                try pending[file].add(plan.layout.trailerBytes(crcs: archiveCRCs), at: base + plan.layout.trailerOffset, to: files[file])
-            }
-            for file in pending.indices { try pending[file].flush(to: files[file]) }
-            // A trailing hole (zero padding at the very end) must still give the file its length.
-            for (file, size) in zip(files, layout.fileSizes) where size > 0 { try file.extend(to: size) }
+            for file in files.indices { try finishFile(file) }
             let metadata = try AtomicOutputFile(path: (directory as NSString).appendingPathComponent(".metadata"))
             try DCPMetadataWriter.write(layout, to: metadata)
             let json = try AtomicOutputFile(path: (directory as NSString).appendingPathComponent("metadata.json"))
             try json.write(Array(Self.metadataJSON.utf8), at: 0)
-            for file in files { try file.publish() }
             try metadata.publish()
             try json.publish()
         } catch {
@@ -106,7 +117,7 @@ public final class TorchDistWriter: Sendable {
         }
     }
 
-    public func discard() { files.forEach { $0.discard() } }
+    public func discard() { files.forEach { $0?.discard() } }
 }
 
 /// Small writes to one file gathered while they are contiguous, then written as one run.

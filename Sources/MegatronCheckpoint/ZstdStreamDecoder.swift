@@ -17,20 +17,32 @@ enum ZstdStreamDecoder {
     /// The transform descriptor torch writes for zstd items.
     static let descriptor = "stream.zstd/1"
 
+    /// libzstd's own default: no frame may ask for a window over 128 MiB, which bounds the
+    /// decoder's memory whatever the frame header says.
+    static let windowLogMax: Int32 = 27
+
+    /// The most an item may decode to, and what holds it (for the error).
+    struct Limit {
+        var bytes: Int64
+        var holder: String
+    }
+
     /// Decodes `range` of `file` into a new unlinked temporary file (in `TMPDIR`) and returns it
     /// opened for reading. `key` and the item's offset name the item in errors.
-    static func decodeToTemporaryFile(file: ReadOnlyFile, range: ByteRange, key: String) throws -> ReadOnlyFile {
+    static func decodeToTemporaryFile(file: ReadOnlyFile, range: ByteRange, key: String, limit: Limit) throws -> ReadOnlyFile {
         let output = try TemporaryFile { reason in
             .decompressionFailed(file: file.path, key: key, offset: range.offset, reason: reason)
         }
         defer { output.closeDescriptor() }
-        try decode(file: file, range: range, key: key) { piece in try output.append(piece) }
+        try decode(file: file, range: range, key: key, limit: limit) { piece in try output.append(piece) }
         return try output.reopenReadOnlyAndUnlink()
     }
 
-    /// Decodes `range` of `file`, handing the decoded bytes to `sink` piece by piece.
+    /// Decodes `range` of `file`, handing the decoded bytes to `sink` piece by piece. A frame
+    /// that declares more than `limit` bytes is refused before anything is decoded; a stream
+    /// that decodes to more is refused before the piece that would pass the limit reaches `sink`.
     static func decode(
-        file: ReadOnlyFile, range: ByteRange, key: String, sink: (UnsafeRawBufferPointer) throws -> Void
+        file: ReadOnlyFile, range: ByteRange, key: String, limit: Limit, sink: (UnsafeRawBufferPointer) throws -> Void
     ) throws {
         func fail(_ reason: String) -> MegatronCheckpointError {
             .decompressionFailed(file: file.path, key: key, offset: range.offset, reason: reason)
@@ -40,6 +52,10 @@ enum ZstdStreamDecoder {
         }
         guard let stream = ZSTD_createDCtx() else { throw fail("cannot create a decompression context") }
         defer { ZSTD_freeDCtx(stream) }
+        guard ZSTD_isError(ZSTD_DCtx_setParameter(stream, ZSTD_d_windowLogMax, windowLogMax)) == 0 else {
+            throw fail("cannot limit the decompression window")
+        }
+        var produced: Int64 = 0
         let inputCapacity = ZSTD_DStreamInSize()
         let outputCapacity = ZSTD_DStreamOutSize()
         let input = UnsafeMutableRawBufferPointer.allocate(byteCount: inputCapacity, alignment: 64)
@@ -54,20 +70,35 @@ enum ZstdStreamDecoder {
             let count = Int(min(Int64(inputCapacity), range.count - consumed))
             let piece = UnsafeMutableRawBufferPointer(rebasing: input[0..<count])
             try file.read(into: piece, at: range.offset + consumed)
+            if consumed == 0 {
+                // The first frame's header may state its size (UInt64.max and .max - 1 mean
+                // unknown and invalid): a bomb that says so is refused before any work.
+                let claimed = ZSTD_getFrameContentSize(piece.baseAddress, count)
+                if claimed < UInt64.max - 1, claimed > UInt64(limit.bytes) {
+                    throw fail("the frame claims \(claimed) bytes, more than the \(limit.bytes) bytes \(limit.holder): refused as a decompression bomb")
+                }
+            }
             var inBuffer = ZSTD_inBuffer(src: UnsafeRawPointer(piece.baseAddress), size: count, pos: 0)
             var outputWasFull = false
             repeat {
                 var outBuffer = ZSTD_outBuffer(dst: output.baseAddress, size: outputCapacity, pos: 0)
+                let inputBefore = inBuffer.pos
                 let result = ZSTD_decompressStream(stream, &outBuffer, &inBuffer)
                 if ZSTD_isError(result) != 0 {
                     let position = consumed + Int64(inBuffer.pos)
                     throw fail("\(String(cString: ZSTD_getErrorName(result))) (near compressed byte \(position) of the item)")
                 }
                 if outBuffer.pos > 0 {
+                    produced += Int64(outBuffer.pos)
+                    guard produced <= limit.bytes else {
+                        throw fail("the item decodes to more than the \(limit.bytes) bytes \(limit.holder) (stopped at compressed byte \(consumed + Int64(inBuffer.pos))): refused as a decompression bomb")
+                    }
                     try sink(UnsafeRawBufferPointer(rebasing: output[0..<outBuffer.pos]))
                 }
                 outputWasFull = outBuffer.pos == outputCapacity
-                pending = result
+                // A call that moved nothing (the flush after a frame that ended filling the
+                // output exactly) answers for the next frame's header, not for this frame.
+                if inBuffer.pos > inputBefore || outBuffer.pos > 0 { pending = result }
                 sawFrame = true
             } while inBuffer.pos < inBuffer.size || outputWasFull
             consumed += Int64(count)

@@ -278,16 +278,22 @@ public struct HFImport: Sendable {
     public var totalBytes: Int64 { plan.totalOutputBytes }
 
     /// Writes the checkpoint under a staging name and publishes it by rename.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
-        let folder = try OutputFolder(path: outputPath)
+    /// Writes the checkpoint. With `resume`, the data files an interrupted run (killed) left
+    /// complete in its staging folder are kept when they still match their records, and only the
+    /// rest is written: the output is byte for byte what an uninterrupted run writes.
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume)
         for note in folder.notes { progress?.note(note) }
+        let records = try StagingRecords(folder: folder, fingerprint: fingerprint, workers: executor.workers)
+        if folder.resumed { progress?.note(records.keptNote) }
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
         if let legacy {
             let entries = try legacy.write(iterationPath: iterationPath, iterationName: iterationDirectoryName,
-                                           executor: executor, progress: progress)
+                                           executor: executor, progress: progress, records: records)
             try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
             try recordSource(into: folder.stagedPath("nembridge/hf"))
+            try records.finish()
             // Last: the manifest covers every byte of every file written before it.
             try ChecksumManifest(kind: .megatronTorch, entries: entries).writeCovering(root: folder.stagingPath)
             try source.checkUnchanged()
@@ -313,7 +319,7 @@ public struct HFImport: Sendable {
             // Uncompressed items at planned offsets: each chunk is one group of moves in data order.
             manifest = try PlannedWriting.writeTorchDist(
                 directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, plan: plan, executor: executor,
-                progress: progress)
+                progress: progress, records: records)
         }
         // The common state also as common.pt (torch.save of the dict), which Megatron-Core up to
         // 0.18 reads; 0.19 reads it first too, and finds the same dict as in the DCP item.
@@ -326,11 +332,18 @@ public struct HFImport: Sendable {
         }
         try writeText(options.iteration.map { "\($0)" } ?? "release", to: folder.stagedPath("latest_checkpointed_iteration.txt"))
         try recordSource(into: folder.stagedPath("nembridge/hf"))
+        try records.finish()
         // Last: the manifest covers every byte of every file written before it.
         try manifest.writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
         try source.checkUnchanged()
         try folder.publish()
+    }
+
+    /// What a staged file's completion record is tied to: the command, its options and every
+    /// source file's identity, so a resumed run keeps only files this very plan would write.
+    var fingerprint: String {
+        StagingRecords.fingerprint(command: "import", settings: "\(options)", sources: source.files.map(\.file))
     }
 
     /// The legacy layout of this import (`--ckpt-format torch`): each rank's tensors are the

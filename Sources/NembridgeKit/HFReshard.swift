@@ -63,12 +63,18 @@ public struct HFReshard: Sendable {
     public var totalBytes: Int64 { files.reduce(0) { $0 + $1.bytes } }
 
     /// Writes the folder under a staging name and publishes it by rename.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
-        let folder = try OutputFolder(path: outputPath)
+    /// Writes the resharded folder; `resume` as for `HFImport.run`.
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume)
         for note in folder.notes { progress?.note(note) }
+        let layout = files.map { "\($0.name): \($0.tensors.map { "\($0.name) \($0.dtype) \($0.shape)" }) \(String(describing: $0.metadata))" }
+        let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
+            command: "reshard --hf", settings: layout.joined(separator: "\n"), sources: source.files.map(\.file)), workers: executor.workers)
+        if folder.resumed { progress?.note(records.keptNote) }
         let source = self.source
         let entries = try PlannedWriting.writeSafetensors(
-            shards: files.map { (folder.stagedPath($0.name), $0.name, $0.tensors, $0.metadata) }, executor: executor, progress: progress
+            shards: files.map { (folder.stagedPath($0.name), $0.name, $0.tensors, $0.metadata) }, executor: executor, progress: progress,
+            records: records
         ) { tensor, plan in
             let (file, info) = try source.locate(tensor.name)
             plan.append(.copy(source: plan.source(file.file), range: file.fileRange(of: info)))
@@ -85,6 +91,7 @@ public struct HFReshard: Sendable {
                              into: output)
             try output.publish()
         }
+        try records.finish()
         // Last: the manifest covers every byte of every file written before it.
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         try source.checkUnchanged()

@@ -100,20 +100,23 @@ public struct InspectReport: Sendable {
 
     /// The human-readable form: a tensor table (first `limit` rows), totals, metadata, config.
     public func text(limit: Int? = nil) -> String {
+        // Names, files, config and metadata strings come from the input: escaped, so a hostile
+        // one cannot forge lines of this report.
+        let q = { (text: String) in MessageText.quoted(text, limit: MessageText.pathLimit) }
         var lines: [String] = []
-        lines.append("\(path): \(kind == .hfFolder ? "Hugging Face folder" : "safetensors file"), \(rows.count) tensors, \(formatBytes(totalBytes))")
+        lines.append("\(MessageText.path(path)): \(kind == .hfFolder ? "Hugging Face folder" : "safetensors file"), \(rows.count) tensors, \(formatBytes(totalBytes))")
         if let config {
             var summary: [String] = []
-            if !config.architectures.isEmpty { summary.append("architectures \(config.architectures.joined(separator: ", "))") }
-            if let type = config.modelType { summary.append("model_type \(type)") }
-            if let dtype = config.dtypeName { summary.append("dtype \(dtype)") }
+            if !config.architectures.isEmpty { summary.append("architectures \(config.architectures.map(q).joined(separator: ", "))") }
+            if let type = config.modelType { summary.append("model_type \(q(type))") }
+            if let dtype = config.dtypeName { summary.append("dtype \(q(dtype))") }
             lines.append("config: " + (summary.isEmpty ? "present" : summary.joined(separator: ", ")))
         }
         lines.append("")
         let shown = limit.map { Array(rows.prefix($0)) } ?? rows
         let header = ["name", "dtype", "shape", "bytes", "file", "offset"]
         let cells = shown.map { row in
-            [row.name, row.dtype.safetensorsName, formatShape(row.shape), String(row.bytes), row.file, String(row.offset)]
+            [q(row.name), row.dtype.safetensorsName, formatShape(row.shape), String(row.bytes), q(row.file), String(row.offset)]
         }
         var widths = header.map(\.count)
         for cell in cells { for (column, text) in cell.enumerated() { widths[column] = max(widths[column], text.count) } }
@@ -133,8 +136,8 @@ public struct InspectReport: Sendable {
         }
         lines.append("metadata:")
         for file in metadata {
-            let entries = file.entries.map { $0.map { "\($0.key)=\($0.value)" }.joined(separator: ", ") } ?? "none"
-            lines.append("  \(file.file): \(entries)")
+            let entries = file.entries.map { $0.map { "\(q($0.key))=\(q($0.value))" }.joined(separator: ", ") } ?? "none"
+            lines.append("  \(q(file.file)): \(entries)")
         }
         return lines.joined(separator: "\n")
     }

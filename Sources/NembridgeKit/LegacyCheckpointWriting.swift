@@ -98,33 +98,55 @@ public struct LegacyCheckpointPlan: Sendable {
     public var totalBytes: Int64 { files.reduce(0) { $0 + $1.tensorBytes } }
 
     /// Writes every rank file into `iterationPath` (each tensor one group of moves, checksummed
-    /// as it is written). Returns one manifest entry per tensor, files relative to the save directory.
-    public func write(iterationPath: String, iterationName: String, executor: MoveExecutor, progress: ProgressCounter?) throws -> [ChecksumManifest.Entry] {
-        let writer = try LegacyTorchWriter(directory: iterationPath, plans: files)
+    /// as it is written; each file published, and with `records` recorded, as soon as its tensors
+    /// are). Returns one manifest entry per tensor, files relative to the save directory; files
+    /// `records` keeps are not written and their entries come from their records.
+    public func write(iterationPath: String, iterationName: String, executor: MoveExecutor, progress: ProgressCounter?,
+                      records: StagingRecords? = nil) throws -> [ChecksumManifest.Entry] {
+        let names = files.map { "\(iterationName)/\($0.relativePath)" }
+        let kept = Set(names.indices.filter { records?.isKept(names[$0]) == true })
+        let writer = try LegacyTorchWriter(directory: iterationPath, plans: files, keeping: kept)
         var indices: [(file: Int, tensor: Int)] = []
-        for (file, plan) in files.enumerated() { for tensor in plan.tensors.indices { indices.append((file, tensor)) } }
+        var bounds: [Int] = []
+        for (file, plan) in files.enumerated() {
+            bounds.append(indices.count)
+            for tensor in plan.tensors.indices { indices.append((file, tensor)) }
+        }
+        bounds.append(indices.count)
         let digests = DigestTable(count: indices.count)
         precondition(indices.count == plan.groupCount)
-        let slots = indices
+        let slots = indices, fileBounds = bounds, files = self.files, sizes = layout.sizes
+        @Sendable func entry(_ slot: Int, _ digest: UInt64) -> ChecksumManifest.Entry {
+            let plan = files[slots[slot].file]
+            let tensor = plan.tensors[slots[slot].tensor]
+            return ChecksumManifest.Entry(name: "\(plan.rank.directoryName(pipelineSize: sizes.pipeline, expertSize: sizes.expert)):\(tensor.name)",
+                                          file: names[slots[slot].file], range: plan.tensorDataRange(slots[slot].tensor),
+                                          xxh3: digest, dtype: tensor.dtype, shape: tensor.shape)
+        }
         do {
-            try executor.run(plan, sinks: writer.files, observer: { slot in
+            try executor.run(plan, sinks: writer.sinks, observer: { slot in
                 StreamChecksums(crc: true) { xxh3, crc, count in
                     try writer.recordData(file: slots[slot].file, tensor: slots[slot].tensor, at: 0, count: count, crc: crc)
                     digests.set(slot, xxh3)
                 }
-            }, progress: progress)
+            }, progress: progress, skipping: kept, outputDone: { file in
+                try writer.finishFile(file)
+                try records?.record(names[file], entries: (fileBounds[file]..<fileBounds[file + 1]).map { entry($0, digests.get($0)!) })
+            })
             try writer.finish()
         } catch {
             writer.discard()
             throw error
         }
-        return zip(indices, digests.all).map { slot, digest in
-            let plan = files[slot.file]
-            let tensor = plan.tensors[slot.tensor]
-            return ChecksumManifest.Entry(name: "\(plan.rank.directoryName(pipelineSize: layout.sizes.pipeline, expertSize: layout.sizes.expert)):\(tensor.name)",
-                                          file: "\(iterationName)/\(plan.relativePath)", range: plan.tensorDataRange(slot.tensor),
-                                          xxh3: digest, dtype: tensor.dtype, shape: tensor.shape)
+        var entries: [ChecksumManifest.Entry] = []
+        for file in files.indices {
+            if let record = records?.kept[names[file]] {
+                entries += record.entries
+            } else {
+                entries += (fileBounds[file]..<fileBounds[file + 1]).map { entry($0, digests.get($0)!) }
+            }
         }
+        return entries
     }
 
     public func planText() -> String { PlanTextOutput.collect(writePlanText) }

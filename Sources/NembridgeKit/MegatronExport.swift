@@ -259,19 +259,27 @@ public struct MegatronExport: Sendable {
     public var totalBytes: Int64 { shards.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
 
     /// Writes the folder under a staging name and publishes it by rename.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
-        let folder = try OutputFolder(path: outputPath)
+    /// Writes the HF folder; `resume` as for `HFImport.run`.
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume)
         for note in folder.notes { progress?.note(note) }
         // All shards at once, one lane per file: workers write different files (writes to one
         // file serialize on its inode lock).
         let reads = self.reads
+        let layout = shards.map { shard in
+            "\(shard.name) \(String(describing: shardMetadata[shard.name])): "
+                + shard.tensors.map { "\($0.name) \($0.dtype) \($0.shape) \(casts[$0.name].map { "\($0)" } ?? "")" }.joined(separator: ", ")
+        }
+        let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
+            command: "export", settings: layout.joined(separator: "\n"), sources: reads.values.joined().map(\.file)), workers: executor.workers)
+        if folder.resumed { progress?.note(records.keptNote) }
         let entries = try PlannedWriting.writeSafetensors(
             shards: shards.map { shard in
                 // The source file's own header metadata when recorded, else transformers' usual one.
                 let metadata = shardMetadata[shard.name] ?? [("format", "pt")]
                 return (folder.stagedPath(shard.name), shard.name, shard.tensors, metadata)
             }, executor: executor,
-            progress: progress, casts: casts
+            progress: progress, casts: casts, records: records
         ) { tensor, plan in
             // A tensor of one row block may be interleaved (a row-parallel weight from TP > 1).
             let blocks = (reads[tensor.name] ?? []).sorted { $0.base < $1.base }
@@ -294,6 +302,7 @@ public struct MegatronExport: Sendable {
         for name in companionFiles {
             try copyFileContents(from: (configDirectory as NSString).appendingPathComponent(name), to: folder.stagedPath(name))
         }
+        try records.finish()
         // Last: the manifest covers every byte of every file written before it.
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.

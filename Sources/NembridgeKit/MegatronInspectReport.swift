@@ -218,31 +218,34 @@ public struct MegatronInspectReport: Sendable {
     /// The human-readable form: a summary, a tensor table with each tensor's chunks (first
     /// `limit` tensors), objects, the common state and `args`.
     public func text(limit: Int? = nil) -> String {
+        // Keys, file names, metadata and pickle strings come from the input: escaped, so a
+        // hostile one cannot forge lines of this report.
+        let q = { (text: String) in MessageText.quoted(text, limit: MessageText.pathLimit) }
         var lines: [String] = []
         let formatName = switch format {
         case .torchDist: "Megatron-Core torch_dist checkpoint"
         case .dcp: "PyTorch DCP checkpoint"
         case .legacyTorch: "Megatron legacy (--ckpt-format torch) checkpoint, \(dataFiles.count) rank files"
         }
-        var summary = "\(path): \(formatName)"
+        var summary = "\(MessageText.path(path)): \(formatName)"
         if let iteration { summary += ", iteration \(iteration) (\(iteration.directoryName))" }
         summary += ", \(tensors.count) tensors, \(formatBytes(totalBytes)), \(objects.count) objects"
         lines.append(summary)
         if let backend {
-            let members = backend.document.objectMembers?.map { "\($0.key)=\(JSONWriter.compact($0.value))" } ?? []
+            let members = backend.document.objectMembers?.map { "\(q($0.key))=\(q(JSONWriter.compact($0.value)))" } ?? []
             lines.append("metadata.json: " + members.joined(separator: ", "))
         }
         if format == .legacyTorch {
             let layout = legacyLayout.map { "tp \($0.tensor), pp \($0.pipeline), ep \($0.expert)" } ?? "?"
-            lines.append("rank files (\(layout)): \(dataFiles.joined(separator: ", "))")
+            lines.append("rank files (\(layout)): \(dataFiles.map(q).joined(separator: ", "))")
         } else {
-            lines.append(".metadata: \(rootClass)\(version.map { ", version \($0)" } ?? ""), data files \(dataFiles.joined(separator: ", "))")
+            lines.append(".metadata: \(q(rootClass))\(version.map { ", version \(q($0))" } ?? ""), data files \(dataFiles.map(q).joined(separator: ", "))")
         }
         lines.append("")
         let shown = limit.map { Array(tensors.prefix($0)) } ?? tensors
         let header = ["key", "dtype", "shape", "bytes", "chunks"]
         let cells = shown.map { tensor in
-            [tensor.key, tensor.dtype.torchName ?? tensor.dtype.safetensorsName, formatShape(tensor.shape), String(tensor.bytes), String(tensor.chunks.count)]
+            [q(tensor.key), tensor.dtype.torchName ?? tensor.dtype.safetensorsName, formatShape(tensor.shape), String(tensor.bytes), String(tensor.chunks.count)]
         }
         var widths = header.map(\.count)
         for cell in cells { for (column, text) in cell.enumerated() { widths[column] = max(widths[column], text.count) } }
@@ -256,8 +259,8 @@ public struct MegatronInspectReport: Sendable {
         for (tensor, cell) in zip(shown, cells) {
             lines.append(render(cell))
             for chunk in tensor.chunks {
-                var line = "    at \(formatShape(chunk.offsets)) size \(formatShape(chunk.sizes)): \(chunk.file) @\(chunk.offset) +\(chunk.length)"
-                if chunk.compressed { line += " compressed (\(chunk.transforms.joined(separator: ", ")))" }
+                var line = "    at \(formatShape(chunk.offsets)) size \(formatShape(chunk.sizes)): \(q(chunk.file)) @\(chunk.offset) +\(chunk.length)"
+                if chunk.compressed { line += " compressed (\(chunk.transforms.map(q).joined(separator: ", ")))" }
                 lines.append(line)
             }
         }
@@ -265,17 +268,17 @@ public struct MegatronInspectReport: Sendable {
         lines.append("")
         lines.append("objects:")
         for object in objects {
-            var place = "\(object.file) @\(object.offset) +\(object.length)"
+            var place = "\(q(object.file)) @\(object.offset) +\(object.length)"
             if !object.transforms.isEmpty { place += " compressed" }
-            lines.append("  \(object.key) (\(place)): \(object.value)")
+            lines.append("  \(q(object.key)) (\(place)): \(q(object.value))")
         }
         if let commonStateSource {
             lines.append("")
-            lines.append("common state (\(commonStateSource)):")
-            for (key, value) in commonState { lines.append("  \(key) = \(value)") }
+            lines.append("common state (\(q(commonStateSource))):")
+            for (key, value) in commonState { lines.append("  \(q(key)) = \(q(value))") }
             if !args.isEmpty {
                 lines.append("args (\(args.count) fields):")
-                for (name, value) in args { lines.append("  \(name) = \(value)") }
+                for (name, value) in args { lines.append("  \(q(name)) = \(q(value))") }
             }
         }
         return lines.joined(separator: "\n")

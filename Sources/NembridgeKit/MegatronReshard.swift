@@ -364,20 +364,24 @@ public struct MegatronReshard: Sendable {
 
     public var iterationDirectoryName: String { (directory as NSString).lastPathComponent }
 
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil) throws {
-        let folder = try OutputFolder(path: outputPath)
+    /// Writes the resharded checkpoint; `resume` as for `HFImport.run`.
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume)
         for note in folder.notes { progress?.note(note) }
+        let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
+            command: "reshard --megatron", settings: "\(options)", sources: legacyPlan?.plan.sources ?? plan.sources), workers: executor.workers)
+        if folder.resumed { progress?.note(records.keptNote) }
         let iterationPath = folder.stagedPath(iterationDirectoryName)
         try FileManager.default.createDirectory(atPath: iterationPath, withIntermediateDirectories: true)
         let manifest: ChecksumManifest.Streamed
         if let legacyPlan {
             let entries = try legacyPlan.write(iterationPath: iterationPath, iterationName: iterationDirectoryName, executor: executor,
-                                               progress: progress)
+                                               progress: progress, records: records)
             manifest = ChecksumManifest(kind: .megatronTorch, entries: entries).streamed
         } else {
             manifest = try PlannedWriting.writeTorchDist(
                 directory: iterationPath, iterationName: iterationDirectoryName, layout: layout, plan: plan, executor: executor,
-                progress: progress)
+                progress: progress, records: records)
             if let commonState {
                 let file = try AtomicOutputFile(path: (iterationPath as NSString).appendingPathComponent("common.pt"))
                 try file.write(try TorchSaveArchive.objectArchive(commonState), at: 0)
@@ -407,6 +411,7 @@ public struct MegatronReshard: Sendable {
         if let save = saveDirectory, FileManager.default.fileExists(atPath: (save as NSString).appendingPathComponent(recorded)) {
             try copyFolderContents(from: (save as NSString).appendingPathComponent(recorded), to: folder.stagedPath(recorded))
         }
+        try records.finish()
         // Last: the manifest covers every byte of every file written before it.
         try manifest.writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.

@@ -9,18 +9,26 @@ import TorchZip
 /// per file, its checksums computed as the bytes pass; the results are the manifest's entries.
 enum PlannedWriting {
     /// Writes every shard; `moves(tensor, &plan)` appends the moves that fill each tensor, in data
-    /// order (the plan's groups are the tensors, shard by shard).
+    /// order (the plan's groups are the tensors, shard by shard). Each shard is published as soon
+    /// as its tensors are written and, with `records`, recorded; shards `records` keeps are
+    /// neither planned into nor written, their entries come from their records.
     static func writeSafetensors(
         shards: [(path: String, name: String, tensors: [TensorDeclaration], metadata: [(key: String, value: String)]?)],
         executor: MoveExecutor, progress: ProgressCounter?,
-        casts: [String: ElementCast] = [:],
+        casts: [String: ElementCast] = [:], records: StagingRecords? = nil,
         moves: (SafetensorsTensorInfo, inout ConversionPlan) throws -> Void
     ) throws -> [ChecksumManifest.Entry] {
-        let writers = try shards.map { try SafetensorsWriter(path: $0.path, tensors: $0.tensors, metadata: $0.metadata) }
+        let kept = Set(shards.indices.filter { records?.isKept(shards[$0].name) == true })
+        let writers = try shards.enumerated().map { index, shard in
+            kept.contains(index) ? nil : try SafetensorsWriter(path: shard.path, tensors: shard.tensors, metadata: shard.metadata)
+        }
         var plan = ConversionPlan()
         var slots: [(shard: Int, tensor: Int)] = []
+        var firstSlot: [Int] = []
         do {
             for (shard, writer) in writers.enumerated() {
+                firstSlot.append(slots.count)
+                guard let writer else { continue }
                 for (index, tensor) in writer.layout.tensors.enumerated() {
                     // A cast tensor's moves read source-dtype bytes; the executor converts them.
                     try moves(tensor, &plan)
@@ -28,21 +36,42 @@ enum PlannedWriting {
                     slots.append((shard, index))
                 }
             }
+            firstSlot.append(slots.count)
             let digests = DigestTable(count: plan.groupCount)
-            try executor.run(plan, sinks: writers, observer: { group in
-                StreamChecksums { xxh3, _, _ in digests.set(group, xxh3) }
-            }, progress: progress)
-            for writer in writers { try writer.finish() }
-            return zip(slots, digests.all).map { slot, digest in
-                let writer = writers[slot.shard]
-                let tensor = writer.layout.tensors[slot.tensor]
+            let allSlots = slots, bounds = firstSlot, names = shards.map(\.name)
+            @Sendable func entry(_ slot: Int, _ digest: UInt64) -> ChecksumManifest.Entry {
+                let writer = writers[allSlots[slot].shard]!
+                let tensor = writer.layout.tensors[allSlots[slot].tensor]
                 return ChecksumManifest.Entry(
-                    name: tensor.name, file: shards[slot.shard].name,
+                    name: tensor.name, file: names[allSlots[slot].shard],
                     range: ByteRange(offset: writer.layout.dataStart + tensor.dataOffsets.offset, count: tensor.byteCount),
                     xxh3: digest, dtype: tensor.dtype, shape: tensor.shape)
             }
+            var sinks: [any ByteSink] = []
+            for writer in writers {
+                if let writer { sinks.append(writer) } else { sinks.append(KeptFileSink(name: "a kept shard")) }
+            }
+            let observer: @Sendable (Int) throws -> (any StreamObserver)? = { group in
+                StreamChecksums { xxh3, _, _ in digests.set(group, xxh3) }
+            }
+            let done: @Sendable (Int) throws -> Void = { shard in
+                try writers[shard]!.finish()
+                let entries = (bounds[shard]..<bounds[shard + 1]).map { entry($0, digests.get($0)!) }
+                try records?.record(names[shard], entries: entries)
+            }
+            try executor.run(plan, sinks: sinks, observer: observer, progress: progress, skipping: kept, outputDone: done)
+            let digestsBySlot = digests.all
+            var entries: [ChecksumManifest.Entry] = []
+            for shard in shards.indices {
+                if let record = records?.kept[shards[shard].name] {
+                    entries += record.entries
+                } else {
+                    entries += (bounds[shard]..<bounds[shard + 1]).map { entry($0, digestsBySlot[$0]) }
+                }
+            }
+            return entries
         } catch {
-            writers.forEach { $0.discard() }
+            writers.forEach { $0?.discard() }
             throw error
         }
     }
@@ -50,32 +79,50 @@ enum PlannedWriting {
     /// Writes a torch_dist directory from `layout`, group `i` of `plan` filling tensor item `i`,
     /// and the checksum manifest at `manifestPath`: one entry per chunk, named `key[offsets]`,
     /// with files relative to the save directory, streamed (nothing per chunk is held but its
-    /// digest).
+    /// digest). Each data file is completed as soon as its items are written and, with
+    /// `records`, recorded; files `records` keeps are not written, their entries come from their
+    /// records.
     static func writeTorchDist(
         directory: String, iterationName: String, layout: TorchDistLayout, plan: ConversionPlan, executor: MoveExecutor,
-        progress: ProgressCounter?
+        progress: ProgressCounter?, records: StagingRecords? = nil
     ) throws -> ChecksumManifest.Streamed {
         precondition(plan.groupCount == layout.tensorItemCount, "a plan of \(plan.groupCount) groups for \(layout.tensorItemCount) chunks")
-        let writer = try TorchDistWriter(directory: directory, layout: layout)
+        let names = layout.fileNames.map { "\(iterationName)/\($0)" }
+        let kept = Set(names.indices.filter { records?.isKept(names[$0]) == true })
+        let writer = try TorchDistWriter(directory: directory, layout: layout, keeping: kept)
         let digests = DigestTable(count: layout.tensorItemCount)
+        @Sendable func entry(_ item: Int, _ digest: UInt64) -> ChecksumManifest.Entry {
+            let chunk = layout.chunk(item: item)
+            return ChecksumManifest.Entry(name: "\(layout.key(item: item))\(chunk.offsets)", file: names[layout.file(item: item)],
+                                          range: ByteRange(offset: layout.dataOffset(item: item), count: layout.byteCount(item: item)),
+                                          xxh3: digest, dtype: layout.dtype(item: item), shape: chunk.sizes)
+        }
         do {
-            try executor.run(plan, sinks: writer.files, observer: { item in
+            try executor.run(plan, sinks: writer.sinks, observer: { item in
                 StreamChecksums(crc: true) { xxh3, crc, count in
                     try writer.recordData(item: item, at: 0, count: count, crc: crc)
                     digests.set(item, xxh3)
                 }
-            }, progress: progress)
+            }, progress: progress, skipping: kept, outputDone: { file in
+                try writer.finishFile(file)
+                guard let records else { return }
+                let items = layout.tensorItemIndices.filter { layout.file(item: $0) == file }
+                try records.record(names[file], entries: items.map { entry($0, digests.get($0)!) })
+            })
             try writer.finish()
         } catch {
             writer.discard()
             throw error
         }
-        let all = digests.all
+        // A kept file's entries, by name, from its record.
+        var recorded: [String: ChecksumManifest.Entry] = [:]
+        for file in kept { for item in records!.kept[names[file]]!.entries { recorded[item.name] = item } }
+        let keptEntries = recorded
         return ChecksumManifest.Streamed(kind: .megatronTorchDist, count: layout.tensorItemCount) { item in
-            let chunk = layout.chunk(item: item)
-            return ChecksumManifest.Entry(name: "\(layout.key(item: item))\(chunk.offsets)", file: "\(iterationName)/\(layout.fileNames[layout.file(item: item)])",
-                                          range: ByteRange(offset: layout.dataOffset(item: item), count: layout.byteCount(item: item)),
-                                          xxh3: all[item], dtype: layout.dtype(item: item), shape: chunk.sizes)
+            guard kept.contains(layout.file(item: item)) else { return entry(item, digests.get(item)!) }
+            let name = "\(layout.key(item: item))\(layout.chunk(item: item).offsets)"
+            guard let recordedEntry = keptEntries[name] else { preconditionFailure("the record of \(names[layout.file(item: item)]) lacks \(name)") }
+            return recordedEntry
         }
     }
 }

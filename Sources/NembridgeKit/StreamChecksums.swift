@@ -59,4 +59,7 @@ final class DigestTable: Sendable {
     func set(_ index: Int, _ value: UInt64) { values.withLock { $0[index] = value } }
 
     var all: [UInt64] { values.withLock { $0.map { $0! } } }
+
+    /// The digest at `index`, nil while unset (an item of a file kept from an interrupted run).
+    func get(_ index: Int) -> UInt64? { values.withLock { $0[index] } }
 }

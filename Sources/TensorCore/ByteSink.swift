@@ -15,3 +15,16 @@ extension ByteSink {
 }
 
 extension AtomicOutputFile: ByteSink {}
+
+/// The sink of an output kept from an interrupted run: the plan has no moves into it, so any
+/// write is a planning bug.
+public struct KeptFileSink: ByteSink {
+    public var name: String
+    public init(name: String) { self.name = name }
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        preconditionFailure("a write into \(name), which was kept from the interrupted run")
+    }
+    public func copy(from source: ReadOnlyFile, range: ByteRange, to offset: Int64) throws -> Bool {
+        preconditionFailure("a copy into \(name), which was kept from the interrupted run")
+    }
+}

@@ -80,6 +80,13 @@ public final class ReadOnlyFile: Sendable {
         identity = Identity(status)
     }
 
+    /// The file's identity when opened (device, inode, size, modification and change times), as
+    /// text: what a record of work done from this file is tied to.
+    public var identityText: String {
+        "\(identity.device):\(identity.inode):\(identity.size):\(identity.modified.tv_sec).\(identity.modified.tv_nsec):"
+            + "\(identity.changed.tv_sec).\(identity.changed.tv_nsec)"
+    }
+
     /// Throws `changedWhileReading` if the file was written to, truncated or extended since it
     /// was opened (its descriptor's size, mtime or ctime moved), or if the path now names
     /// another file (replaced by a rename). Called once a conversion has read what it needs and

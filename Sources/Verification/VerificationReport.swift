@@ -23,7 +23,8 @@ public struct VerificationReport: Sendable {
     /// Totals, then at most `limit` failures, worst first (missing, shape, then most differing).
     public func text(limit: Int = 10) -> String {
         let bytes = comparisons.reduce(Int64(0)) { $0 + $1.bytes }
-        var lines = ["verify (\(mode)): \(first)" + (second.map { " vs \($0)" } ?? "")]
+        // Names and notes carry text from the checkpoints: escaped, so they cannot forge lines.
+        var lines = ["verify (\(mode)): \(MessageText.path(first))" + (second.map { " vs \(MessageText.path($0))" } ?? "")]
         let identical = comparisons.filter { $0.status == .identical }.count
         let equalValues = comparisons.filter { $0.status == .equalValues }.count
         lines.append("\(comparisons.count) tensors, \(bytes) bytes: \(identical) identical"
@@ -32,7 +33,7 @@ public struct VerificationReport: Sendable {
         let ranked = failures.sorted { rank($0) > rank($1) }
         for failure in ranked.prefix(limit) { lines.append("  " + Self.describe(failure)) }
         if ranked.count > limit { lines.append("  … \(ranked.count - limit) more (use --json)") }
-        lines.append(contentsOf: notes.map { "note: \($0)" })
+        lines.append(contentsOf: notes.map { "note: \(MessageText.quoted($0, limit: nil))" })
         lines.append(passed ? "OK" : "FAILED")
         return lines.joined(separator: "\n")
     }
@@ -46,6 +47,8 @@ public struct VerificationReport: Sendable {
     }
 
     public static func describe(_ comparison: TensorComparison) -> String {
+        var comparison = comparison
+        comparison.name = MessageText.quoted(comparison.name, limit: MessageText.pathLimit)
         switch comparison.status {
         case .identical: return "\(comparison.name): identical"
         case .equalValues: return "\(comparison.name): equal values (\(comparison.dtypes.0?.description ?? "?") vs \(comparison.dtypes.1?.description ?? "?"))"

@@ -51,7 +51,7 @@ struct Export: ParsableCommand {
             }
             let plan = try MegatronExport(checkpoint: source, output: output, options: options)
             guard let seconds = try planned.run(phase: "export", planText: { $0.line(plan.planText()) },
-                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1) })
+                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
             else { return }
             writeStandardOutput(
                 "exported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.mapping.hfTensors.count) tensors in "
@@ -68,7 +68,7 @@ struct Export: ParsableCommand {
                 }
             }
             if !plan.skippedKeys.isEmpty {
-                writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")
+                writeStandardOutput("not exported (training state, not model weights): \(plan.skippedKeys.count) entries (\(plan.skippedKeys.prefix(6).map { MessageText.quoted($0) }.joined(separator: ", "))\(plan.skippedKeys.count > 6 ? ", …" : ""))")
             }
         }
     }

@@ -12,6 +12,11 @@ struct PlannedRunOptions: ParsableArguments {
     @Option(help: "Parallel I/O workers (also the number of .distcp files when writing a Megatron checkpoint).")
     var workers = 2
 
+    @Flag(help: """
+        Continue a run that was interrupted (killed) on the same --out with the same source and options: keep the output         files it completed, if each still matches its completion record, and write the rest. Without it, an interrupted         run's staging folder is removed.
+        """)
+    var resume = false
+
     /// How long the run took; nil for a dry run.
     func run(
         phase: String, planText: (PlanTextOutput) -> Void, totalBytes: Int64, run: (MoveExecutor, ProgressCounter) throws -> Void

@@ -3,6 +3,7 @@ import Execution
 import Foundation
 import NembridgeKit
 import SafetensorsFormat
+import TensorCore
 
 struct Reshard: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -67,13 +68,13 @@ struct Reshard: ParsableCommand {
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
                 guard let seconds = try planned.run(phase: "reshard", planText: plan.writePlanText,
                                                    totalBytes: plan.totalBytes,
-                                                   run: { try plan.run(executor: $0, progress: $1) })
+                                                   run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
                 else { return }
                 let written = plan.legacyPlan.map { "\($0.files.count) rank files" } ?? "\(plan.layout.tensorItemCount) chunks"
                 writeStandardOutput("resharded \(megatron) -> \(output) (\(options.format.rawValue), \(written), "
                     + "\(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
                 if !plan.droppedState.isEmpty {
-                    writeStandardOutput("dropped training state (not model weights): \(plan.droppedState.joined(separator: ", "))")
+                    writeStandardOutput("dropped training state (not model weights): \(plan.droppedState.map { MessageText.quoted($0) }.joined(separator: ", "))")
                 }
                 for note in plan.trainingStateNotes { writeStandardOutput(note) }
                 return
@@ -83,7 +84,7 @@ struct Reshard: ParsableCommand {
             let plan = try HFReshard(source: source, output: output, maxShardSize: limit)
             guard let seconds = try planned.run(phase: "reshard", planText: { $0.line(plan.planText()) },
                                                totalBytes: plan.totalBytes,
-                                               run: { try plan.run(executor: $0, progress: $1) })
+                                               run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
             else { return }
             writeStandardOutput("wrote \(output): \(plan.files.count) file(s), \(formatBytes(plan.totalBytes)) in \(formatRate(plan.totalBytes, seconds))")
         }

@@ -195,7 +195,7 @@ struct HostileInputTests {
         let common = path(directory, "common.pt")
         try Data(try TorchSaveArchive.objectArchive(value)).write(to: URL(fileURLWithPath: common))
         let error = #expect(throws: MegatronCheckpointError.self) { try TorchDistCheckpoint(directory: directory).commonState() }
-        guard case .invalidCommonState(let file, nil, let reason)? = error else { Issue.record("\(String(describing: error))"); return }
+        guard case .invalidCommonState(let file, nil, _, let reason)? = error else { Issue.record("\(String(describing: error))"); return }
         #expect(file == common)
         #expect(reason.contains(expected), "\(reason)")
     }

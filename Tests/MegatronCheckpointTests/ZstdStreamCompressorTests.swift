@@ -21,7 +21,8 @@ struct ZstdStreamCompressorTests {
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         let file = try ReadOnlyFile(path: path)
         var output: [UInt8] = []
-        try ZstdStreamDecoder.decode(file: file, range: ByteRange(offset: offset, count: count ?? Int64(bytes.count) - offset), key: "k") {
+        try ZstdStreamDecoder.decode(file: file, range: ByteRange(offset: offset, count: count ?? Int64(bytes.count) - offset), key: "k",
+                                     limit: .init(bytes: .max, holder: "no limit")) {
             output.append(contentsOf: $0)
         }
         return output

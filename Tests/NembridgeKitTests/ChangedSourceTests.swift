@@ -73,6 +73,26 @@ struct ChangedSourceTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: scratch).sorted() == ["mc"])
     }
 
+    @Test("reshard to the legacy format: a changed .distcp is an error, and nothing is published", arguments: Change.allCases)
+    func legacyReshardSeesChange(_ change: Change) throws {
+        let scratch = try TestCheckpoints.scratchDirectory("changed-legacy")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try HFImport(source: TestCheckpoints.path("llama3-tiny/hf"), output: scratch + "/mc").run(executor: MoveExecutor(workers: 2))
+        var options = MegatronReshard.Options()
+        options.tensorParallel = 2
+        options.format = .torch
+        let reshard = try MegatronReshard(checkpoint: scratch + "/mc", output: scratch + "/legacy", options: options)
+        try change.apply(to: scratch + "/mc/release/__1_0.distcp")
+        #expect {
+            try reshard.run(executor: MoveExecutor(workers: 2))
+        } throws: { error in
+            guard let failure = error as? FileIOError, failure.path.hasSuffix("__1_0.distcp") else { return false }
+            if case .changedWhileReading = failure { return true }
+            return change == .truncated
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch).sorted() == ["mc"])
+    }
+
     @Test("an unchanged source passes the check")
     func unchangedPasses() throws {
         let file = try ReadOnlyFile(path: TestCheckpoints.path("llama3-tiny/hf/model.safetensors"))

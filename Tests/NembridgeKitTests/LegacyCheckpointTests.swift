@@ -181,7 +181,7 @@ struct LegacyCheckpointTests {
             for index in plan.tensors.indices {
                 let range = plan.tensorDataRange(index)
                 let zeros = [UInt8](repeating: 0, count: Int(range.count))
-                try writer.files[0].write(zeros, at: range.offset)
+                try writer.files[0]!.write(zeros, at: range.offset)
                 try writer.recordData(file: 0, tensor: index, at: 0, count: range.count, crc: CRC32.checksum(zeros))
             }
             try writer.finish()
@@ -222,7 +222,7 @@ struct LegacyCheckpointTests {
         for (_, value) in rank.model {
             guard case .tensor(let tensor) = value else { continue }
             let bytes = try rank.file.readBytes(tensor.runs[0].source)
-            try writer.files[0].write(bytes, at: plan.tensorDataRange(index).offset)
+            try writer.files[0]!.write(bytes, at: plan.tensorDataRange(index).offset)
             try writer.recordData(file: 0, tensor: index, at: 0, count: Int64(bytes.count), crc: CRC32.checksum(bytes))
             index += 1
         }
