@@ -134,6 +134,16 @@ extension MoveExecutor {
                             progress?.add(Int64(bytes.count))
                             destination += Int64(bytes.count)
                         }
+                        // The group is written: its output file is complete when it was the last.
+                        func groupDone() throws {
+                            try observer?.finish()
+                            let output = plan.output(group: group)
+                            let last = remaining.withLock { left in
+                                left[output] -= 1
+                                return left[output] == 0
+                            }
+                            if last { try outputDone?(output) }
+                        }
                         if plan.isInterleaved(group: group) {
                             // Row r of the group is segment r of each move in turn: blocks of rows
                             // are read per move into the scratch buffer and laid out row by row.
@@ -193,7 +203,7 @@ extension MoveExecutor {
                                     row += count
                                 }
                             }
-                            try observer?.finish()
+                            try groupDone()
                             continue
                         }
                         for move in plan.moves(group: group) {
@@ -254,13 +264,7 @@ extension MoveExecutor {
                                 row += count
                             }
                         }
-                        try observer?.finish()
-                        let output = plan.output(group: group)
-                        let last = remaining.withLock { left in
-                            left[output] -= 1
-                            return left[output] == 0
-                        }
-                        if last { try outputDone?(output) }
+                        try groupDone()
                     } catch {
                         failure.withLock { if $0 == nil { $0 = error } }
                         return

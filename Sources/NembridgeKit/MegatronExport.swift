@@ -70,6 +70,17 @@ public struct MegatronExport: Sendable {
     /// Per HF tensor: the reads of each of its row blocks (at `base` bytes into the tensor).
     let reads: [String: [(reads: BoxReads, base: Int64)]]
 
+    /// Every source file the reads touch, once each (for the resume fingerprint and the final
+    /// unchanged-source check).
+    static func sourceFiles(_ reads: [String: [(reads: BoxReads, base: Int64)]]) -> [ReadOnlyFile] {
+        var seen = Set<ObjectIdentifier>()
+        var files: [ReadOnlyFile] = []
+        for file in reads.values.joined().lazy.flatMap({ $0.reads.moves.lazy.map(\.file) }) where seen.insert(ObjectIdentifier(file)).inserted {
+            files.append(file)
+        }
+        return files
+    }
+
     public init(checkpoint path: String, output: String, options: Options = Options()) throws {
         let folder = try MegatronCheckpointFolder(path: path)
         directory = folder.directory
@@ -271,7 +282,7 @@ public struct MegatronExport: Sendable {
                 + shard.tensors.map { "\($0.name) \($0.dtype) \($0.shape) \(casts[$0.name].map { "\($0)" } ?? "")" }.joined(separator: ", ")
         }
         let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
-            command: "export", settings: layout.joined(separator: "\n"), sources: reads.values.joined().map(\.file)), workers: executor.workers)
+            command: "export", settings: layout.joined(separator: "\n"), sources: Self.sourceFiles(reads)), workers: executor.workers)
         if folder.resumed { progress?.note(records.keptNote) }
         let entries = try PlannedWriting.writeSafetensors(
             shards: shards.map { shard in
@@ -306,7 +317,7 @@ public struct MegatronExport: Sendable {
         // Last: the manifest covers every byte of every file written before it.
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
-        try ReadOnlyFile.checkUnchanged(reads.values.joined().flatMap { $0.reads.moves.map(\.file) })
+        try ReadOnlyFile.checkUnchanged(Self.sourceFiles(reads))
         try folder.publish()
     }
 
