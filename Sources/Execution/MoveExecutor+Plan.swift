@@ -51,7 +51,7 @@ extension MoveExecutor {
     /// Without an observer and in `.kernel` mode copies go through `copy_file_range`.
     ///
     /// The groups of outputs in `skipping` are not run (a resumed run's outputs kept from the
-    /// interrupted one; their bytes count as done). `outputDone(output)` is called once, on the
+    /// interrupted one, other processes' shares; their bytes are `ProgressCounter.skip`ped). `outputDone(output)` is called once, on the
     /// worker that finished it, when the last group of an output is done, so a writer can
     /// complete that file while others are still being written.
     public func run(
@@ -66,7 +66,7 @@ extension MoveExecutor {
             let output = plan.output(group: group)
             precondition(output >= 0 && output < sinks.count, "group \(group) writes output \(output) of \(sinks.count)")
             if skipping.contains(output) {
-                progress?.add(plan.byteCount(group: group))
+                progress?.skip(plan.byteCount(group: group))
                 continue
             }
             groupsLeft[output] += 1

@@ -43,8 +43,21 @@ public final class OutputFolder: @unchecked Sendable {
     public private(set) var notes: [String] = []
     private var lockDescriptor: Int32 = -1
     private var published = false
+    /// This process's place in a job (alone unless a launcher or flags say otherwise).
+    public let job: JobPlacement
+    /// The job's coordination folder, for a process of a job of more than one.
+    public let coordination: JobCoordination?
+    /// A process of a job other than rank 0 that wrote its share and saw the output published.
+    var partWritten = false
 
-    public init(path: String, resume: Bool = false) throws {
+    /// - Parameters:
+    ///   - resume: keep an interrupted run's staging folder (its verified files are kept).
+    ///   - job: in a job of several processes, each joins the one staging folder (taking the
+    ///     lock shared, so a lone run cannot start beside them) and keeps its verified files of
+    ///     an earlier attempt, as with `resume`; a failing process leaves the staging folder for
+    ///     the next attempt and says so to the others; only rank 0 publishes.
+    public init(path: String, resume: Bool = false, job: JobPlacement = .alone) throws {
+        self.job = job
         // Absolute first: Foundation's path helpers crash on a one-character relative name (`x`).
         let target = URL(fileURLWithPath: path).standardizedFileURL.path
         self.path = target
@@ -53,6 +66,7 @@ public final class OutputFolder: @unchecked Sendable {
         let directory = parent.isEmpty ? "." : parent
         stagingPath = (directory as NSString).appendingPathComponent(".\(name).nembridge-staging")
         lockPath = (directory as NSString).appendingPathComponent(".\(name).nembridge-lock")
+        let jobFolder = (directory as NSString).appendingPathComponent(".\(name).nembridge-job")
         if FileManager.default.fileExists(atPath: target) { throw Failure.alreadyExists(path: target) }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -63,7 +77,7 @@ public final class OutputFolder: @unchecked Sendable {
         guard lockDescriptor >= 0 else {
             throw Failure.cannotCreate(path: target, reason: "cannot open \(lockPath): \(String(cString: strerror(errno)))")
         }
-        guard flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
+        guard flock(lockDescriptor, (job.isAlone ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0 else {
             let owner = Self.ownerText(lockDescriptor)
             close(lockDescriptor)
             lockDescriptor = -1
@@ -74,6 +88,21 @@ public final class OutputFolder: @unchecked Sendable {
             Self.release(lockDescriptor, lockPath)
             throw Failure.alreadyExists(path: target)
         }
+        if !job.isAlone {
+            do {
+                try FileManager.default.createDirectory(atPath: stagingPath, withIntermediateDirectories: true)
+                coordination = try JobCoordination(directory: jobFolder, outputPath: target, placement: job)
+            } catch {
+                close(lockDescriptor)
+                lockDescriptor = -1
+                throw error
+            }
+            notes.append("\(job): writing its share into \(stagingPath)")
+            // Not a resume of the whole folder: each rank checks only its own share's files.
+            resumed = false
+            return
+        }
+        coordination = nil
         Self.recordOwner(lockDescriptor)
         var kept = false
         do {
@@ -87,6 +116,9 @@ public final class OutputFolder: @unchecked Sendable {
                 }
             }
             notes += try Self.removeOldStaging(directory: directory, name: name)
+            // A dead job's coordination folder (this run holds the lock exclusively, so no
+            // process of a job is alive on this output).
+            if FileManager.default.fileExists(atPath: jobFolder) { try FileManager.default.removeItem(atPath: jobFolder) }
             if !kept { try FileManager.default.createDirectory(atPath: stagingPath, withIntermediateDirectories: true) }
         } catch {
             Self.release(lockDescriptor, lockPath)
@@ -102,25 +134,49 @@ public final class OutputFolder: @unchecked Sendable {
         (stagingPath as NSString).appendingPathComponent(name)
     }
 
-    /// Renames the staging folder to `path`, then gives up the target.
+    /// Renames the staging folder to `path`, then gives up the target. In a job, rank 0 first
+    /// waits until every rank has joined, and afterwards until each has seen the output.
     public func publish() throws {
+        precondition(job.publishes, "only rank 0 publishes")
+        try coordination?.awaitAllJoined()
         if FileManager.default.fileExists(atPath: path) { throw Failure.alreadyExists(path: path) }
         guard rename(stagingPath, path) == 0 else {
             throw Failure.cannotPublish(path: path, reason: String(cString: strerror(errno)))
         }
         published = true
+        coordination?.finishPublished()
         releaseLock()
     }
 
-    /// Removes the staging folder and everything in it, and gives up the target.
+    /// A process of a job other than rank 0, its share written: waits for rank 0 to publish.
+    public func awaitPublished() throws {
+        try coordination?.awaitPublished()
+        partWritten = true
+        releaseLock()
+    }
+
+    /// Removes the staging folder and everything in it, and gives up the target. In a job the
+    /// staging folder holds the other ranks' parts: it stays for the next attempt, and the
+    /// others learn that this rank failed.
     public func discard() {
-        try? FileManager.default.removeItem(atPath: stagingPath)
+        if let coordination {
+            if !partWritten && !published { coordination.markFailed() }
+            coordination.stop()
+        } else {
+            try? FileManager.default.removeItem(atPath: stagingPath)
+        }
         releaseLock()
     }
 
     private func releaseLock() {
         guard lockDescriptor >= 0 else { return }
-        Self.release(lockDescriptor, lockPath)
+        // The lock file of a job is shared by its ranks: only the last one (rank 0, after
+        // publishing) unlinks it.
+        if job.isAlone || published {
+            Self.release(lockDescriptor, lockPath)
+        } else {
+            close(lockDescriptor)
+        }
         lockDescriptor = -1
     }
 

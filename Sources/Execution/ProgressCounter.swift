@@ -16,6 +16,13 @@ public final class ProgressCounter: Sendable {
 
     public var completed: Int64 { done.load(ordering: .relaxed) }
 
+    private let skippedBytes = Atomic<Int64>(0)
+
+    /// Bytes of the total this run does not write (files kept from an interrupted run, other
+    /// ranks' shares of a job): progress and rates are of the rest.
+    public func skip(_ bytes: Int64) { skippedBytes.wrappingAdd(bytes, ordering: .relaxed) }
+    public var skipped: Int64 { skippedBytes.load(ordering: .relaxed) }
+
     public func note(_ text: String) { noteList.withLock { $0.append(text) } }
 
     /// The notes so far, in order.

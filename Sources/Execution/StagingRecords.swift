@@ -14,9 +14,16 @@ public final class StagingRecords: Sendable {
     /// Ties each record to this plan: the command, its options and the identity of every source
     /// file it reads. A record made under another fingerprint is not reused.
     public let fingerprint: String
-    /// Records of the files kept from the interrupted run, by name.
-    public let kept: [String: StagedFileRecord]
+    private let keptRecords: Mutex<[String: StagedFileRecord]>
     private let made = Mutex<[String: StagedFileRecord]>([:])
+    private let folder: OutputFolder
+    private let workers: Int
+    /// In a job: every output's name, bytes and owning rank, set by `skipped`.
+    private let shares = Mutex<(names: [String], bytes: [Int64], owners: [Int])?>(nil)
+
+    /// Records of the files not written by this run, by name: kept from an interrupted run (or
+    /// an earlier attempt of the job), and in a job, rank 0's view of the other ranks' files.
+    public var kept: [String: StagedFileRecord] { keptRecords.withLock { $0 } }
 
     /// - Parameters:
     ///   - folder: the output folder; its staging folder is searched only if it `resumed`.
@@ -24,8 +31,11 @@ public final class StagingRecords: Sendable {
     public init(folder: OutputFolder, fingerprint: String, workers: Int = 2) throws {
         stagingRoot = folder.stagingPath
         self.fingerprint = fingerprint
+        self.folder = folder
+        self.workers = workers
+        // A process of a job looks only at its own share's files, in `skipped`.
         guard folder.resumed else {
-            kept = [:]
+            keptRecords = Mutex([:])
             return
         }
         var kept: [String: StagedFileRecord] = [:]
@@ -33,8 +43,87 @@ public final class StagingRecords: Sendable {
         where record.matches(stagingRoot: stagingRoot, planDigest: Self.digest(fingerprint, name), workers: workers) {
             kept[name] = record
         }
-        self.kept = kept
+        keptRecords = Mutex(kept)
         try Self.prune(stagingRoot, keeping: Set(kept.keys))
+    }
+
+    /// The outputs (`names` relative to the staging folder, with their planned `bytes`) this
+    /// process does not write: alone, those kept from an interrupted run; in a job, the other
+    /// ranks' shares and those of its own share whose files an earlier attempt completed (they
+    /// are verified byte for byte; any other file of its share is removed, half-written
+    /// temporaries included).
+    public func skipped(names: [String], bytes: [Int64], progress: ProgressCounter? = nil) throws -> Set<Int> {
+        let job = folder.job
+        guard !job.isAlone else { return Set(names.indices.filter { isKept(names[$0]) }) }
+        let owners = JobPlacement.shares(bytes: bytes, worldSize: job.worldSize)
+        shares.withLock { $0 = (names, bytes, owners) }
+        var skip = Set<Int>()
+        var kept: [String: StagedFileRecord] = [:]
+        for index in names.indices {
+            let name = names[index]
+            guard owners[index] == job.rank else {
+                skip.insert(index)
+                continue
+            }
+            let recordPath = StagedFileRecord.recordPath(stagingRoot: stagingRoot, name: name)
+            if let record = StagedFileRecord.read(path: recordPath), record.name == name,
+               record.matches(stagingRoot: stagingRoot, planDigest: planDigest(name), workers: workers) {
+                kept[name] = record
+                skip.insert(index)
+                continue
+            }
+            unlink(recordPath)
+            let staged = (stagingRoot as NSString).appendingPathComponent(name)
+            unlink(staged)
+            let directory = (staged as NSString).deletingLastPathComponent
+            let prefix = ".\((name as NSString).lastPathComponent).nembridge-partial-"
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where entry.hasPrefix(prefix) {
+                unlink((directory as NSString).appendingPathComponent(entry))
+            }
+        }
+        keptRecords.withLock { $0 = kept }
+        let mine = names.indices.filter { owners[$0] == job.rank }
+        progress?.note("\(job): its share is \(mine.count) of \(names.count) file(s), \(mine.reduce(Int64(0)) { $0 + bytes[$1] }) of \(bytes.reduce(0, +)) bytes; kept \(kept.count) of them from an earlier attempt")
+        return skip
+    }
+
+    /// After this process's share is written. Alone: nothing. Rank 0 of a job: waits until every
+    /// other rank's files are recorded (bounded: a rank that fails or falls silent ends the wait
+    /// with an error naming it), takes their records as kept, and removes from the staging
+    /// folder whatever is not a planned output (a dead attempt's temporaries). Any other rank:
+    /// waits for rank 0 to publish, then throws `JobPartWritten` (the command ends there).
+    public func completeShare(progress: ProgressCounter? = nil) throws {
+        let job = folder.job
+        guard !job.isAlone, let (names, bytes, owners) = shares.withLock({ $0 }) else { return }
+        guard job.publishes else {
+            try folder.awaitPublished()
+            let mine = names.indices.filter { owners[$0] == job.rank }
+            throw JobPartWritten(placement: job, files: mine.count, bytes: mine.reduce(Int64(0)) { $0 + bytes[$1] },
+                                 jobBytes: bytes.reduce(0, +), output: folder.path)
+        }
+        var missing = Set(names.indices.filter { owners[$0] != job.rank })
+        try folder.coordination?.wait(for: "the other ranks' parts", watching: { Set(missing.map { owners[$0] }).sorted() }) {
+            for index in missing {
+                let name = names[index]
+                guard let record = StagedFileRecord.read(path: StagedFileRecord.recordPath(stagingRoot: stagingRoot, name: name)),
+                      record.name == name, record.planDigest == planDigest(name), record.entries.allSatisfy({ $0.file == name }),
+                      let size = try? FileManager.default.attributesOfItem(atPath: (stagingRoot as NSString).appendingPathComponent(name))[.size] as? Int,
+                      Int64(size) == record.size
+                else { continue }
+                keptRecords.withLock { $0[name] = record }
+                missing.remove(index)
+            }
+            return missing.isEmpty
+        }
+        try Self.prune(stagingRoot, keeping: Set(names))
+        var perRank = [Int64](repeating: 0, count: job.worldSize)
+        var filesPerRank = [Int](repeating: 0, count: job.worldSize)
+        for index in names.indices {
+            perRank[owners[index]] += bytes[index]
+            filesPerRank[owners[index]] += 1
+        }
+        progress?.note("job \(job.jobID): \(job.worldSize) processes wrote \(names.count) file(s), \(bytes.reduce(0, +)) bytes: "
+            + perRank.indices.map { "rank \($0) \(filesPerRank[$0]) file(s) \(perRank[$0]) bytes" }.joined(separator: ", "))
     }
 
     /// What the plan asks file `name` to be, as a record stores it.
@@ -48,7 +137,7 @@ public final class StagingRecords: Sendable {
 
     /// Whether the staged file `name` (relative to the staging folder) is kept: the writer
     /// skips it, and its manifest rows come from `kept[name]`.
-    public func isKept(_ name: String) -> Bool { kept[name] != nil }
+    public func isKept(_ name: String) -> Bool { keptRecords.withLock { $0[name] != nil } }
 
     /// Records `name`, just finished (flushed and renamed into place), with its manifest entries.
     public func record(_ name: String, entries: [ChecksumManifest.Entry]) throws {

@@ -10,11 +10,15 @@ import WeightMapping
 public enum ImportError: Error, Equatable, CustomStringConvertible {
     /// `--dtype` with `--compress`: compressed items are written from the source bytes as they are.
     case castCompressed
+    /// `--compress` in a job of several processes: the compressed writer runs in one process.
+    case compressedInJob
 
     public var description: String {
         switch self {
         case .castCompressed:
             "--dtype and --compress cannot be combined (compressed items are written from the source bytes as they are); give one of them"
+        case .compressedInJob:
+            "--compress is written by one process: run it without a launcher's rank (or with --world-size 1)"
         }
     }
 }
@@ -281,8 +285,9 @@ public struct HFImport: Sendable {
     /// Writes the checkpoint. With `resume`, the data files an interrupted run (killed) left
     /// complete in its staging folder are kept when they still match their records, and only the
     /// rest is written: the output is byte for byte what an uninterrupted run writes.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
-        let folder = try OutputFolder(path: outputPath, resume: resume)
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false, job: JobPlacement = .alone) throws {
+        if options.zstdLevel != nil && !job.isAlone { throw ImportError.compressedInJob }
+        let folder = try OutputFolder(path: outputPath, resume: resume, job: job)
         for note in folder.notes { progress?.note(note) }
         let records = try StagingRecords(folder: folder, fingerprint: fingerprint, workers: executor.workers)
         if folder.resumed { progress?.note(records.keptNote) }

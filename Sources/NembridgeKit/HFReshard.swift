@@ -64,8 +64,8 @@ public struct HFReshard: Sendable {
 
     /// Writes the folder under a staging name and publishes it by rename.
     /// Writes the resharded folder; `resume` as for `HFImport.run`.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
-        let folder = try OutputFolder(path: outputPath, resume: resume)
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false, job: JobPlacement = .alone) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume, job: job)
         for note in folder.notes { progress?.note(note) }
         let layout = files.map { "\($0.name): \($0.tensors.map { "\($0.name) \($0.dtype) \($0.shape)" }) \(String(describing: $0.metadata))" }
         let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(

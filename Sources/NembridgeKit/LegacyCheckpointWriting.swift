@@ -104,7 +104,7 @@ public struct LegacyCheckpointPlan: Sendable {
     public func write(iterationPath: String, iterationName: String, executor: MoveExecutor, progress: ProgressCounter?,
                       records: StagingRecords? = nil) throws -> [ChecksumManifest.Entry] {
         let names = files.map { "\(iterationName)/\($0.relativePath)" }
-        let kept = Set(names.indices.filter { records?.isKept(names[$0]) == true })
+        let kept = try records?.skipped(names: names, bytes: files.map(\.tensorBytes), progress: progress) ?? []
         let writer = try LegacyTorchWriter(directory: iterationPath, plans: files, keeping: kept)
         var indices: [(file: Int, tensor: Int)] = []
         var bounds: [Int] = []
@@ -133,14 +133,17 @@ public struct LegacyCheckpointPlan: Sendable {
                 try writer.finishFile(file)
                 try records?.record(names[file], entries: (fileBounds[file]..<fileBounds[file + 1]).map { entry($0, digests.get($0)!) })
             })
+            // In a job, rank 0 waits here for the other ranks' files; the others end here.
+            try records?.completeShare(progress: progress)
             try writer.finish()
         } catch {
             writer.discard()
             throw error
         }
         var entries: [ChecksumManifest.Entry] = []
+        let keptRecords = records?.kept ?? [:]
         for file in files.indices {
-            if let record = records?.kept[names[file]] {
+            if let record = keptRecords[names[file]] {
                 entries += record.entries
             } else {
                 entries += (fileBounds[file]..<fileBounds[file + 1]).map { entry($0, digests.get($0)!) }

@@ -271,8 +271,8 @@ public struct MegatronExport: Sendable {
 
     /// Writes the folder under a staging name and publishes it by rename.
     /// Writes the HF folder; `resume` as for `HFImport.run`.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
-        let folder = try OutputFolder(path: outputPath, resume: resume)
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false, job: JobPlacement = .alone) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume, job: job)
         for note in folder.notes { progress?.note(note) }
         // All shards at once, one lane per file: workers write different files (writes to one
         // file serialize on its inode lock).

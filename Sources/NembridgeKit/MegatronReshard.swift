@@ -365,8 +365,8 @@ public struct MegatronReshard: Sendable {
     public var iterationDirectoryName: String { (directory as NSString).lastPathComponent }
 
     /// Writes the resharded checkpoint; `resume` as for `HFImport.run`.
-    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false) throws {
-        let folder = try OutputFolder(path: outputPath, resume: resume)
+    public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false, job: JobPlacement = .alone) throws {
+        let folder = try OutputFolder(path: outputPath, resume: resume, job: job)
         for note in folder.notes { progress?.note(note) }
         let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
             command: "reshard --megatron", settings: "\(options)", sources: legacyPlan?.plan.sources ?? plan.sources), workers: executor.workers)

@@ -18,7 +18,9 @@ enum PlannedWriting {
         casts: [String: ElementCast] = [:], records: StagingRecords? = nil,
         moves: (SafetensorsTensorInfo, inout ConversionPlan) throws -> Void
     ) throws -> [ChecksumManifest.Entry] {
-        let kept = Set(shards.indices.filter { records?.isKept(shards[$0].name) == true })
+        // The shards this process does not write: kept ones, and in a job the other ranks' shares.
+        let kept = try records?.skipped(names: shards.map(\.name), bytes: shards.map { $0.tensors.reduce(Int64(0)) { $0 + $1.byteCount } },
+                                         progress: progress) ?? []
         let writers = try shards.enumerated().map { index, shard in
             kept.contains(index) ? nil : try SafetensorsWriter(path: shard.path, tensors: shard.tensors, metadata: shard.metadata)
         }
@@ -60,10 +62,12 @@ enum PlannedWriting {
                 try records?.record(names[shard], entries: entries)
             }
             try executor.run(plan, sinks: sinks, observer: observer, progress: progress, skipping: kept, outputDone: done)
+            try records?.completeShare(progress: progress)
             let digestsBySlot = digests.all
             var entries: [ChecksumManifest.Entry] = []
+            let keptRecords = records?.kept ?? [:]
             for shard in shards.indices {
-                if let record = records?.kept[shards[shard].name] {
+                if let record = keptRecords[shards[shard].name] {
                     entries += record.entries
                 } else {
                     entries += (bounds[shard]..<bounds[shard + 1]).map { entry($0, digestsBySlot[$0]) }
@@ -88,7 +92,9 @@ enum PlannedWriting {
     ) throws -> ChecksumManifest.Streamed {
         precondition(plan.groupCount == layout.tensorItemCount, "a plan of \(plan.groupCount) groups for \(layout.tensorItemCount) chunks")
         let names = layout.fileNames.map { "\(iterationName)/\($0)" }
-        let kept = Set(names.indices.filter { records?.isKept(names[$0]) == true })
+        var fileBytes = [Int64](repeating: 0, count: names.count)
+        for group in 0..<plan.groupCount { fileBytes[plan.output(group: group)] += plan.byteCount(group: group) }
+        let kept = try records?.skipped(names: names, bytes: fileBytes, progress: progress) ?? []
         let writer = try TorchDistWriter(directory: directory, layout: layout, keeping: kept)
         let digests = DigestTable(count: layout.tensorItemCount)
         @Sendable func entry(_ item: Int, _ digest: UInt64) -> ChecksumManifest.Entry {
@@ -109,6 +115,8 @@ enum PlannedWriting {
                 let items = layout.tensorItemIndices.filter { layout.file(item: $0) == file }
                 try records.record(names[file], entries: items.map { entry($0, digests.get($0)!) })
             })
+            // In a job, rank 0 waits here for the other ranks' files; the others end here.
+            try records?.completeShare(progress: progress)
             try writer.finish()
         } catch {
             writer.discard()
@@ -116,7 +124,8 @@ enum PlannedWriting {
         }
         // A kept file's entries, by name, from its record.
         var recorded: [String: ChecksumManifest.Entry] = [:]
-        for file in kept { for item in records!.kept[names[file]]!.entries { recorded[item.name] = item } }
+        let keptRecords = records?.kept ?? [:]
+        for file in kept { for item in keptRecords[names[file]]!.entries { recorded[item.name] = item } }
         let keptEntries = recorded
         return ChecksumManifest.Streamed(kind: .megatronTorchDist, count: layout.tensorItemCount) { item in
             guard kept.contains(layout.file(item: item)) else { return entry(item, digests.get(item)!) }

@@ -51,7 +51,7 @@ struct Export: ParsableCommand {
             }
             let plan = try MegatronExport(checkpoint: source, output: output, options: options)
             guard let seconds = try planned.run(phase: "export", planText: { $0.line(plan.planText()) },
-                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
+                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
             else { return }
             writeStandardOutput(
                 "exported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.mapping.hfTensors.count) tensors in "

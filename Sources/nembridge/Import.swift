@@ -82,7 +82,7 @@ struct Import: ParsableCommand {
                                                    plan.writePlanText(to: output)
                                                    legacy?.writePlanText(to: output)
                                                },
-                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
+                                               totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
             else { return }
             if let summary = MegatronExport.castSummary(casts: plan.casts, kept: plan.keptDTypes) { writeStandardOutput(summary) }
             if let legacy {

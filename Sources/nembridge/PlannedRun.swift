@@ -17,9 +17,22 @@ struct PlannedRunOptions: ParsableArguments {
         """)
     var resume = false
 
-    /// How long the run took; nil for a dry run.
+    @Option(help: "This process's rank in a job of --world-size processes that share one conversion (default: from srun, torchrun or mpirun's environment; alone without one).")
+    var rank: Int?
+
+    @Option(help: "The number of processes sharing the conversion (each writes a byte-balanced share of the output files; rank 0 publishes).")
+    var worldSize: Int?
+
+    @Option(help: "The job's id, the same in every process of it (default: SLURM_JOB_ID, TORCHELASTIC_RUN_ID, or the launcher's).")
+    var jobID: String?
+
+    @Option(help: "Seconds without a sign of life from another process of the job before this one stops with an error naming it. (default: 60)")
+    var partTimeout: Double?
+
+    /// How long the run took; nil for a dry run, or for a process of a job other than rank 0
+    /// (which reports its share and ends once rank 0 has published).
     func run(
-        phase: String, planText: (PlanTextOutput) -> Void, totalBytes: Int64, run: (MoveExecutor, ProgressCounter) throws -> Void
+        phase: String, planText: (PlanTextOutput) -> Void, totalBytes: Int64, run: (MoveExecutor, ProgressCounter, JobPlacement) throws -> Void
     ) throws -> TimeInterval? {
         if dryRun {
             // Streamed: the plan of a 450,000-chunk checkpoint is never held as one string.
@@ -28,14 +41,21 @@ struct PlannedRunOptions: ParsableArguments {
             output.flush()
             return nil
         }
+        let job = try JobPlacement.resolve(rank: rank, worldSize: worldSize, jobID: jobID, partTimeout: partTimeout)
         let counter = ProgressCounter(total: totalBytes)
-        let display = ProgressDisplay(phase: phase, counter: counter)
+        let display = ProgressDisplay(phase: job.isAlone ? phase : "\(phase), rank \(job.rank) of \(job.worldSize)", counter: counter)
         let start = Date()
         defer {
             // What the run cleaned up or dropped (an interrupted run's staging folder...), also on failure.
             for note in counter.notes { writeStandardError("nembridge: note: \(note)\n") }
         }
-        try run(MoveExecutor(workers: max(1, workers), mode: .buffered), counter)
+        do {
+            try run(MoveExecutor(workers: max(1, workers), mode: .buffered), counter, job)
+        } catch let part as JobPartWritten {
+            display.finish()
+            print("\(part) in \(formatRate(part.bytes, Date().timeIntervalSince(start)))")
+            return nil
+        }
         display.finish()
         return Date().timeIntervalSince(start)
     }

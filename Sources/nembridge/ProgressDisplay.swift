@@ -32,13 +32,15 @@ final class ProgressDisplay: @unchecked Sendable {
     }
 
     private func draw(final: Bool) {
+        // Of the bytes this process writes (its share of a job, what a resume redoes).
         let done = counter.completed
+        let total = counter.total - counter.skipped
         let elapsed = max(Date().timeIntervalSince(start), 0.001)
         let rate = Double(done) / elapsed
-        let remaining = rate > 0 ? Double(counter.total - done) / rate : 0
-        let percent = counter.total > 0 ? 100 * Double(done) / Double(counter.total) : 100
+        let remaining = rate > 0 ? Double(total - done) / rate : 0
+        let percent = total > 0 ? 100 * Double(done) / Double(total) : 100
         let line = String(format: "%.1f%%  %.2f / %.2f GB  %.2f GB/s  ETA %.0fs",
-                          percent, Double(done) / 1e9, Double(counter.total) / 1e9, rate / 1e9, remaining)
+                          percent, Double(done) / 1e9, Double(total) / 1e9, rate / 1e9, remaining)
         FileHandle.standardError.write(Data("\r\u{1B}[K\(phase): \(line)\(final ? "\n" : "")".utf8))
     }
 }

@@ -68,7 +68,7 @@ struct Reshard: ParsableCommand {
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
                 guard let seconds = try planned.run(phase: "reshard", planText: plan.writePlanText,
                                                    totalBytes: plan.totalBytes,
-                                                   run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
+                                                   run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
                 else { return }
                 let written = plan.legacyPlan.map { "\($0.files.count) rank files" } ?? "\(plan.layout.tensorItemCount) chunks"
                 writeStandardOutput("resharded \(megatron) -> \(output) (\(options.format.rawValue), \(written), "
@@ -84,7 +84,7 @@ struct Reshard: ParsableCommand {
             let plan = try HFReshard(source: source, output: output, maxShardSize: limit)
             guard let seconds = try planned.run(phase: "reshard", planText: { $0.line(plan.planText()) },
                                                totalBytes: plan.totalBytes,
-                                               run: { try plan.run(executor: $0, progress: $1, resume: planned.resume) })
+                                               run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
             else { return }
             writeStandardOutput("wrote \(output): \(plan.files.count) file(s), \(formatBytes(plan.totalBytes)) in \(formatRate(plan.totalBytes, seconds))")
         }
