@@ -181,3 +181,4 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     if [[ -n "$KEPT" ]]; then echo; printf '%s\n' "$KEPT"; fi
 } > "$OUT"
 echo "bench: wrote $OUT"
+"$ROOT/tools/bench/jobs.sh" "$BIN" "$DATA"

@@ -23,6 +23,13 @@ public final class ProgressCounter: Sendable {
     public func skip(_ bytes: Int64) { skippedBytes.wrappingAdd(bytes, ordering: .relaxed) }
     public var skipped: Int64 { skippedBytes.load(ordering: .relaxed) }
 
+    private let statusText = Mutex<String?>(nil)
+    /// A word on the whole, shown after this process's own progress (rank 0: the job's files).
+    public var status: String? {
+        get { statusText.withLock { $0 } }
+        set { statusText.withLock { $0 = newValue } }
+    }
+
     public func note(_ text: String) { noteList.withLock { $0.append(text) } }
 
     /// The notes so far, in order.

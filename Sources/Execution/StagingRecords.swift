@@ -102,7 +102,10 @@ public final class StagingRecords: Sendable {
                                  jobBytes: bytes.reduce(0, +), output: folder.path)
         }
         var missing = Set(names.indices.filter { owners[$0] != job.rank })
+        let jobBytes = bytes.reduce(0, +)
         try folder.coordination?.wait(for: "the other ranks' parts", watching: { Set(missing.map { owners[$0] }).sorted() }) {
+            let pending = missing.reduce(Int64(0)) { $0 + bytes[$1] }
+            progress?.status = "job: \(names.count - missing.count) of \(names.count) files, \(jobBytes - pending) of \(jobBytes) bytes done"
             for index in missing {
                 let name = names[index]
                 guard let record = StagedFileRecord.read(path: StagedFileRecord.recordPath(stagingRoot: stagingRoot, name: name)),

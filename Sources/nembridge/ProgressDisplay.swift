@@ -41,6 +41,7 @@ final class ProgressDisplay: @unchecked Sendable {
         let percent = total > 0 ? 100 * Double(done) / Double(total) : 100
         let line = String(format: "%.1f%%  %.2f / %.2f GB  %.2f GB/s  ETA %.0fs",
                           percent, Double(done) / 1e9, Double(total) / 1e9, rate / 1e9, remaining)
-        FileHandle.standardError.write(Data("\r\u{1B}[K\(phase): \(line)\(final ? "\n" : "")".utf8))
+        let status = counter.status.map { "  (\($0))" } ?? ""
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(phase): \(line)\(status)\(final ? "\n" : "")".utf8))
     }
 }

@@ -179,3 +179,23 @@ def test_a_lone_run_does_not_join_a_running_job(nembridge, megatron_tp2, tmp_pat
     finally:
         p.kill()
         p.communicate()
+
+
+@pytest.mark.parametrize("case", ["import-torch-dist", "reshard-legacy", "export"])
+def test_under_the_real_torchrun(nembridge, megatron_tp2, megatron_legacy, references, tmp_path, case):  # noqa: F811
+    """torch's own launcher (`torchrun --no-python`) starts the processes; it sets their
+    environment, nembridge reads it."""
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = CASES[case](megatron_tp2, megatron_legacy)
+    out = tmp_path / "out"
+    p = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "3", "--no-python", nembridge.exe, *map(str, args),
+                        "--out", str(out)], env=clean_env(), capture_output=True, timeout=300)
+    err = p.stderr.decode()
+    assert p.returncode == 0, err
+    found = {int(m.group(1)) for m in SHARE.finditer(err)}
+    assert found == {0, 1, 2} and "(torchrun, job" in err, err
+    assert tree(out) == references[case]
+    assert leftovers(tmp_path) == []
