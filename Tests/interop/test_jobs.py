@@ -80,11 +80,11 @@ def references(nembridge, megatron_tp2, megatron_legacy, tmp_path_factory):  # n
     return refs
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_any_process_count_gives_the_same_bytes(nembridge, megatron_tp2, megatron_legacy, references, tmp_path, case):  # noqa: F811
+def test_any_process_count_gives_the_same_bytes(nembridge, megatron_tp2, megatron_legacy, references, tmp_path, case, launcher):  # noqa: F811
     args = CASES[case](megatron_tp2, megatron_legacy)
     for size in (1, 2, 3, 4):
-        launcher = LAUNCHERS[(sorted(CASES).index(case) + size) % len(LAUNCHERS)]
         out = tmp_path / f"n{size}"
         results = run_job(nembridge.exe, args, out, size, launcher, job=f"{case}-{size}")
         for rank, (code, stdout, stderr, _) in enumerate(results):
