@@ -116,15 +116,17 @@ extension GlobalTensorSource {
         return Int64(bytes)
     }
 
-    /// The reads that fill the box at `offsets` with `sizes` of tensor `key`, sorted by
-    /// destination, adjacent reads merged. Throws `boxNotCovered` when the chunks leave part
-    /// of the box uncovered (DCP itself would silently leave it uninitialised).
-    public func boxPieces(key: String, offsets: [Int], sizes: [Int]) throws -> [BoxPiece] {
+    /// The box at `offsets` with `sizes` of tensor `key`, checked to lie inside the tensor, with
+    /// its element size, its volume and the error for a part the chunks leave uncovered; nil
+    /// for an empty box.
+    private func checkedBox(key: String, offsets: [Int], sizes: [Int]) throws
+        -> (box: DCPChunk, elementSize: Int, total: Int, notCovered: (Int) -> MegatronCheckpointError)?
+    {
         let tensor = try self.tensor(key)
         precondition(offsets.count == tensor.size.count && sizes.count == tensor.size.count,
                      "box rank \(offsets.count)/\(sizes.count) for `\(key)` of rank \(tensor.size.count)")
-        let box = DCPChunk(offsets: offsets, sizes: sizes)
-        func notCovered(_ missing: Int) -> MegatronCheckpointError {
+        let metadataPath = self.metadataPath
+        let notCovered = { (missing: Int) -> MegatronCheckpointError in
             .boxNotCovered(file: metadataPath, key: key, offsets: offsets, sizes: sizes, shape: tensor.size, missingElements: missing)
         }
         // Inside the tensor (whose byte size was checked at open), so no volume below overflows.
@@ -133,10 +135,18 @@ extension GlobalTensorSource {
         }
         guard inside else { throw notCovered(ShapeArithmetic.elementCount(sizes) ?? Int.max) }
         let total = BoxGeometry.volume(sizes)
-        if total == 0 { return [] }
+        if total == 0 { return nil }
         guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
             throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)
         }
+        return (DCPChunk(offsets: offsets, sizes: sizes), elementSize, total, notCovered)
+    }
+
+    /// The reads that fill the box at `offsets` with `sizes` of tensor `key`, sorted by
+    /// destination, adjacent reads merged. Throws `boxNotCovered` when the chunks leave part
+    /// of the box uncovered (DCP itself would silently leave it uninitialised).
+    public func boxPieces(key: String, offsets: [Int], sizes: [Int]) throws -> [BoxPiece] {
+        guard let (box, elementSize, total, notCovered) = try checkedBox(key: key, offsets: offsets, sizes: sizes) else { return [] }
         var pieces: [BoxPiece] = []
         var covered = 0
         for chunk in try candidateChunks(key: key, box: box) {
@@ -173,20 +183,7 @@ extension GlobalTensorSource {
     /// and step by a fixed distance in the chunk (a column slice: one per row) are one move.
     /// Throws `boxNotCovered` as `boxPieces` does.
     public func boxMoves(key: String, offsets: [Int], sizes: [Int]) throws -> [TensorBoxMove] {
-        let tensor = try self.tensor(key)
-        precondition(offsets.count == tensor.size.count && sizes.count == tensor.size.count,
-                     "box rank \(offsets.count)/\(sizes.count) for `\(key)` of rank \(tensor.size.count)")
-        let box = DCPChunk(offsets: offsets, sizes: sizes)
-        let total = BoxGeometry.volume(sizes)
-        func notCovered(_ missing: Int) -> MegatronCheckpointError {
-            .boxNotCovered(file: metadataPath, key: key, offsets: offsets, sizes: sizes, shape: tensor.size, missingElements: missing)
-        }
-        let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] + sizes[$0] <= tensor.size[$0] }
-        guard inside else { throw notCovered(total) }
-        if total == 0 { return [] }
-        guard let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
-            throw MegatronCheckpointError.unsupportedDType(key: key, dtype: tensor.dtype.safetensorsName)
-        }
+        guard let (box, elementSize, total, notCovered) = try checkedBox(key: key, offsets: offsets, sizes: sizes) else { return [] }
         var moves: [TensorBoxMove] = []
         var covered = 0
         for chunk in try candidateChunks(key: key, box: box) {
@@ -243,7 +240,7 @@ extension GlobalTensorSource {
                      "box rank \(offsets.count)/\(sizes.count) for `\(key)` of rank \(tensor.size.count)")
         let box = DCPChunk(offsets: offsets, sizes: sizes)
         let total = BoxGeometry.volume(sizes)
-        let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] + sizes[$0] <= tensor.size[$0] }
+        let inside = offsets.indices.allSatisfy { offsets[$0] >= 0 && sizes[$0] >= 0 && offsets[$0] <= tensor.size[$0] && sizes[$0] <= tensor.size[$0] - offsets[$0] }
         guard inside, total > 0, let elementSize = TorchDistCheckpoint.torchElementSize(tensor.dtype) else {
             return BoxReads(moves: try boxMoves(key: key, offsets: offsets, sizes: sizes), interleaved: false)
         }
