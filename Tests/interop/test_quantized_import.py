@@ -450,3 +450,32 @@ def test_mixed_precision_list_disagreeing(nembridge, tmp_path):
         doc["quantization"]["quantized_layers"][EXPERT] = {"quant_algo": "FP8"}
     src = _derive(tmp_path, "super-mixed", modelopt=change)
     _refused(nembridge, src, tmp_path, EXPERT + ".weight", "quantized_layers")
+
+
+# ------------------------------------------------------------------------------------------------
+# export of a dequantized import: the reference tensors, a config.json without quantization
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_export_of_import_is_the_dequantized_model(nembridge, imports, work, name):
+    q, _, _ = imports[(name, "tp1")]
+    out = work / f"{name}.exported"
+    nembridge.run("export", "--megatron", q, "--out", out).ok()
+    got = {}
+    for f in sorted(out.glob("*.safetensors")):
+        got.update(load_file(f))
+    want = reference(name)
+    assert set(got) == set(want)
+    problems = [m for k in sorted(want) if (m := raw_mismatch(k, got[k], want[k]))]
+    assert not problems, "\n".join(problems)
+    cfg = json.loads((out / "config.json").read_text())
+    src = json.loads((QDIR / name / "config.json").read_text())
+    del src["quantization_config"]
+    assert cfg == src
+    assert not (out / "hf_quant_config.json").exists() and not (out / "nembridge-hf-quantization.json").exists()
+    if name in LLAMA:
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+        assert getattr(model.config, "quantization_config", None) is None
+        sd = model.state_dict()
+        assert all(torch.equal(sd[k].view(torch.int16), want[k].view(torch.int16)) for k in want if k in sd)
