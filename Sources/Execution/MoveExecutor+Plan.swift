@@ -66,7 +66,7 @@ extension MoveExecutor {
             let output = plan.output(group: group)
             precondition(output >= 0 && output < sinks.count, "group \(group) writes output \(output) of \(sinks.count)")
             if skipping.contains(output) {
-                progress?.add(plan.byteCount(group: group))
+                progress?.add(plan.outputByteCount(group: group))
                 continue
             }
             groupsLeft[output] += 1

@@ -141,14 +141,16 @@ public struct QuantizedWeight: Sendable, Hashable {
                         let group = element / Int64(size)
                         let run = min(Int((group + 1) * Int64(size) - element), count - index)
                         let multiplier = e4m3[Int(scaleBytes[Int(group - firstGroup)])] * second
-                        // Element e is nibble e % 2 of byte e / 2 of the codes (which start at an even element).
+                        // Element e is nibble e % 2 of byte e / 2 of the codes (which start at an
+                        // even element; groups and batches are even, so every run is whole bytes).
                         let local = codeOffset + index
+                        precondition(local & 1 == 0 && run & 1 == 0, "an NVFP4 run inside a byte")
+                        let source = bytes + (local >> 1)
                         let target = values + index
-                        for offset in 0..<run {
-                            let position = local + offset
-                            let byte = bytes[position >> 1]
-                            let code = (position & 1) == 0 ? byte & 0x0F : byte >> 4
-                            target[offset] = table[Int(code)] * multiplier
+                        for pair in 0..<(run >> 1) {
+                            let byte = source[pair]
+                            target[2 * pair] = table[Int(byte & 0x0F)] * multiplier
+                            target[2 * pair + 1] = table[Int(byte >> 4)] * multiplier
                         }
                         index += run
                     }
