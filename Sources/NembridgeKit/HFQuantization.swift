@@ -229,7 +229,6 @@ struct HFQuantization: Sendable {
         var weights: [String: Weight] = [:]
         var consumed = Set<String>()
         var recorded: [String] = []
-        func file(_ name: String) -> String { (try? folder.locate(name).file.displayName) ?? folder.directory }
         // Scales first: each must have its quantized weight.
         for entry in folder.tensors {
             let name = entry.info.name
@@ -270,11 +269,17 @@ struct HFQuantization: Sendable {
             }
             let stored: Scheme
             if info.dtype == .float8E4M3 {
-                stored = folder.contains(module + ".weight_scale_inv") ? (rule.defaultScheme ?? .blockFP8(rows: 0, columns: 0)) : .tensorFP8
-                if case .blockFP8(0, 0) = stored {
-                    throw QuantizationError.undeclaredQuantization(file: fileName, tensor: name, reason: "it has a weight_scale_inv (block FP8) and the config declares no block size")
-                }
-                if !folder.contains(module + ".weight_scale_inv") && !folder.contains(module + ".weight_scale") {
+                if folder.contains(module + ".weight_scale_inv") {
+                    // Block FP8: the block size is the declaration's.
+                    guard case .blockFP8? = rule.defaultScheme, let declared = rule.defaultScheme else {
+                        throw QuantizationError.undeclaredQuantization(
+                            file: fileName, tensor: name,
+                            reason: "it has a weight_scale_inv (block FP8) and the config declares \(rule.defaultScheme.map(String.init(describing:)) ?? "no block FP8")")
+                    }
+                    stored = declared
+                } else if folder.contains(module + ".weight_scale") {
+                    stored = .tensorFP8
+                } else {
                     let scale = if case .blockFP8 = rule.defaultScheme { "weight_scale_inv" } else { "weight_scale" }
                     throw QuantizationError.missingScale(file: fileName, tensor: name, scale: module + "." + scale)
                 }
