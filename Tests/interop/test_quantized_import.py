@@ -479,3 +479,24 @@ def test_export_of_import_is_the_dequantized_model(nembridge, imports, work, nam
         assert getattr(model.config, "quantization_config", None) is None
         sd = model.state_dict()
         assert all(torch.equal(sd[k].view(torch.int16), want[k].view(torch.int16)) for k in want if k in sd)
+
+
+# ------------------------------------------------------------------------------------------------
+# legacy per-rank files (--ckpt-format torch): the dequantized values in every rank's file
+
+@pytest.mark.parametrize("name,flags", [("llama3-fp8-block", ["--tp", "2"]), ("super-nvfp4", ["--ep", "2"])])
+def test_legacy_rank_files_equal_reference(nembridge, work, name, flags):
+    outs = []
+    for label, src in (("q", QDIR / name), ("r", reference_folder(name, work))):
+        out = work / f"{name}.legacy.{label}"
+        nembridge.run("import", "--hf", src, "--out", out, "--ckpt-format", "torch", *import_flags(name), *flags).ok()
+        outs.append(out)
+    files = sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*.pt"))
+    assert len(files) == 2 and files == sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.pt"))
+    problems = []
+    for rel in files:
+        got, want = (torch.load(o / rel, map_location="cpu", weights_only=False)["model"] for o in outs)
+        tensors = {k for k, v in want.items() if isinstance(v, torch.Tensor)}
+        assert tensors == {k for k, v in got.items() if isinstance(v, torch.Tensor)}
+        problems += [f"{rel}: {m}" for k in sorted(tensors) if (m := raw_mismatch(k, got[k], want[k]))]
+    assert not problems, "\n".join(problems)
