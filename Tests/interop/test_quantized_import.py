@@ -500,3 +500,29 @@ def test_legacy_rank_files_equal_reference(nembridge, work, name, flags):
         assert tensors == {k for k, v in got.items() if isinstance(v, torch.Tensor)}
         problems += [f"{rel}: {m}" for k in sorted(tensors) if (m := raw_mismatch(k, got[k], want[k]))]
     assert not problems, "\n".join(problems)
+
+
+def test_scales_in_another_shard(nembridge, imports, work):
+    """A sharded folder (index + 2 files) whose scales all sit in the other file from their
+    weights: the import reads each scale from its own shard."""
+    name = "llama3-fp8-block"
+    src = work / f"{name}-sharded"
+    src.mkdir()
+    for f in ("config.json", "generation_config.json"):
+        shutil.copy(QDIR / name / f, src)
+    t = raw(name)
+    scales = {k: v for k, v in t.items() if k.endswith(".weight_scale_inv")}
+    rest = {k: v for k, v in t.items() if k not in scales}
+    files = {"model-00001-of-00002.safetensors": scales, "model-00002-of-00002.safetensors": rest}
+    for f, part in files.items():
+        save_file(part, src / f, metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in t.values())},
+             "weight_map": {k: f for f, part in files.items() for k in part}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    out = work / f"{name}-sharded.imported"
+    nembridge.run("import", "--hf", src, "--out", out, "--tp", "2").ok()
+    got = dcp_tensors(out)
+    want = dcp_tensors(imports[(name, "chunked")][1])  # the reference folder imported at --tp 2
+    assert set(got) == set(want)
+    problems = [m for k in sorted(want) if (m := raw_mismatch(k, got[k], want[k]))]
+    assert not problems, "\n".join(problems)
