@@ -121,6 +121,31 @@ SAFETENSORS_BYTES=$BYTES
 convert_bench "Llama-3.2-1B shape, 16 layers" 16 "$DATA/llama-16" "$ROOT/tools/bench/make_llama_model.py"
 convert_bench "Llama-3.2-1B shape, 4 layers" 4 "$DATA/llama-4" "$ROOT/tools/bench/make_llama_model.py" 4
 convert_bench "Nemotron-3-MoE shape (24 hybrid layers, 128 experts per MoE layer, ~3,300 tensors)" moe "$DATA/moe" "$ROOT/tools/bench/make_moe_model.py"
+# ---- import of quantized releases (issue 15): block FP8 and NVFP4 dequantized vs a plain import ----
+QUANT_ROWS=()
+quant_bench() {
+    local model="$DATA/llama-16" s
+    for s in fp8 nvfp4; do
+        if [[ ! -f "$DATA/llama-16-$s/config.json" ]]; then
+            echo "bench: generating $DATA/llama-16-$s"
+            "$PY" "$ROOT/tools/bench/make_quantized_model.py" "$s" "$DATA/llama-16-$s"
+        fi
+    done
+    ROWS=()
+    BYTES=$(du -sb "$model" | cut -f1)  # every row writes these bf16 bytes: GB/s of the output
+    local clean='rm -rf "$DATA/mc"'
+    run "\`nembridge import\` of the bf16 model + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' && sync"
+    local plain_s=$LAST_MEDIAN
+    run "\`nembridge import\` of block FP8 [128, 128] (dequantized to bf16) + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$DATA/llama-16-fp8' --out '$DATA/mc' && sync"
+    local fp8_s=$LAST_MEDIAN
+    run "\`nembridge import\` of ModelOpt NVFP4 (dequantized to bf16) + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$DATA/llama-16-nvfp4' --out '$DATA/mc' && sync"
+    local nvfp4_s=$LAST_MEDIAN
+    QUANT_ROWS+=("" "Sources: bf16 $(du -sb "$model" | cut -f1) bytes, block FP8 $(du -sb "$DATA/llama-16-fp8" | cut -f1), NVFP4 $(du -sb "$DATA/llama-16-nvfp4" | cut -f1)." ""
+                 "| what | wall s | GB/s (written) | CPU s/GB | peak RSS |" "| --- | --- | --- | --- | --- |")
+    QUANT_ROWS+=("${ROWS[@]}")
+    QUANT_ROWS+=("" "Speed relative to the plain import (goal ≥ 0.8×): block FP8 $(awk -v a="$plain_s" -v b="$fp8_s" 'BEGIN { printf "%.2f", a/b }')×, NVFP4 $(awk -v a="$plain_s" -v b="$nvfp4_s" 'BEGIN { printf "%.2f", a/b }')×.")
+}
+quant_bench
 # A real run at a real model's size: Nemotron-H-8B's published shapes (16.2 GB, 4 shards), the
 # sparse folder's headers with weight-like data written in (one run after the warm-up: it is large).
 if [[ ! -f "$DATA/nemotron-h-8b/config.json" ]]; then
@@ -168,6 +193,13 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "Each nembridge run is followed by \`sync\`, like the copy. Targets (issue 5): import and export"
     echo "within 1.25× the durable copy, peak RSS ≤ 256 MiB whatever the model size."
     printf '%s\n' "${CONVERT_ROWS[@]}"
+    echo
+    echo "## Import of quantized releases"
+    echo
+    echo "The Llama-3.2-1B shape (16 layers) as block FP8 ([128, 128], every linear) and as ModelOpt"
+    echo "NVFP4 (tools/bench/make_quantized_model.py), imported and dequantized to bf16, against the"
+    echo "plain import of the bf16 model of the same shape: the same bf16 bytes written."
+    printf '%s\n' "${QUANT_ROWS[@]}"
     echo
     echo "## Real-scale planning"
     echo

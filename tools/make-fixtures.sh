@@ -41,6 +41,8 @@ if [[ $# -eq 0 ]]; then
     # Everything else in TestCheckpoints/, each made by the real library it is about.
     "$PY" "$SCRIPT_DIR/make_malformed_corpus.py"
     "$PY" "$SCRIPT_DIR/fixtures/make_super_fixture.py"
+    # after the bf16 fixtures they are made from
+    "$PY" "$SCRIPT_DIR/fixtures/make_quantized_fixtures.py"
     "$PY" "$SCRIPT_DIR/fixtures/make_dialect_fixtures.py"
     "$SCRIPT_DIR/megatron/make_megatron_fixtures.sh"
     (cd "$ROOT" && "$PY" "$SCRIPT_DIR/make_pickle_corpus.py")

@@ -66,7 +66,7 @@ extension MoveExecutor {
             let output = plan.output(group: group)
             precondition(output >= 0 && output < sinks.count, "group \(group) writes output \(output) of \(sinks.count)")
             if skipping.contains(output) {
-                progress?.skip(plan.byteCount(group: group))
+                progress?.skip(plan.outputByteCount(group: group))
                 continue
             }
             groupsLeft[output] += 1
@@ -105,6 +105,7 @@ extension MoveExecutor {
         runLock.withLock { _ in
             DispatchQueue.concurrentPerform(iterations: min(workers, max(plan.groupCount, 1))) { worker in
                 let buffer = pool.buffer(worker)
+                var scales: [UInt8] = []  // the scale bytes a dequantized piece needs, reused
                 while failure.withLock({ $0 == nil }) {
                     guard let group = take(worker) else { return }
                     do {
@@ -113,7 +114,8 @@ extension MoveExecutor {
                         var destination = plan.offset(group: group)
                         // A cast group's bytes are converted into the worker's scratch buffer
                         // (moves are whole elements, and so is every piece of them read here).
-                        let cast = plan.cast(group: group)
+                        let transform = plan.transform(group: group)
+                        let cast = transform?.cast
                         func zeros(_ count: Int64) throws {
                             let written = cast?.outputBytes(count) ?? count
                             try sink.leaveZeros(at: destination, count: written)
@@ -143,6 +145,13 @@ extension MoveExecutor {
                                 return left[output] == 0
                             }
                             if last { try outputDone?(output) }
+                        }
+                        if case .dequantize(let format, let to) = transform {
+                            try Self.runDequantizing(group: group, of: plan, format: format, to: to, sink: sink, observer: observer,
+                                                     buffer: buffer, scratch: pool.scratch(worker), scales: &scales,
+                                                     progress: progress, start: destination)
+                            try groupDone()
+                            continue
                         }
                         if plan.isInterleaved(group: group) {
                             // Row r of the group is segment r of each move in turn: blocks of rows
@@ -273,5 +282,106 @@ extension MoveExecutor {
             }
         }
         if let error = failure.withLock({ $0 }) { throw error }
+    }
+
+    /// A dequantizing group: each contiguous source run is split at the quantized weights'
+    /// boundaries, read into `buffer` (a block of rows at a time for a strided move, its
+    /// segments used in place), dequantized with the scale bytes it needs (read into `scales`)
+    /// into `scratch`, and written from `start` on.
+    static func runDequantizing(
+        group: Int, of plan: ConversionPlan, format: QuantizedFormat, to: DType, sink: any ByteSink, observer: (any StreamObserver)?,
+        buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, scales: inout [UInt8],
+        progress: ProgressCounter?, start: Int64
+    ) throws {
+        precondition(!plan.isInterleaved(group: group), "an interleaved dequantizing group")
+        let ratio = Int64(format.elementsPerByte * (to.bitWidth / 8))
+        let sources = plan.sources
+        var destination = start
+        var pending = 0  // output bytes in scratch not yet written
+        func flush() throws {
+            guard pending > 0 else { return }
+            let bytes = UnsafeRawBufferPointer(rebasing: scratch[0..<pending])
+            try sink.write(bytes, at: destination)
+            try observer?.consume(bytes)
+            progress?.add(Int64(pending))
+            destination += Int64(pending)
+            pending = 0
+        }
+        /// Dequantizes `count` bytes of source `source` from `offset`, held at `codes`, into scratch.
+        func dequantize(source: Int32, offset: Int64, codes: UnsafeRawPointer, count: Int64) throws {
+            var done: Int64 = 0
+            while done < count {
+                let at = offset + done
+                guard let weight = plan.quantizedWeight(source: source, offset: at) else {
+                    preconditionFailure("byte \(at) of source \(source) is in no quantized weight")
+                }
+                let piece = min(count - done, weight.range.offset + weight.range.count - at)
+                precondition(weight.format == format, "a group dequantizing two formats")
+                if Int64(pending) + piece * ratio > Int64(scratch.count) { try flush() }
+                let per = Int64(format.elementsPerByte)
+                let first = (at - weight.range.offset) * per
+                let elements = first..<(first + piece * per)
+                let output = UnsafeMutableRawBufferPointer(rebasing: scratch[pending..<(pending + Int(piece * ratio))])
+                let input = UnsafeRawBufferPointer(start: codes + Int(done), count: Int(piece))
+                if let (scaleSource, range) = weight.scaleBytes(elements: elements) {
+                    if scales.count < Int(range.count) { scales = [UInt8](repeating: 0, count: Int(range.count)) }
+                    try scales.withUnsafeMutableBytes { bytes in
+                        try sources[Int(scaleSource)].read(into: UnsafeMutableRawBufferPointer(rebasing: bytes[0..<Int(range.count)]), at: range.offset)
+                    }
+                    scales.withUnsafeBytes { bytes in
+                        weight.dequantize(elements: elements, codes: input, scales: UnsafeRawBufferPointer(rebasing: bytes[0..<Int(range.count)]),
+                                          to: to, into: output)
+                    }
+                } else {
+                    weight.dequantize(elements: elements, codes: input, scales: UnsafeRawBufferPointer(start: nil, count: 0), to: to, into: output)
+                }
+                pending += Int(piece * ratio)
+                done += piece
+            }
+        }
+        // Input bytes per read: their output fits the scratch buffer.
+        let chunk = max(1, min(Int64(buffer.count), Int64(scratch.count) / ratio))
+        for move in plan.moves(group: group) {
+            if move.isZeros {
+                try flush()
+                let written = move.byteCount * ratio
+                try sink.leaveZeros(at: destination, count: written)
+                try observer?.consumeZeros(written)
+                progress?.add(written)
+                destination += written
+                continue
+            }
+            let source = sources[Int(move.source)]
+            let segment = move.segmentBytes, stride = move.stride, rows = Int64(move.rows)
+            if move.isContiguous || segment + stride > chunk {
+                // Piece by piece along each segment (one segment for a contiguous move).
+                let segments = move.isContiguous ? [ByteRange(offset: move.offset, count: move.byteCount)] : nil
+                for row in 0..<(segments == nil ? rows : 1) {
+                    let range = segments?[0] ?? move.segment(Int(row))
+                    var done: Int64 = 0
+                    while done < range.count {
+                        let piece = range.slice(from: done, count: min(chunk, range.count - done))
+                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.count)]), at: piece.offset)
+                        try dequantize(source: move.source, offset: piece.offset, codes: UnsafeRawPointer(buffer.baseAddress!), count: piece.count)
+                        done += piece.count
+                    }
+                }
+                continue
+            }
+            // Strided: a block of rows per read, each segment dequantized where it lies.
+            let rowsPerBlock = max(1, min((chunk - segment) / stride + 1, Int64(scratch.count) / (segment * ratio)))
+            var row: Int64 = 0
+            while row < rows {
+                let count = min(rowsPerBlock, rows - row)
+                let block = ByteRange(offset: move.offset + row * stride, count: (count - 1) * stride + segment)
+                try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(block.count)]), at: block.offset)
+                for index in 0..<count {
+                    try dequantize(source: move.source, offset: block.offset + index * stride,
+                                   codes: UnsafeRawPointer(buffer.baseAddress! + Int(index * stride)), count: segment)
+                }
+                row += count
+            }
+        }
+        try flush()
     }
 }

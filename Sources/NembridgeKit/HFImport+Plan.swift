@@ -43,12 +43,19 @@ extension HFImport {
     /// `hfSources[i]` is where `mapping.hfTensors[i]` is; `dtypes[t]` the dtype of Megatron tensor
     /// `t`'s sources, `targetDTypes[t]` the one it is written in (`--dtype`: a cast group).
     static func plan(mapping: MappingPlan, index: MappingIndex, chunkings: [TensorChunking], dtypes: [DType],
-                     targetDTypes: [DType]? = nil, layout: TorchDistLayout, hfSources: [(file: SafetensorsFile, tensor: SafetensorsTensorInfo)]
+                     targetDTypes: [DType]? = nil, layout: TorchDistLayout, hfSources: [(file: SafetensorsFile, tensor: SafetensorsTensorInfo)],
+                     quantized: [HFQuantization.Weight?] = []
     ) throws -> (plan: ConversionPlan, sources: [Int32]) {
         var plan = ConversionPlan()
         plan.reserve(groups: layout.tensorItemCount, moves: layout.tensorItemCount + mapping.correspondences.count)
         // Each HF tensor's source: the plan's file index and the tensor's first byte.
         let tensorSources = hfSources.map { (source: plan.source($0.file.file), start: $0.file.fileRange(of: $0.tensor).offset) }
+        // The quantized weights the dequantizing groups read, with their scales' sources.
+        for (index, weight) in quantized.enumerated() {
+            guard let weight else { continue }
+            let range = hfSources[index].file.fileRange(of: hfSources[index].tensor)
+            plan.addQuantizedWeight(weight.planned(source: tensorSources[index].source, range: range, in: &plan))
+        }
         let located = mapping.correspondenceHFTensors.map { tensorSources[Int($0)] }
         var pieces: [(dataOffset: Int64, move: PlannedMove)] = []
         for grid in layout.grids {
@@ -57,12 +64,22 @@ extension HFImport {
             let chunking = chunkings[tensor]
             let rowBytes = try Self.rowBytes(spec.shape, dtypes[tensor], tensor: spec.name)
             let target = targetDTypes?[tensor] ?? dtypes[tensor]
-            let cast = target == dtypes[tensor] ? nil : ElementCast(from: dtypes[tensor], to: target)
+            let transform: ElementTransform? = switch dtypes[tensor] {
+            case _ where target == dtypes[tensor]: nil
+            case .float8E4M3: .dequantize(.e4m3, to: target)
+            case .float4E2M1: .dequantize(.e2m1, to: target)
+            default: .cast(ElementCast(from: dtypes[tensor], to: target))
+            }
             let rowCount = spec.shape.first ?? 1
             for part in 0..<Int(grid.parts) {
                 let rows = chunking.rows(part: part, of: rowCount)
                 let columns = chunking.columns(part: part, of: spec.shape)
                 // Bytes of one chunk row: the whole row, or the chunk's column slice of it.
+                if let columns, (Int64(columns.count) * rowBytes) % Int64(spec.shape[1]) != 0 || (Int64(columns.lowerBound) * rowBytes) % Int64(spec.shape[1]) != 0 {
+                    // Packed sub-byte elements (NVFP4) split only between bytes.
+                    throw MappingError.cannotSplit(what: "`\(spec.name)`",
+                                                   reason: "its columns \(columns.lowerBound)..<\(columns.upperBound) do not start and end on whole bytes of its \(dtypes[tensor]) source")
+                }
                 let segment = columns.map { Int64($0.count) * rowBytes / Int64(spec.shape[1]) } ?? rowBytes
                 let segmentOffset = columns.map { Int64($0.lowerBound) * rowBytes / Int64(spec.shape[1]) } ?? 0
                 pieces.removeAll(keepingCapacity: true)
@@ -90,9 +107,9 @@ extension HFImport {
                     filled += piece.move.byteCount
                 }
                 let item = Int(grid.firstItem) + part
-                let written = cast?.outputBytes(filled) ?? filled
+                let written = transform?.outputBytes(filled) ?? filled
                 precondition(written == layout.byteCount(item: item), "chunk \(part) of `\(spec.name)`: \(written) of \(layout.byteCount(item: item)) bytes planned")
-                plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item), cast: cast)
+                plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item), transform: transform)
             }
         }
         return (plan, located.map(\.source))

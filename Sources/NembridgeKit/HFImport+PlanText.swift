@@ -40,6 +40,9 @@ extension HFImport {
                 out.write(cast.from.safetensorsName)
                 out.write(")")
             }
+            if case .dequantize(let format, _)? = dequantized[spec.name] {
+                out.write(format == .e2m1 ? " (dequantized from NVFP4)" : " (dequantized from F8_E4M3)")
+            }
             out.write(" ")
             out.write(Int64(grid.parts) * layout.byteCount(item: first))
             out.write(" bytes -> ")

@@ -12,6 +12,8 @@ public enum ImportError: Error, Equatable, CustomStringConvertible {
     case castCompressed
     /// `--compress` in a job of several processes: the compressed writer runs in one process.
     case compressedInJob
+    /// A quantized source with `--compress`: compressed items are written from the source bytes as they are.
+    case dequantizeCompressed
 
     public var description: String {
         switch self {
@@ -19,6 +21,8 @@ public enum ImportError: Error, Equatable, CustomStringConvertible {
             "--dtype and --compress cannot be combined (compressed items are written from the source bytes as they are); give one of them"
         case .compressedInJob:
             "--compress is written by one process: run it without a launcher's rank (or with --world-size 1)"
+        case .dequantizeCompressed:
+            "a quantized source is dequantized on import, which --compress cannot do (compressed items are written from the source bytes as they are); import without --compress"
         }
     }
 }
@@ -89,6 +93,17 @@ public struct HFImport: Sendable {
     public let casts: [String: ElementCast]
     /// Floating Megatron tensors `--dtype` left as they are (the table's `dtype_kept`).
     public let keptDTypes: [String]
+    /// The source's quantization (FP8 / NVFP4 weights dequantized on the way), if any.
+    let quantization: HFQuantization?
+    /// Megatron tensors dequantized from quantized HF weights, by name.
+    public let dequantized: [String: ElementTransform]
+
+    /// `dequantized N tensors to bf16 (block fp8 [128, 128]: N HF weights, …)`, or nil.
+    public var dequantizationSummary: String? {
+        guard let quantization, !dequantized.isEmpty else { return nil }
+        let targets = Set(dequantized.values.compactMap { if case .dequantize(_, let to) = $0 { to } else { nil } })
+        return "dequantized \(dequantized.count) tensors to \(targets.map(\.rawValue).sorted().joined(separator: ", ")) (\(quantization.summary) HF weights)"
+    }
 
     public var iterationDirectoryName: String { options.iteration.map { String(format: "iter_%07d", $0) } ?? "release" }
 
@@ -102,14 +117,21 @@ public struct HFImport: Sendable {
         }
         let tables = try MappingTable.load(directory: options.mappingsDirectory)
         let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path, spec: options.spec)
-        let dialect = HFNameDialect.detect(source.tensors.map(\.info.name), table: model.table)
+        let quantization = try HFQuantization.of(source)
+        self.quantization = quantization
+        if quantization != nil, options.zstdLevel != nil { throw ImportError.dequantizeCompressed }
+        let consumed = quantization?.consumed ?? []
+        let dialect = HFNameDialect.detect(source.tensors.map(\.info.name).filter { !consumed.contains($0) }, table: model.table)
         self.dialect = dialect
         try model.checkTensorParallel(options.tensorParallel)
         _ = try options.parallelSizes.stageLayers(layerCount: model.layerCount, config: config.path, field: model.table.layerCountArgument)
         mapping = try { [source] in
             var shapes: [String: [Int]] = [:]
             shapes.reserveCapacity(source.tensors.count)
-            for entry in source.tensors { shapes[dialect.toTable(entry.info.name)] = entry.info.shape }
+            for entry in source.tensors where !consumed.contains(entry.info.name) {
+                // A quantized weight is planned with its logical shape [out, in].
+                shapes[dialect.toTable(entry.info.name)] = quantization?.weights[entry.info.name]?.logicalShape ?? entry.info.shape
+            }
             return try MappingPlan(model: model, direction: .fromHF(
                 shapes: shapes, vocabDivisor: options.vocabDivisor, tensorParallel: options.tensorParallel))
         }()
@@ -118,6 +140,7 @@ public struct HFImport: Sendable {
         // Each HF tensor of the plan located once: its file and header entry.
         let folder = source
         let hfSources = try mapping.hfTensors.map { try folder.locate(dialect.toSource($0.name)) }
+        let quantizedSources = mapping.hfTensors.map { quantization?.weights[dialect.toSource($0.name)] }
 
         // Each Megatron tensor keeps its sources' dtype; mixing dtypes in one tensor would need a cast.
         var tensorDTypes: [DType] = []
@@ -127,12 +150,14 @@ public struct HFImport: Sendable {
             var dtype: DType?
             for index in mappingIndex.correspondences(tensor) {
                 let item = mapping.correspondences[index]
-                let source = hfSources[Int(mapping.correspondenceHFTensors[index])].tensor
-                if let earlier = dtype, earlier != source.dtype {
-                    throw MappingError.dtypeConflict(tensor: item.hf.tensor, dtypes: [earlier, source.dtype].sorted { $0.rawValue < $1.rawValue },
-                                                     reason: "\(source.dtype) differs from \(earlier) of the other sources of `\(spec.name)`")
+                let hfIndex = Int(mapping.correspondenceHFTensors[index])
+                // A quantized weight's moves read its stored elements (e4m3: 1 byte, e2m1: ½).
+                let sourceDType = quantizedSources[hfIndex]?.sourceDType ?? hfSources[hfIndex].tensor.dtype
+                if let earlier = dtype, earlier != sourceDType {
+                    throw MappingError.dtypeConflict(tensor: item.hf.tensor, dtypes: [earlier, sourceDType].sorted { $0.rawValue < $1.rawValue },
+                                                     reason: "\(sourceDType) differs from \(earlier) of the other sources of `\(spec.name)`")
                 }
-                dtype = source.dtype
+                dtype = sourceDType
             }
             guard let dtype else { preconditionFailure("`\(spec.name)` has no source") }
             tensorDTypes.append(dtype)
@@ -162,6 +187,20 @@ public struct HFImport: Sendable {
                 bytesPerDType[targetDTypes[tensor], default: 0] += Int64(ShapeArithmetic.byteCount(spec.shape, targetDTypes[tensor]) ?? 0)
             }
         }
+        // Dequantized tensors: bf16, or the --dtype asked for.
+        var dequantized: [String: ElementTransform] = [:]
+        if quantization != nil {
+            bytesPerDType = [:]
+            for (tensor, spec) in mapping.megatronTensors.enumerated() {
+                if tensorDTypes[tensor] == .float8E4M3 || tensorDTypes[tensor] == .float4E2M1 {
+                    let target = options.dtype ?? .bfloat16
+                    targetDTypes[tensor] = target
+                    dequantized[spec.name] = .dequantize(tensorDTypes[tensor] == .float4E2M1 ? .e2m1 : .e4m3, to: target)
+                }
+                bytesPerDType[targetDTypes[tensor], default: 0] += Int64(ShapeArithmetic.byteCount(spec.shape, targetDTypes[tensor]) ?? 0)
+            }
+        }
+        self.dequantized = dequantized
         self.casts = casts
         keptDTypes = kept
         // The model's dtype for args (bf16, params_dtype): the one most bytes are in (an F32
@@ -188,7 +227,8 @@ public struct HFImport: Sendable {
             fileCount: options.fileCount)
         builder = TorchDistLayout.Builder()  // its per-grid lists are in the layout now
         (plan, correspondenceSources) = try Self.plan(mapping: mapping, index: mappingIndex, chunkings: chunkings, dtypes: tensorDTypes,
-                                                      targetDTypes: targetDTypes, layout: layout, hfSources: hfSources)
+                                                      targetDTypes: targetDTypes, layout: layout, hfSources: hfSources,
+                                                      quantized: quantizedSources)
         if options.format == .torch { legacy = try makeLegacyPlan() }
     }
 
@@ -356,8 +396,11 @@ public struct HFImport: Sendable {
     private func makeLegacyPlan() throws -> LegacyCheckpointPlan {
         let layout = self.layout
         let plan = self.plan
-        var castsByKey: [String: ElementCast] = [:]  // the layers of a stacked key share its cast
-        for spec in mapping.megatronTensors { if let cast = casts[spec.name] { castsByKey[spec.key] = cast } }
+        var castsByKey: [String: ElementTransform] = [:]  // the layers of a stacked key share its cast
+        for spec in mapping.megatronTensors {
+            if let cast = casts[spec.name] { castsByKey[spec.key] = .cast(cast) }
+            if let transform = dequantized[spec.name] { castsByKey[spec.key] = transform }
+        }
         return try LegacyCheckpointPlan(
             mapping: mapping, sizes: options.parallelSizes,
             spec: options.spec, arguments: commonState["args"] ?? .none, iteration: options.iteration ?? 0,
@@ -391,12 +434,18 @@ public struct HFImport: Sendable {
         })
         try writeText(JSONWriter.pythonIndented(.object([("metadata", metadata)])) + "\n",
                       to: (directory as NSString).appendingPathComponent(Self.metadataFile))
+        if let quantization {
+            try writeText(JSONWriter.pythonIndented(try quantization.record(source)) + "\n",
+                          to: (directory as NSString).appendingPathComponent(Self.quantizationFile))
+        }
         if dialect != .identity {
             let note = JSONValue.object([("hf_prefix", .string(dialect.source)), ("table_prefix", .string(dialect.prefix))])
             try writeText(JSONWriter.pythonIndented(note) + "\n", to: (directory as NSString).appendingPathComponent(Self.dialectFile))
         }
     }
 
+    /// Records the source's quantization (declaration, each weight's scheme, activation scales).
+    public static let quantizationFile = "nembridge-hf-quantization.json"
     /// Records how the source spelled the table's names, for export.
     public static let dialectFile = "nembridge-hf-names.json"
     /// Records each source file's `__metadata__` (or its absence), for export.

@@ -21,12 +21,12 @@ public struct LegacyCheckpointPlan: Sendable {
     ///   - dtype: the stored dtype of a global key.
     ///   - fill: appends to the plan the moves that fill one box of a global key, in data order
     ///     (`wholeTensor`: the box is all of the tensor, so its group may be interleaved).
-    ///   - cast: the conversion a global key's moves go through (`import --dtype`): they read
-    ///     `from` elements, the file holds `to` ones (`dtype` gives `to`).
+    ///   - cast: the conversion a global key's moves go through (`import --dtype`, or
+    ///     dequantization): the file holds its output elements (`dtype` gives their dtype).
     ///   - vocabDivisor: Megatron-LM's `make_vocab_size_divisible_by`: the vocabulary is padded
     ///     for the target's tensor-parallel size as Megatron-LM builds that model.
     public init(mapping: MappingPlan, sizes: ParallelSizes, spec: MegatronSpec, arguments: PickleValue, iteration: Int,
-                vocabDivisor: Int, dtype: (String) throws -> DType, cast: (String) -> ElementCast? = { _ in nil },
+                vocabDivisor: Int, dtype: (String) throws -> DType, cast: (String) -> ElementTransform? = { _ in nil },
                 fill: (LegacyLayout.Piece, _ wholeTensor: Bool, inout ConversionPlan) throws -> Void) throws {
         let renames = mapping.model.table.stateDictRenames[spec] ?? []
         layout = try LegacyLayout(mapping: mapping, sizes: sizes, expertNaming: spec == .local ? .sequential : .grouped,
@@ -78,13 +78,15 @@ public struct LegacyCheckpointPlan: Sendable {
                 for piece in pieces {
                     if piece.isPadding {
                         // Padding rows stay a hole of the fresh file, which reads as zeros.
-                        conversion.append(.zeros(Int64(ShapeArithmetic.byteCount(piece.sizes, entryCast?.from ?? type) ?? 0)))
+                        let written = Int64(ShapeArithmetic.byteCount(piece.sizes, type) ?? 0)
+                        let ratio = entryCast?.outputBytes(1 << 20) ?? (1 << 20)  // output bytes per MiB of source
+                        conversion.append(.zeros(written * (1 << 20) / ratio))
                     } else {
                         try fill(piece, pieces.count == 1, &conversion)
                     }
                 }
                 let range = plan.tensorDataRange(tensorIndex)
-                conversion.endGroup(output: files.count, offset: range.offset, cast: entryCast)
+                conversion.endGroup(output: files.count, offset: range.offset, transform: entryCast)
                 precondition(conversion.outputByteCount(group: conversion.groupCount - 1) == range.count,
                              "pieces of \(entry.name) \(shape) do not fill it")
                 tensorIndex += 1

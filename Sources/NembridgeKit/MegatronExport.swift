@@ -57,6 +57,8 @@ public struct MegatronExport: Sendable {
     public let shards: [(name: String, tensors: [TensorDeclaration])]
     public let indexBytes: [UInt8]?
     public let companionFiles: [String]
+    /// The checkpoint was imported from a quantized folder (its record is beside the config).
+    public let dequantizedSource: Bool
     /// How output names are spelled (the source's dialect, recorded at import).
     public let dialect: HFNameDialect
     /// Training-state keys (optimizer, RNG) present in the checkpoint and not exported.
@@ -176,9 +178,14 @@ public struct MegatronExport: Sendable {
         self.indexBytes = indexBytes
         shardMetadata = try Self.recordedMetadata((directory as NSString).appendingPathComponent(HFImport.metadataFile))
         self.reads = reads
+        // An import of a quantized folder recorded its quantization: the export writes the
+        // dequantized tensors, so the record, ModelOpt's hf_quant_config.json and config.json's
+        // quantization_config are not carried over (config.json is written without it).
+        dequantizedSource = FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent(HFImport.quantizationFile))
+        let quantizationRecords = dequantizedSource ? [HFImport.quantizationFile, "hf_quant_config.json"] : []
         companionFiles = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
             $0 != HFCheckpointFolder.indexFileName && $0 != HFImport.dialectFile && $0 != HFImport.metadataFile
-                && !$0.hasPrefix(".") && !$0.hasSuffix(".safetensors")
+                && !$0.hasPrefix(".") && !$0.hasSuffix(".safetensors") && !quantizationRecords.contains($0)
         }.sorted()
     }
 
@@ -311,7 +318,15 @@ public struct MegatronExport: Sendable {
             try index.publish()
         }
         for name in companionFiles {
-            try copyFileContents(from: (configDirectory as NSString).appendingPathComponent(name), to: folder.stagedPath(name))
+            let path = (configDirectory as NSString).appendingPathComponent(name)
+            if dequantizedSource, name == "config.json", let members = try HFConfig(path: path).document.objectMembers,
+                members.contains(where: { $0.key == "quantization_config" }) {
+                let file = try AtomicOutputFile(path: folder.stagedPath(name))
+                try file.write(Array((JSONWriter.pythonIndented(.object(members.filter { $0.key != "quantization_config" }), sortKeys: false) + "\n").utf8), at: 0)
+                try file.publish()
+                continue
+            }
+            try copyFileContents(from: path, to: folder.stagedPath(name))
         }
         try records.finish()
         // Last: the manifest covers every byte of every file written before it.

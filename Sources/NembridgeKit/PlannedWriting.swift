@@ -93,7 +93,7 @@ enum PlannedWriting {
         precondition(plan.groupCount == layout.tensorItemCount, "a plan of \(plan.groupCount) groups for \(layout.tensorItemCount) chunks")
         let names = layout.fileNames.map { "\(iterationName)/\($0)" }
         var fileBytes = [Int64](repeating: 0, count: names.count)
-        for group in 0..<plan.groupCount { fileBytes[plan.output(group: group)] += plan.byteCount(group: group) }
+        for group in 0..<plan.groupCount { fileBytes[plan.output(group: group)] += plan.outputByteCount(group: group) }
         let kept = try records?.skipped(names: names, bytes: fileBytes, progress: progress) ?? []
         let writer = try TorchDistWriter(directory: directory, layout: layout, keeping: kept)
         let digests = DigestTable(count: layout.tensorItemCount)

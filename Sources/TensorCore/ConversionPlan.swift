@@ -68,8 +68,10 @@ public struct ConversionPlan: Sendable {
     private var moveStarts: [Int32] = [0]
     private var outputs: [Int32] = []
     private var offsets: [Int64] = []
-    /// Groups whose elements are converted on the way (`export --dtype`); most plans have none.
-    private var casts: [Int32: ElementCast] = [:]
+    /// Groups whose elements are converted on the way (`--dtype`, dequantization); most plans have none.
+    private var transforms: [Int32: ElementTransform] = [:]
+    /// The quantized weights dequantizing groups read, per source, sorted by offset.
+    private var quantized: [Int32: [QuantizedWeight]] = [:]
     /// Groups whose moves are interleaved row by row (see `interleaveOpenGroup`).
     private var interleaved: Set<Int32> = []
     private var openGroupInterleaved = false
@@ -120,9 +122,24 @@ public struct ConversionPlan: Sendable {
 
     /// Closes the open group: its data starts at `offset` of output `output`, its elements
     /// converted by `cast` when given (its moves then read whole source elements).
-    public mutating func endGroup(output: Int, offset: Int64, cast: ElementCast? = nil) {
+    public mutating func endGroup(output: Int, offset: Int64, cast: ElementCast?) {
+        endGroup(output: output, offset: offset, transform: cast.map(ElementTransform.cast))
+    }
+
+    /// Closes the open group: its data starts at `offset` of output `output`, its elements
+    /// transformed by `transform` when given (a cast's moves read whole source elements; a
+    /// dequantization's read parts of the plan's quantized weights).
+    public mutating func endGroup(output: Int, offset: Int64, transform: ElementTransform? = nil) {
         precondition(moves.count <= Int(Int32.max), "more than 2^31 moves")
-        if let cast { casts[Int32(outputs.count)] = cast }
+        if let transform {
+            if case .dequantize = transform {
+                precondition(!openGroupInterleaved, "an interleaved dequantizing group")
+                for move in moves[Int(moveStarts[moveStarts.count - 1])...] where !move.isZeros {
+                    precondition(quantizedWeight(source: move.source, offset: move.offset) != nil, "a dequantizing move outside the quantized weights")
+                }
+            }
+            transforms[Int32(outputs.count)] = transform
+        }
         if openGroupInterleaved {
             let parts = moves[Int(moveStarts[moveStarts.count - 1])...]
             precondition(parts.allSatisfy { $0.rows == parts.first!.rows }, "interleaved moves of different row counts")
@@ -173,17 +190,53 @@ public struct ConversionPlan: Sendable {
     }
 
     /// The conversion of the group's elements, if any.
-    public func cast(group: Int) -> ElementCast? { casts.isEmpty ? nil : casts[Int32(group)] }
+    public func transform(group: Int) -> ElementTransform? { transforms.isEmpty ? nil : transforms[Int32(group)] }
+    /// The group's cast (`--dtype`), if it has one.
+    public func cast(group: Int) -> ElementCast? { transform(group: group)?.cast }
     /// Bytes the group writes.
     public func outputByteCount(group: Int) -> Int64 {
         let count = byteCount(group: group)
-        return cast(group: group)?.outputBytes(count) ?? count
+        return transform(group: group)?.outputBytes(count) ?? count
     }
     public var totalBytes: Int64 { moves.reduce(0) { $0 + $1.byteCount } }
-    /// Bytes the plan writes (its moves' bytes, once cast where a group is).
+    /// Bytes the plan writes (its moves' bytes, once transformed where a group is).
     public var totalOutputBytes: Int64 {
-        casts.isEmpty ? totalBytes : (0..<groupCount).reduce(0) { $0 + outputByteCount(group: $1) }
+        transforms.isEmpty ? totalBytes : (0..<groupCount).reduce(0) { $0 + outputByteCount(group: $1) }
     }
+
+    /// Declares a quantized weight of the plan's sources (its source and scale's source indices
+    /// from `source(_:)`), which dequantizing groups may read; declaring it again is a no-op.
+    public mutating func addQuantizedWeight(_ weight: QuantizedWeight) {
+        var list = quantized[weight.source] ?? []
+        var low = 0, high = list.count
+        while low < high {
+            let middle = (low + high) / 2
+            if list[middle].range.offset < weight.range.offset { low = middle + 1 } else { high = middle }
+        }
+        if low < list.count, list[low].range.offset == weight.range.offset {
+            precondition(list[low] == weight, "two quantized weights at one offset")
+            return
+        }
+        precondition(low == 0 || list[low - 1].range.offset + list[low - 1].range.count <= weight.range.offset, "overlapping quantized weights")
+        precondition(low == list.count || weight.range.offset + weight.range.count <= list[low].range.offset, "overlapping quantized weights")
+        list.insert(weight, at: low)
+        quantized[weight.source] = list
+    }
+
+    /// The quantized weight holding byte `offset` of source `source`, if one does.
+    public func quantizedWeight(source: Int32, offset: Int64) -> QuantizedWeight? {
+        guard let list = quantized[source] else { return nil }
+        var low = 0, high = list.count
+        while low < high {
+            let middle = (low + high) / 2
+            if list[middle].range.offset + list[middle].range.count <= offset { low = middle + 1 } else { high = middle }
+        }
+        guard low < list.count, list[low].range.offset <= offset else { return nil }
+        return list[low]
+    }
+
+    /// Every quantized weight declared, by source then offset.
+    public var quantizedWeights: [QuantizedWeight] { quantized.keys.sorted().flatMap { quantized[$0]! } }
 
     /// The moves a group reads from other groups' plan: `moves` of `plan`'s group `group`, their
     /// sources re-indexed into this plan (for a writer that fills one output from another plan's
@@ -192,7 +245,22 @@ public struct ConversionPlan: Sendable {
         if plan.isInterleaved(group: group) { interleaveOpenGroup() }
         for move in plan.moves(group: group) {
             var copy = move
-            if !move.isZeros { copy.source = source(plan.sources[Int(move.source)]) }
+            if !move.isZeros {
+                copy.source = source(plan.sources[Int(move.source)])
+                // The weight a dequantizing move reads travels with it, re-indexed too.
+                if var weight = plan.quantizedWeight(source: move.source, offset: move.offset) {
+                    weight.source = copy.source
+                    switch weight.scale {
+                    case .tensor: break
+                    case .blocks(let rows, let columns, let scaleSource, let offset, let dtype):
+                        weight.scale = .blocks(blockRows: rows, blockColumns: columns, source: source(plan.sources[Int(scaleSource)]),
+                                               offset: offset, dtype: dtype)
+                    case .groups(let size, let scaleSource, let offset, let second):
+                        weight.scale = .groups(size: size, source: source(plan.sources[Int(scaleSource)]), offset: offset, second: second)
+                    }
+                    addQuantizedWeight(weight)
+                }
+            }
             append(copy)
         }
     }

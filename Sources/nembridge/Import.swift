@@ -85,6 +85,7 @@ struct Import: ParsableCommand {
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
             else { return }
             if let summary = MegatronExport.castSummary(casts: plan.casts, kept: plan.keptDTypes) { writeStandardOutput(summary) }
+            if let summary = plan.dequantizationSummary { writeStandardOutput(summary) }
             if let legacy {
                 writeStandardOutput(
                     "imported \(source) -> \(output) (\(plan.mapping.model.table.name), legacy torch format, \(legacy.files.count) rank files, "

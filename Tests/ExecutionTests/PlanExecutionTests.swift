@@ -97,3 +97,68 @@ struct PlanExecutionTests {
         #expect(Self.allocatedBytes(scratch + "/out") < 3 << 20, "\(Self.allocatedBytes(scratch + "/out")) bytes allocated")
     }
 }
+
+/// A dequantizing group through the executor: pieces smaller than a row, a column slice of a
+/// block-FP8 weight, and one move spanning two adjacent weights (an FP8 one and another FP8 one
+/// with its own scale) give, element for element, what the kernel gives each weight whole.
+struct DequantizingPlanTests {
+    @Test("dequantizing groups split at weight boundaries and pieces, and fill the output in order")
+    func dequantizing() throws {
+        let scratch = try TestCheckpoints.scratchDirectory("dequantize")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var generator = SplitMix64(seed: 15)
+        // Source: weight A [6, 10] e4m3 at 0 (block [4, 4] scales: 2 x 3 f32 at 200), weight B
+        // [3, 10] e4m3 at 60 right after it (tensor scale), the scales after them.
+        let weightA = (0..<60).map { _ in UInt8.random(in: 0...0x7E, using: &generator) | (Bool.random(using: &generator) ? 0x80 : 0) }
+        let weightB = (0..<30).map { _ in UInt8.random(in: 0...0x7E, using: &generator) }
+        let scales: [Float] = [0.5, 0.25, 0.125, 2, 4, 0.0625]
+        var bytes = weightA + weightB
+        bytes += [UInt8](repeating: 0, count: 200 - bytes.count)
+        for value in scales { bytes += withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init) }
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch + "/source"))
+        let file = try ReadOnlyFile(path: scratch + "/source")
+        var plan = ConversionPlan()
+        let source = plan.source(file)
+        let a = QuantizedWeight(format: .e4m3, source: source, range: ByteRange(offset: 0, count: 60), rows: 6, columns: 10,
+                                scale: .blocks(blockRows: 4, blockColumns: 4, source: source, offset: 200, dtype: .float32))
+        let b = QuantizedWeight(format: .e4m3, source: source, range: ByteRange(offset: 60, count: 30), rows: 3, columns: 10, scale: .tensor(0.75))
+        plan.addQuantizedWeight(b)
+        plan.addQuantizedWeight(a)
+        plan.addQuantizedWeight(a)  // a second declaration is a no-op
+        #expect(plan.quantizedWeights == [a, b])
+        // Group 0: rows 2..<5 of A's columns 3..<8 (a strided move), then 4 zero elements.
+        plan.append(.strided(source: source, firstSegment: 2 * 10 + 3, stride: 10, segmentBytes: 5, rows: 3))
+        plan.append(.zeros(4))
+        plan.endGroup(output: 0, offset: 0, transform: .dequantize(.e4m3, to: .bfloat16))
+        // Group 1: A's last row and all of B, one merged move across the two weights.
+        plan.append(.copy(source: source, range: ByteRange(offset: 50, count: 10)))
+        plan.append(.copy(source: source, range: ByteRange(offset: 60, count: 30)))
+        plan.endGroup(output: 0, offset: 1000, transform: .dequantize(.e4m3, to: .bfloat16))
+        #expect(plan.moveCount(group: 1) == 1 && plan.outputByteCount(group: 1) == 80 && plan.totalOutputBytes == 38 + 80)
+
+        func whole(_ weight: QuantizedWeight, _ codes: [UInt8]) -> [UInt8] {
+            var output = [UInt8](repeating: 0, count: codes.count * 2)
+            let scaleBytes = Array(bytes[200..<224])
+            codes.withUnsafeBytes { c in scaleBytes.withUnsafeBytes { s in output.withUnsafeMutableBytes {
+                weight.dequantize(elements: 0..<Int64(codes.count), codes: c, scales: s, to: .bfloat16, into: $0)
+            } } }
+            return output
+        }
+        let wholeA = whole(a, weightA), wholeB = whole(b, weightB)
+        var group0: [UInt8] = []
+        for row in 2..<5 { group0 += wholeA[(row * 20 + 6)..<(row * 20 + 16)] }
+        group0 += [UInt8](repeating: 0, count: 8)
+        let group1 = Array(wholeA[100..<120]) + wholeB
+        for chunk in [7, 64, 1 << 20] {
+            let output = try AtomicOutputFile(path: scratch + "/out\(chunk)")
+            let collectors = [PlanExecutionTests.Collector(), PlanExecutionTests.Collector()]
+            try MoveExecutor(workers: 2, chunkBytes: chunk, mode: .buffered).run(plan, sinks: [output], observer: { collectors[$0] })
+            try output.extend(to: 1080)
+            try output.publish()
+            let written = try TestCheckpoints.readFile(scratch + "/out\(chunk)")
+            #expect(Array(written[0..<38]) == group0, "chunk \(chunk)")
+            #expect(Array(written[1000..<1080]) == group1, "chunk \(chunk)")
+            #expect(collectors[0].bytes.withLock { $0 } == group0 && collectors[1].bytes.withLock { $0 } == group1)
+        }
+    }
+}
