@@ -67,7 +67,8 @@ extension DCPMetadata {
             tensors.append((fqn, DCPTensorMetadata(dtype: dtype, size: size, chunks: chunks, requiresGrad: requiresGrad)))
         }
         guard case .dict(let storageEntries)? = root["storage_data"] else { throw fail("no `storage_data` dict") }
-        var storage: [DCPStorageKey: DCPStorageInfo] = [:]
+        var storage = DCPStorageTable()
+        storage.reserveCapacity(storageEntries.count)
         for entry in storageEntries {
             guard let fqn = entry.key["fqn"]?.stringValue else { throw fail("a storage_data key has no fqn") }
             let offsetValue = entry.key["offset"]

@@ -22,7 +22,7 @@ import TorchPickle
 /// Unlike the generic reader it keeps no depth or value counts: it never recurses, and it reads
 /// each recognized object once. Fields it never reads (Megatron's `all_local_plans`, `mcore_data`,
 /// `planner_data`, `storage_meta`) are checked opcode by opcode but not kept.
-final class DCPMetadataReader {
+struct DCPMetadataReader {
     enum Stop: Error {
         /// The pickle is malformed or hostile: the same error the generic reader gives.
         case pickle(PickleError)
@@ -162,7 +162,8 @@ final class DCPMetadataReader {
     static func read(_ bytes: UnsafeRawBufferPointer, globals: PickleGlobals) throws(Stop) -> DCPMetadata {
         // Table indices are Int32: each needs at least one byte of input.
         guard bytes.count < Int(Int32.max) else { throw .unusual("larger than 2 GiB") }
-        return try DCPMetadataReader(input: bytes, globals: globals).run()
+        var reader = DCPMetadataReader(input: bytes, globals: globals)
+        return try reader.run()
     }
 
     var site: PickleError.Site { .init(offset: opcodeStart, opcode: currentOpcode.name) }
@@ -170,7 +171,7 @@ final class DCPMetadataReader {
 
     // MARK: - Running
 
-    func run() throws(Stop) -> DCPMetadata {
+    mutating func run() throws(Stop) -> DCPMetadata {
         while position < input.count {
             opcodeStart = position
             let byte = input[position]
@@ -192,7 +193,7 @@ final class DCPMetadataReader {
         throw .pickle(.missingStop(.init(offset: input.count, opcode: "end of input")))
     }
 
-    private func execute(_ opcode: PickleOpcode) throws(Stop) {
+    private mutating func execute(_ opcode: PickleOpcode) throws(Stop) {
         switch opcode {
         case .proto:
             let version = Int(try readFixed(1))
@@ -350,7 +351,7 @@ final class DCPMetadataReader {
         }
     }
 
-    private func push(_ value: Value) throws(Stop) {
+    private mutating func push(_ value: Value) throws(Stop) {
         try checkStackRoom()
         stack.append(value)
     }
@@ -361,7 +362,7 @@ final class DCPMetadataReader {
         guard available >= count else { throw .pickle(.stackUnderflow(site, needed: count, available: available)) }
     }
 
-    private func pop() throws(Stop) -> Value {
+    private mutating func pop() throws(Stop) -> Value {
         try need(1)
         return stack.removeLast()
     }
@@ -379,12 +380,12 @@ final class DCPMetadataReader {
     }
 
     /// Pops the last mark; the values above it are `stack[mark...]`.
-    private func popMark() throws(Stop) -> Int {
+    private mutating func popMark() throws(Stop) -> Int {
         guard let mark = marks.popLast() else { throw .pickle(.markNotFound(site)) }
         return mark
     }
 
-    private func memoPut(_ key: UInt64, _ value: Value) throws(Stop) {
+    private mutating func memoPut(_ key: UInt64, _ value: Value) throws(Stop) {
         if key < UInt64(memo.count) {
             memo[Int(key)] = value
         } else if key == UInt64(memo.count) && sparseMemo.isEmpty {
@@ -400,7 +401,7 @@ final class DCPMetadataReader {
 
     // MARK: - Values
 
-    private func global(_ module: String, _ name: String) throws(Stop) -> Int32 {
+    private mutating func global(_ module: String, _ name: String) throws(Stop) -> Int32 {
         guard policy.allows(module: module, name: name) else {
             throw .pickle(.forbiddenGlobal(site, module: module, name: name))
         }
@@ -413,7 +414,7 @@ final class DCPMetadataReader {
         return index
     }
 
-    private func string(at start: Int, count: Int) throws(Stop) -> Value {
+    private mutating func string(at start: Int, count: Int) throws(Stop) -> Value {
         let bytes = UnsafeRawBufferPointer(rebasing: input[start..<(start + count)])
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw .pickle(.invalidArgument(site, reason: "text is not valid UTF-8"))
@@ -442,7 +443,7 @@ final class DCPMetadataReader {
     }
 
     /// A tuple of `stack[from...]`, which it removes.
-    private func makeTuple(from start: Int) -> Value {
+    private mutating func makeTuple(from start: Int) -> Value {
         let count = stack.count - start
         defer { stack.removeSubrange(start...) }
         if count == 0 { return .tuple(-1) }
@@ -462,7 +463,7 @@ final class DCPMetadataReader {
         return .tuple(Int32(tuples.count - 1))
     }
 
-    private func makeObject(_ callable: Value, args: Int32, reduce: Bool) -> Int32 {
+    private mutating func makeObject(_ callable: Value, args: Int32, reduce: Bool) -> Int32 {
         var global: Int32 = -1
         if case .global(let index) = callable { global = index }
         // torch.Size((d0, d1, …)): the dims, kept as a range of `ints`.
@@ -509,7 +510,7 @@ final class DCPMetadataReader {
 
     /// APPEND(S), SETITEM(S), ADDITEMS of `stack[from...]` (removed) to `target`: a container of
     /// that kind, or an object (whose added items `.metadata` never reads).
-    private func add(from start: Int, to target: Value, as addition: Addition) throws(Stop) {
+    private mutating func add(from start: Int, to target: Value, as addition: Addition) throws(Stop) {
         switch (addition, target) {
         case (.list, .list(let index)):
             lists[Int(index)].items.append(contentsOf: stack[start...])
@@ -530,7 +531,7 @@ final class DCPMetadataReader {
     // MARK: - DCP objects
 
     /// BUILD: a DCP class with its usual state becomes its record; other objects stay opaque.
-    private func build(_ object: Int, state: Value) throws(Stop) {
+    private mutating func build(_ object: Int, state: Value) throws(Stop) {
         let callable: Int32
         switch objects[object] {
         case .made(let global, _): callable = global
@@ -613,7 +614,7 @@ final class DCPMetadataReader {
         return fields
     }
 
-    private func consume(_ state: Value) {
+    private mutating func consume(_ state: Value) {
         guard case .dict(let index) = state else { return }
         dicts[Int(index)].pairs = []
         dicts[Int(index)].consumed = true
@@ -644,7 +645,7 @@ final class DCPMetadataReader {
 
     // MARK: - The result
 
-    private func takeDict(_ index: Int32) throws(Stop) -> [(key: Value, value: Value)] {
+    private mutating func takeDict(_ index: Int32) throws(Stop) -> [(key: Value, value: Value)] {
         guard index >= 0, !dicts[Int(index)].consumed, !dicts[Int(index)].taken else { throw .unusual("the root's dicts") }
         dicts[Int(index)].taken = true
         defer { dicts[Int(index)].pairs = [] }
@@ -661,7 +662,7 @@ final class DCPMetadataReader {
 
     /// The walk of `DCPMetadata.init(genericPickle:)` over the records; anything it would refuse
     /// (or read differently) is `.unusual`, for the generic reader to word.
-    private func finish(_ root: Value) throws(Stop) -> DCPMetadata {
+    private mutating func finish(_ root: Value) throws(Stop) -> DCPMetadata {
         guard case .object(let rootIndex) = root, case .metadata(let stateDict, let storageDict, let version, let callable) = objects[Int(rootIndex)]
         else { throw .unusual("the root") }
         var tensors: [(fqn: String, metadata: DCPTensorMetadata)] = []
@@ -693,9 +694,10 @@ final class DCPMetadataReader {
                 throw .unusual("a state_dict_metadata entry")
             }
         }
-        var storage: [DCPStorageKey: DCPStorageInfo] = [:]
+        var storage = DCPStorageTable()
         let storageEntries = try takeDict(storageDict)
         storage.reserveCapacity(storageEntries.count)
+        var scratch: [Int] = []
         for (key, value) in storageEntries {
             guard case .object(let keyIndex) = key, case .index(let fqn, let offsets) = objects[Int(keyIndex)],
                 case .object(let valueIndex) = value, case .storage(let path, let transforms, let offset, let length) = objects[Int(valueIndex)],
@@ -714,16 +716,22 @@ final class DCPMetadataReader {
                 }
                 descriptors = texts
             }
-            let storageKey = DCPStorageKey(fqn: strings[Int(fqn)], offsets: offsets.count < 0 ? nil : intArray(offsets))
-            storage[storageKey] = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
+            let info = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
+            if offsets.count < 0 {
+                storage.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(start: nil, count: 0), isBytesItem: true, info: info)
+            } else {
+                scratch.removeAll(keepingCapacity: true)
+                for axis in 0..<Int(offsets.count) { scratch.append(Int(ints[Int(offsets.start) + axis])) }
+                scratch.withUnsafeBufferPointer { storage.insert(fqn: strings[Int(fqn)], offsets: $0, isBytesItem: false, info: info) }
+            }
         }
-        return DCPMetadata(tensors: tensors, bytesItems: bytesItems, storage: storage,
+        return DCPMetadata(tensors: tensors, bytesItems: bytesItems, storageTable: storage,
                            version: version < 0 ? nil : strings[Int(version)], rootClass: className(callable))
     }
 
     // MARK: - Reading arguments
 
-    private func readFixed(_ width: Int) throws(Stop) -> UInt64 {
+    private mutating func readFixed(_ width: Int) throws(Stop) -> UInt64 {
         guard remaining >= width else { throw .pickle(.truncated(site, needed: UInt64(width), available: remaining)) }
         var value: UInt64 = 0
         for index in (0..<width).reversed() { value = value << 8 | UInt64(input[position + index]) }
@@ -731,7 +739,7 @@ final class DCPMetadataReader {
         return value
     }
 
-    private func readLength(_ width: Int, signed: Bool) throws(Stop) -> Int {
+    private mutating func readLength(_ width: Int, signed: Bool) throws(Stop) -> Int {
         let raw = try readFixed(width)
         if signed && width == 4 && raw & 0x8000_0000 != 0 {
             throw .pickle(.invalidArgument(site, reason: "negative length \(Int32(bitPattern: UInt32(raw)))"))
@@ -741,14 +749,14 @@ final class DCPMetadataReader {
     }
 
     /// Steps over `count` bytes of argument; returns where they start.
-    private func skip(_ count: Int) throws(Stop) -> Int {
+    private mutating func skip(_ count: Int) throws(Stop) -> Int {
         guard count <= remaining else { throw .pickle(.truncated(site, needed: UInt64(count), available: remaining)) }
         let start = position
         position += count
         return start
     }
 
-    private func readLine() throws(Stop) -> UnsafeRawBufferPointer {
+    private mutating func readLine() throws(Stop) -> UnsafeRawBufferPointer {
         var end = position
         while end < input.count && input[end] != 0x0A { end += 1 }
         guard end < input.count else { throw .pickle(.missingNewline(site)) }

@@ -80,11 +80,22 @@ public struct MegatronInspectReport: Sendable {
                    bytes: try checkpoint.boxByteCount(key: fqn, sizes: tensor.size),
                    chunks: try tensor.chunks.map { try chunk(fqn, $0) })
         }
+        // An item's value depends on its bytes only: items of equal bytes (the 50,000 per-expert
+        // `_extra_state` objects of an Ultra-sized checkpoint are one value) are read once.
+        var rendered: [[UInt8]: String] = [:]
         let objects = try metadata.bytesItems.map { key in
             let info = try checkpoint.storageInfo(key: key, offsets: nil)
-            let value = try checkpoint.objectValue(key: key)
+            let plain = (info.transformDescriptors ?? []).isEmpty && info.length <= 1 << 16
+            let bytes = plain ? try checkpoint.rawBytes(key: key) : nil
+            let value: String
+            if let bytes, let known = rendered[bytes] {
+                value = known
+            } else {
+                value = PickleRendering.render(try checkpoint.objectValue(key: key), limit: valueLength)
+                if let bytes { rendered[bytes] = value }
+            }
             return Object(key: key, file: info.relativePath, offset: info.offset, length: info.length,
-                          transforms: info.transformDescriptors ?? [], value: PickleRendering.render(value, limit: valueLength))
+                          transforms: info.transformDescriptors ?? [], value: value)
         }
         var source: String?
         var common: [(String, String)] = []
@@ -101,7 +112,7 @@ public struct MegatronInspectReport: Sendable {
                 }
             }
         }
-        let files = Set(metadata.storage.values.map(\.relativePath)).sorted()
+        let files = Set(metadata.storage.fileNames).sorted()
         return MegatronInspectReport(
             path: path, directory: folder.directory, format: folder.format, iteration: folder.iteration, backend: folder.backend,
             rootClass: metadata.rootClass, version: metadata.version, dataFiles: files, tensors: tensors, objects: objects,

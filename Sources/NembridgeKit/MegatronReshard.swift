@@ -305,8 +305,16 @@ public struct MegatronReshard: Sendable {
                 common = regrouped
                 notes.append(note)
             }
+            // Items of equal bytes share one buffer: the 50,000 per-expert `_extra_state` objects
+            // of an Ultra-sized checkpoint are one value, and held apart they were 39 MB.
+            var distinct: [[UInt8]: [UInt8]] = [:]
             objects = try checkpoint.metadata.bytesItems.filter { !droppedTraining.contains($0) }.map { key -> (String, [UInt8]) in
-                guard key == Self.commonStateKey, let value = common else { return (key, try checkpoint.rawBytes(key: key)) }
+                guard key == Self.commonStateKey, let value = common else {
+                    let bytes = try checkpoint.rawBytes(key: key)
+                    if let known = distinct[bytes] { return (key, known) }
+                    distinct[bytes] = bytes
+                    return (key, bytes)
+                }
                 return (key, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))
             }
         } else if options.format == .torchDist {

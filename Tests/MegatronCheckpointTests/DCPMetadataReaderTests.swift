@@ -220,3 +220,32 @@ struct DCPMetadataReaderTests {
         Self.expectAgreement((0..<500).map { UInt8(truncatingIfNeeded: $0 &* 37) }, "garbage")
     }
 }
+
+/// The compact `storage_data` table behaves as the dictionary it replaces.
+struct DCPStorageTableTests {
+    @Test("inserts, replaces, removes and finds as a [DCPStorageKey: DCPStorageInfo] does")
+    func likeADictionary() {
+        var random = SplitMix64(seed: 7)
+        var table = DCPStorageTable()
+        var reference: [DCPStorageKey: DCPStorageInfo] = [:]
+        for step in 0..<4000 {
+            let fqn = "layer.\(random.next() % 40).weight"
+            let offsets: [Int]? = random.next() % 5 == 0 ? nil : (0..<Int(random.next() % 3)).map { _ in Int(random.next() % 4) * 128 }
+            let key = DCPStorageKey(fqn: fqn, offsets: offsets)
+            if random.next() % 4 == 0 {
+                #expect(table.removeValue(forKey: key) == reference.removeValue(forKey: key), "step \(step)")
+            } else {
+                let info = DCPStorageInfo(relativePath: "__\(random.next() % 3)_0.distcp", offset: Int64(step), length: Int64(random.next() % 1000),
+                                          transformDescriptors: random.next() % 3 == 0 ? ["stream.zstd/1"] : nil)
+                table[key] = info
+                reference[key] = info
+            }
+            #expect(table[key] == reference[key], "step \(step)")
+            #expect(table.count == reference.count, "step \(step)")
+        }
+        #expect(table.dictionary == reference)
+        #expect(Set(table.keys) == Set(reference.keys))
+        #expect(Set(table.fileNames) == Set(reference.values.map(\.relativePath)))
+        #expect(DCPStorageTable(reference) == table)
+    }
+}
