@@ -34,6 +34,8 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         var decoded: [DCPStorageKey: ReadOnlyFile] = [:]
         /// Per tensor (by index) with many chunks: its chunks by start on axis 0.
         var axisIndex: [Int: AxisZeroIndex] = [:]
+        /// Parsed `data.pkl`s by their bytes (bounded).
+        var savedTensors: [[UInt8]: TorchSavedTensor] = [:]
     }
 
     public var globalTensors: [(fqn: String, metadata: DCPTensorMetadata)] { metadata.tensors }
