@@ -28,8 +28,9 @@ extension TorchDistCheckpoint {
         let pickle = try record("data.pkl", of: archive, info: info, key: key, decoded: decoded)
         // What data.pkl says depends on its bytes only, and chunks of one shape and dtype have the same.
         let saved: TorchSavedTensor
-        if let known = cache.withLock({ $0.savedTensors[pickle] }) {
-            saved = known
+        let digest = pickle.withUnsafeBytes { XXH3Hasher.hash($0) }
+        if let known = cache.withLock({ $0.savedTensors[digest] }), known.pickle == pickle {
+            saved = known.tensor
         } else {
             do {
                 saved = try TorchSavedTensor(dataPickle: pickle, context: path)
@@ -38,7 +39,7 @@ extension TorchDistCheckpoint {
             }
             cache.withLock { cache in
                 if cache.savedTensors.count >= 4096 { cache.savedTensors.removeAll(keepingCapacity: true) }
-                cache.savedTensors[pickle] = saved
+                cache.savedTensors[digest] = (pickle, saved)
             }
         }
         guard saved.dtype == tensor.dtype else {

@@ -82,17 +82,18 @@ public struct MegatronInspectReport: Sendable {
         }
         // An item's value depends on its bytes only: items of equal bytes (the 50,000 per-expert
         // `_extra_state` objects of an Ultra-sized checkpoint are one value) are read once.
-        var rendered: [[UInt8]: String] = [:]
+        var rendered: [UInt64: (bytes: [UInt8], value: String)] = [:]
         let objects = try metadata.bytesItems.map { key in
             let info = try checkpoint.storageInfo(key: key, offsets: nil)
             let plain = (info.transformDescriptors ?? []).isEmpty && info.length <= 1 << 16
             let bytes = plain ? try checkpoint.rawBytes(key: key) : nil
+            let digest = bytes.map { bytes in bytes.withUnsafeBytes { XXH3Hasher.hash($0) } }
             let value: String
-            if let bytes, let known = rendered[bytes] {
-                value = known
+            if let bytes, let digest, let known = rendered[digest], known.bytes == bytes {
+                value = known.value
             } else {
                 value = PickleRendering.render(try checkpoint.objectValue(key: key), limit: valueLength)
-                if let bytes { rendered[bytes] = value }
+                if let bytes, let digest, rendered[digest] == nil { rendered[digest] = (bytes, value) }
             }
             return Object(key: key, file: info.relativePath, offset: info.offset, length: info.length,
                           transforms: info.transformDescriptors ?? [], value: value)

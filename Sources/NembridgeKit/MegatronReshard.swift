@@ -307,12 +307,17 @@ public struct MegatronReshard: Sendable {
             }
             // Items of equal bytes share one buffer: the 50,000 per-expert `_extra_state` objects
             // of an Ultra-sized checkpoint are one value, and held apart they were 39 MB.
-            var distinct: [[UInt8]: [UInt8]] = [:]
+            // (Found by their XXH3: hashing a [UInt8] element by element took longer than reading it.)
+            var distinct: [UInt64: [UInt8]] = [:]
             objects = try checkpoint.metadata.bytesItems.filter { !droppedTraining.contains($0) }.map { key -> (String, [UInt8]) in
                 guard key == Self.commonStateKey, let value = common else {
                     let bytes = try checkpoint.rawBytes(key: key)
-                    if let known = distinct[bytes] { return (key, known) }
-                    distinct[bytes] = bytes
+                    let digest = bytes.withUnsafeBytes { XXH3Hasher.hash($0) }
+                    if let known = distinct[digest] {
+                        if known == bytes { return (key, known) }
+                    } else {
+                        distinct[digest] = bytes
+                    }
                     return (key, bytes)
                 }
                 return (key, try TorchSaveArchive.objectArchive(.list([Self.settingParallelSizes(value, options)])))
