@@ -9,7 +9,26 @@ extension DCPMetadata {
 
     /// Parses a `.metadata` file's bytes. Unknown extra fields (Megatron's `all_local_plans`,
     /// `mcore_data`, `planner_data`, `storage_meta`) are ignored.
+    ///
+    /// `DCPMetadataReader` reads the usual shapes straight into this value; a file it does not
+    /// follow (or a DCP-level fault, for the wording) is read again by the generic reader.
     public init(pickle bytes: [UInt8], file: String) throws {
+        let fast = bytes.withUnsafeBytes { buffer in
+            Result { () throws(DCPMetadataReader.Stop) in try DCPMetadataReader.read(buffer, globals: CheckpointGlobals.policy) }
+        }
+        switch fast {
+        case .success(let metadata):
+            self = metadata
+        case .failure(.pickle(let error)):
+            throw MegatronCheckpointError.invalidMetadata(file: file, reason: "\(error)")
+        case .failure(.unusual):
+            try self.init(genericPickle: bytes, file: file)
+        }
+    }
+
+    /// Parses a `.metadata` file's bytes through the generic `PickleReader` and its value tree:
+    /// every pickle the checkpoint globals allow, in memory proportional to its values.
+    public init(genericPickle bytes: [UInt8], file: String) throws {
         let root: PickleValue
         do {
             root = try PickleReader.read(bytes, globals: CheckpointGlobals.policy)
@@ -48,7 +67,8 @@ extension DCPMetadata {
             tensors.append((fqn, DCPTensorMetadata(dtype: dtype, size: size, chunks: chunks, requiresGrad: requiresGrad)))
         }
         guard case .dict(let storageEntries)? = root["storage_data"] else { throw fail("no `storage_data` dict") }
-        var storage: [DCPStorageKey: DCPStorageInfo] = [:]
+        var storage = DCPStorageTable()
+        storage.reserveCapacity(storageEntries.count)
         for entry in storageEntries {
             guard let fqn = entry.key["fqn"]?.stringValue else { throw fail("a storage_data key has no fqn") }
             let offsetValue = entry.key["offset"]

@@ -26,11 +26,21 @@ extension TorchDistCheckpoint {
             .invalidItem(file: path, key: key, offset: info.offset, reason: reason + (decoded ? " (in the zstd-decoded item)" : ""))
         }
         let pickle = try record("data.pkl", of: archive, info: info, key: key, decoded: decoded)
+        // What data.pkl says depends on its bytes only, and chunks of one shape and dtype have the same.
         let saved: TorchSavedTensor
-        do {
-            saved = try TorchSavedTensor(dataPickle: pickle, context: path)
-        } catch MegatronCheckpointError.invalidItem(_, _, _, let reason) {
-            throw fail("data.pkl: \(reason)")
+        let digest = pickle.withUnsafeBytes { XXH3Hasher.hash($0) }
+        if let known = cache.withLock({ $0.savedTensors[digest] }), known.pickle == pickle {
+            saved = known.tensor
+        } else {
+            do {
+                saved = try TorchSavedTensor(dataPickle: pickle, context: path)
+            } catch MegatronCheckpointError.invalidItem(_, _, _, let reason) {
+                throw fail("data.pkl: \(reason)")
+            }
+            cache.withLock { cache in
+                if cache.savedTensors.count >= 4096 { cache.savedTensors.removeAll(keepingCapacity: true) }
+                cache.savedTensors[digest] = (pickle, saved)
+            }
         }
         guard saved.dtype == tensor.dtype else {
             throw MegatronCheckpointError.dtypeMismatch(file: path, key: key, expected: tensor.dtype, actual: saved.dtype)

@@ -34,6 +34,8 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         var decoded: [DCPStorageKey: ReadOnlyFile] = [:]
         /// Per tensor (by index) with many chunks: its chunks by start on axis 0.
         var axisIndex: [Int: AxisZeroIndex] = [:]
+        /// Parsed `data.pkl`s by their bytes (bounded).
+        var savedTensors: [UInt64: (pickle: [UInt8], tensor: TorchSavedTensor)] = [:]
     }
 
     public var globalTensors: [(fqn: String, metadata: DCPTensorMetadata)] { metadata.tensors }
@@ -77,7 +79,8 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
     /// The checks of `init`, in order: per tensor, chunk bounds, overlaps and storage entries;
     /// then bytes items; then data files (existence, item ranges inside the file).
     static func validate(_ metadata: DCPMetadata, metadataPath: String, directory: String) throws -> [String: ReadOnlyFile] {
-        var keys: [DCPStorageKey] = []
+        // Each entry looked up once, its info kept for the file checks below.
+        var entries: [(fqn: String, info: DCPStorageInfo)] = []
         var seen = Set<String>()
         for (fqn, tensor) in metadata.tensors {
             guard seen.insert(fqn).inserted else {
@@ -98,33 +101,30 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
                 throw MegatronCheckpointError.overlappingChunks(file: metadataPath, key: fqn, first: first.offsets, second: second.offsets)
             }
             for chunk in tensor.chunks {
-                let key = DCPStorageKey(fqn: fqn, offsets: chunk.offsets)
-                guard metadata.storage[key] != nil else {
+                guard let info = metadata.storage.info(fqn: fqn, offsets: chunk.offsets) else {
                     throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: chunk.offsets)
                 }
-                keys.append(key)
+                entries.append((fqn, info))
             }
         }
         for fqn in metadata.bytesItems {
             guard seen.insert(fqn).inserted else {
                 throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(MessageText.quoted(fqn))` is listed twice")
             }
-            let key = DCPStorageKey(fqn: fqn, offsets: nil)
-            guard metadata.storage[key] != nil else {
+            guard let info = metadata.storage.info(fqn: fqn, offsets: nil) else {
                 throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: nil)
             }
-            keys.append(key)
+            entries.append((fqn, info))
         }
         var files: [String: ReadOnlyFile] = [:]
-        for key in keys {
-            let info = metadata.storage[key]!
+        for (fqn, info) in entries {
             let file: ReadOnlyFile
             if let open = files[info.relativePath] {
                 file = open
             } else {
                 let path = (directory as NSString).appendingPathComponent(info.relativePath)
                 guard FileManager.default.fileExists(atPath: path) else {
-                    throw MegatronCheckpointError.missingDataFile(metadata: metadataPath, key: key.fqn, file: info.relativePath)
+                    throw MegatronCheckpointError.missingDataFile(metadata: metadataPath, key: fqn, file: info.relativePath)
                 }
                 file = try ReadOnlyFile(path: path)
                 file.adviseRandomAccess()  // items are opened by their few KiB of headers
@@ -132,7 +132,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
             }
             guard info.length <= file.size, info.offset <= file.size - info.length else {
                 throw MegatronCheckpointError.invalidItem(
-                    file: file.path, key: key.fqn, offset: info.offset,
+                    file: file.path, key: fqn, offset: info.offset,
                     reason: "the item's \(info.length) bytes at offset \(info.offset) run past the end of the file (\(file.size) bytes; truncated?)")
             }
         }

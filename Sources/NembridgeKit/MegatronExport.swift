@@ -161,11 +161,17 @@ public struct MegatronExport: Sendable {
         let recordedIndex = (directory as NSString).appendingPathComponent(HFCheckpointFolder.indexFileName)
         var shards: [(name: String, tensors: [TensorDeclaration])] = []
         var indexBytes: [UInt8]?
-        if FileManager.default.fileExists(atPath: recordedIndex), let layout = try Self.recordedLayout(recordedIndex, declarations) {
-            shards = layout
-            let plan = HFShardPlan(shards: shards.map { HFShardPlan.Shard(fileName: $0.name, tensors: $0.tensors) })
+        // The index is read once, and its document (51,000 names at Ultra's size) is released
+        // before the new index is written.
+        let recorded = try FileManager.default.fileExists(atPath: recordedIndex) ? { () throws -> (layout: [(name: String, tensors: [TensorDeclaration])], extra: [(key: String, value: JSONValue)])? in
             let index = try HFConfig(path: recordedIndex).document
-            indexBytes = plan.indexFileBytes(extraMetadata: index["metadata"]?.objectMembers?.filter { $0.key != "total_size" } ?? [])
+            guard let layout = try Self.recordedLayout(index, path: recordedIndex, declarations) else { return nil }
+            return (layout, index["metadata"]?.objectMembers?.filter { $0.key != "total_size" } ?? [])
+        }() : nil
+        if let recorded {
+            shards = recorded.layout
+            let plan = HFShardPlan(shards: shards.map { HFShardPlan.Shard(fileName: $0.name, tensors: $0.tensors) })
+            indexBytes = plan.indexFileBytes(extraMetadata: recorded.extra)
         } else {
             let plan = HFShardPlan.greedy(declarations, maxShardSize: options.maxShardSize)
             shards = plan.shards.map { ($0.fileName, $0.tensors) }
@@ -239,8 +245,7 @@ public struct MegatronExport: Sendable {
 
     /// The recorded index's grouping, if it lists exactly the tensors being written. An index
     /// that is not valid JSON or names a file outside the output folder is an error.
-    static func recordedLayout(_ path: String, _ declarations: [TensorDeclaration]) throws -> [(name: String, tensors: [TensorDeclaration])]? {
-        let document = try HFConfig(path: path).document
+    static func recordedLayout(_ document: JSONValue, path: String, _ declarations: [TensorDeclaration]) throws -> [(name: String, tensors: [TensorDeclaration])]? {
         guard let map = document["weight_map"]?.objectMembers else { return nil }
         for member in map {
             guard let file = member.value.stringValue, !file.contains("/"), file != ".", file != "..", !file.isEmpty else {
@@ -336,27 +341,36 @@ public struct MegatronExport: Sendable {
         try folder.publish()
     }
 
-    public func planText() -> String {
-        var lines = ["export \(directory) -> \(outputPath)",
-                     "architecture: \(mapping.model.table.name), config from " + (trainingConfig.map { _ in "the checkpoint's training args" } ?? configDirectory)]
+    public func planText() -> String { PlanTextOutput.collect(writePlanText) }
+
+    /// The plan, line by line (streamed: a 51,000-tensor plan is 4 MB of text, and its lines held
+    /// as strings were the peak of a dry run).
+    public func writePlanText(_ out: PlanTextOutput) {
+        out.line("export \(directory) -> \(outputPath)")
+        if let legacy {
+            out.line("legacy checkpoint: \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files")
+        }
+        out.line("architecture: \(mapping.model.table.name), config from " + (trainingConfig.map { _ in "the checkpoint's training args" } ?? configDirectory))
         for shard in shards {
-            lines.append("  \(shard.name): \(shard.tensors.count) tensors, \(formatBytes(shard.tensors.reduce(0) { $0 + $1.byteCount }))")
+            out.line("  \(shard.name): \(shard.tensors.count) tensors, \(formatBytes(shard.tensors.reduce(0) { $0 + $1.byteCount }))")
             for tensor in shard.tensors {
-                lines.append("    \(tensor.name) \(formatShape(tensor.shape)) \(tensor.dtype) <- \(reads[tensor.name]?.reduce(0) { $0 + $1.reads.moves.count } ?? 0) read(s)")
+                out.write("    ")
+                out.write(tensor.name)
+                out.write(" ")
+                out.write(formatShape(tensor.shape))
+                out.write(" \(tensor.dtype) <- ")
+                out.write(reads[tensor.name]?.reduce(0) { $0 + $1.reads.moves.count } ?? 0)
+                out.line(" read(s)")
             }
         }
-        if indexBytes != nil { lines.append("  \(HFCheckpointFolder.indexFileName)") }
-        for name in companionFiles { lines.append("  \(name) (" + (trainingConfig.map { _ in "written from the training args" } ?? "from \(configDirectory)") + ")") }
+        if indexBytes != nil { out.line("  \(HFCheckpointFolder.indexFileName)") }
+        for name in companionFiles { out.line("  \(name) (" + (trainingConfig.map { _ in "written from the training args" } ?? "from \(configDirectory)") + ")") }
         if let trainingConfig {
-            lines.append(trainingConfig.tokenizerSource.map { "tokenizer files from \($0)" }
-                         ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)")
+            out.line(trainingConfig.tokenizerSource.map { "tokenizer files from \($0)" }
+                     ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)")
         }
-        if let legacy {
-            lines.insert("legacy checkpoint: \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files", at: 1)
-        }
-        if let summary = castSummary { lines.append(summary) }
-        if !skippedKeys.isEmpty { lines.append("skipped training state: \(skippedKeys.count) keys (\(skippedKeys.prefix(6).joined(separator: ", ")))") }
-        lines.append("total \(formatBytes(totalBytes)); peak memory: the buffer pool plus headers")
-        return lines.joined(separator: "\n")
+        if let summary = castSummary { out.line(summary) }
+        if !skippedKeys.isEmpty { out.line("skipped training state: \(skippedKeys.count) keys (\(skippedKeys.prefix(6).joined(separator: ", ")))") }
+        out.line("total \(formatBytes(totalBytes)); peak memory: the buffer pool plus headers")
     }
 }

@@ -80,11 +80,23 @@ public struct MegatronInspectReport: Sendable {
                    bytes: try checkpoint.boxByteCount(key: fqn, sizes: tensor.size),
                    chunks: try tensor.chunks.map { try chunk(fqn, $0) })
         }
+        // An item's value depends on its bytes only: items of equal bytes (the 50,000 per-expert
+        // `_extra_state` objects of an Ultra-sized checkpoint are one value) are read once.
+        var rendered: [UInt64: (bytes: [UInt8], value: String)] = [:]
         let objects = try metadata.bytesItems.map { key in
             let info = try checkpoint.storageInfo(key: key, offsets: nil)
-            let value = try checkpoint.objectValue(key: key)
+            let plain = (info.transformDescriptors ?? []).isEmpty && info.length <= 1 << 16
+            let bytes = plain ? try checkpoint.rawBytes(key: key) : nil
+            let digest = bytes.map { bytes in bytes.withUnsafeBytes { XXH3Hasher.hash($0) } }
+            let value: String
+            if let bytes, let digest, let known = rendered[digest], known.bytes == bytes {
+                value = known.value
+            } else {
+                value = PickleRendering.render(try checkpoint.objectValue(key: key), limit: valueLength)
+                if let bytes, let digest, rendered[digest] == nil { rendered[digest] = (bytes, value) }
+            }
             return Object(key: key, file: info.relativePath, offset: info.offset, length: info.length,
-                          transforms: info.transformDescriptors ?? [], value: PickleRendering.render(value, limit: valueLength))
+                          transforms: info.transformDescriptors ?? [], value: value)
         }
         var source: String?
         var common: [(String, String)] = []
@@ -101,7 +113,7 @@ public struct MegatronInspectReport: Sendable {
                 }
             }
         }
-        let files = Set(metadata.storage.values.map(\.relativePath)).sorted()
+        let files = Set(metadata.storage.fileNames).sorted()
         return MegatronInspectReport(
             path: path, directory: folder.directory, format: folder.format, iteration: folder.iteration, backend: folder.backend,
             rootClass: metadata.rootClass, version: metadata.version, dataFiles: files, tensors: tensors, objects: objects,

@@ -97,6 +97,14 @@ public enum JSONWriter {
 
     /// Python's `json` ASCII string form: non-ASCII as `\uxxxx` (surrogate pairs above the BMP).
     public static func pythonQuoted(_ text: String) -> String {
+        // Printable ASCII without quote or backslash (every tensor name) is written as it is.
+        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 <= 0x7E && $0 != 0x22 && $0 != 0x5C }) {
+            var out = "\""
+            out.reserveCapacity(text.utf8.count + 2)
+            out.append(text)
+            out.append("\"")
+            return out
+        }
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

@@ -19,6 +19,9 @@ public struct ZipArchive: Sendable {
     /// Absolute offset of the central directory.
     public let centralDirectoryOffset: Int64
     private let positions: [String: Int]
+    /// The archive's first bytes as opened (`ArchiveReader.head`): small records there (`data.pkl`)
+    /// are served without another read.
+    private let head: [UInt8]
 
     /// Reads the directory of the archive in `range` of `file`; `name` labels it in messages.
     public init(file: ReadOnlyFile, range: ByteRange, name: String) throws {
@@ -28,7 +31,8 @@ public struct ZipArchive: Sendable {
         guard range.count <= file.size, range.offset <= file.size - range.count else {
             throw ZipError.archiveOutsideFile(archive: id, count: range.count, fileSize: file.size)
         }
-        let reader = ArchiveReader(file: file, range: range, id: id)
+        let reader = try ArchiveReader(file: file, range: range, id: id)
+        head = reader.head
         let directory = try reader.readEndRecords()
         let records = try reader.readCentralDirectory(directory)
         var positions: [String: Int] = [:]
@@ -105,7 +109,11 @@ public struct ZipArchive: Sendable {
     /// Reads a stored entry's whole content into memory (for small records such as `data.pkl`),
     /// checking its CRC-32 unless `verifyingCRC` is false.
     public func contents(of entry: ZipEntry, verifyingCRC: Bool = true) throws -> [UInt8] {
-        let bytes = try file.readBytes(try storedDataRange(of: entry))
+        let stored = try storedDataRange(of: entry)
+        let start = stored.offset - range.offset
+        let bytes = start >= 0 && stored.count <= Int64(head.count) - start
+            ? Array(head[Int(start)..<Int(start + stored.count)])
+            : try file.readBytes(stored)
         if verifyingCRC {
             let actual = CRC32.checksum(bytes)
             guard actual == entry.crc32 else {

@@ -50,7 +50,7 @@ struct Export: ParsableCommand {
                 options.dtype = parsed
             }
             let plan = try MegatronExport(checkpoint: source, output: output, options: options)
-            guard let seconds = try planned.run(phase: "export", planText: { $0.line(plan.planText()) },
+            guard let seconds = try planned.run(phase: "export", planText: { plan.writePlanText($0) },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
             else { return }
             writeStandardOutput(
