@@ -136,6 +136,20 @@ extension MoveExecutor {
                             progress?.add(Int64(bytes.count))
                             destination += Int64(bytes.count)
                         }
+                        // One contiguous source range, a buffer at a time; holes stay holes.
+                        func copy(_ range: ByteRange, from source: ReadOnlyFile) throws {
+                            var done: Int64 = 0
+                            while done < range.count {
+                                let piece = range.slice(from: done, count: min(chunk, range.count - done))
+                                if source.isHole(piece) {
+                                    try zeros(piece.count)
+                                } else {
+                                    try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.count)]), at: piece.offset)
+                                    try emit(Int(piece.count))
+                                }
+                                done += piece.count
+                            }
+                        }
                         // The group is written: its output file is complete when it was the last.
                         func groupDone() throws {
                             try observer?.finish()
@@ -163,19 +177,7 @@ extension MoveExecutor {
                             if rowBytes > chunk {
                                 for row in 0..<Int(rows) {
                                     for part in parts {
-                                        let segment = part.segment(row)
-                                        var done: Int64 = 0
-                                        while done < segment.count {
-                                            let piece = segment.slice(from: done, count: min(chunk, segment.count - done))
-                                            let source = sources[Int(part.source)]
-                                            if source.isHole(piece) {
-                                                try zeros(piece.count)
-                                            } else {
-                                                try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.count)]), at: piece.offset)
-                                                try emit(Int(piece.count))
-                                            }
-                                            done += piece.count
-                                        }
+                                        try copy(part.segment(row), from: sources[Int(part.source)])
                                     }
                                 }
                             } else {
@@ -228,17 +230,7 @@ extension MoveExecutor {
                                     destination += range.count
                                     continue
                                 }
-                                var done: Int64 = 0
-                                while done < range.count {
-                                    let piece = range.slice(from: done, count: min(chunk, range.count - done))
-                                    if source.isHole(piece) {
-                                        try zeros(piece.count)
-                                    } else {
-                                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(piece.count)]), at: piece.offset)
-                                        try emit(Int(piece.count))
-                                    }
-                                    done += piece.count
-                                }
+                                try copy(range, from: source)
                                 continue
                             }
                             // Strided: whole blocks of rows are read and their segments compacted in
