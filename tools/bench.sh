@@ -157,7 +157,6 @@ SAVED_RUNS=$RUNS; RUNS=1
 convert_bench "Nemotron-H-8B published shapes, real data (52 layers, 4 shards of ≤ 5 GB)" large "$DATA/nemotron-h-8b" true
 RUNS=$SAVED_RUNS
 ROWS=("${SAFETENSORS_ROWS[@]}")
-REALSCALE_ROWS="$("$ROOT/tools/bench/realscale.sh" "$BIN" "$DATA")"
 
 # Notes written by hand below this marker (variance across runs) survive a re-run.
 MARKER='<!-- notes below are kept by make bench -->'
@@ -201,16 +200,9 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "plain import of the bf16 model of the same shape: the same bf16 bytes written."
     printf '%s\n' "${QUANT_ROWS[@]}"
     echo
-    echo "## Real-scale planning"
-    echo
-    echo "Sparse Hugging Face folders at the real dimensions of the published models"
-    echo "(tools/realscale/make_sparse.py: the published config.json field sets, real safetensors"
-    echo "headers, tensor data as file holes), planned without moving data: \`inspect\` and"
-    echo "\`import --dry-run\` at TP=1 and at the published training layouts. Best of 3 runs, peak RSS"
-    echo "of the 3. Target (issue 12): every plan ≤ 2 s and ≤ 128 MiB."
-    echo
-    printf '%s\n' "$REALSCALE_ROWS"
     if [[ -n "$KEPT" ]]; then echo; printf '%s\n' "$KEPT"; fi
 } > "$OUT"
 echo "bench: wrote $OUT"
+# Sections that write themselves (each can be re-run alone).
+"$ROOT/tools/bench/realscale.sh" "$BIN" "$DATA"
 "$ROOT/tools/bench/jobs.sh" "$BIN" "$DATA"

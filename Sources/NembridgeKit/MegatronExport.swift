@@ -155,7 +155,9 @@ public struct MegatronExport: Sendable {
         let declarations = mapping.hfTensors.map {
             TensorDeclaration(name: dialect.toSource($0.name), dtype: casts[dialect.toSource($0.name)]?.to ?? hfDType[$0.name]!, shape: hfShapes[$0.name]!)
         }
-        reads = Dictionary(uniqueKeysWithValues: reads.map { (dialect.toSource($0.key), $0.value) })
+        if dialect.prefix != dialect.source {
+            reads = Dictionary(uniqueKeysWithValues: reads.map { (dialect.toSource($0.key), $0.value) })
+        }
 
         // The recorded source layout when there is one (same files, same tensors per file).
         let recordedIndex = (directory as NSString).appendingPathComponent(HFCheckpointFolder.indexFileName)
@@ -248,18 +250,21 @@ public struct MegatronExport: Sendable {
     static func recordedLayout(_ document: JSONValue, path: String, _ declarations: [TensorDeclaration]) throws -> [(name: String, tensors: [TensorDeclaration])]? {
         guard let map = document["weight_map"]?.objectMembers else { return nil }
         for member in map {
-            guard let file = member.value.stringValue, !file.contains("/"), file != ".", file != "..", !file.isEmpty else {
+            guard let file = member.value.stringValue, !file.utf8.contains(UInt8(ascii: "/")), file != ".", file != "..", !file.isEmpty else {
                 throw HFFolderError.invalidIndex(file: path, reason: "weight_map value for `\(member.key)` is not a plain file name")
             }
         }
-        let byName = Dictionary(uniqueKeysWithValues: declarations.map { ($0.name, $0) })
-        guard Set(map.map(\.key)) == Set(byName.keys) else { return nil }
-        // The last entry of a name wins, as Python's json reads a repeated key.
-        let fileOf = Dictionary(map.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
+        // The last entry of a name wins, as Python's json reads a repeated key. The recorded names
+        // must be exactly the declared ones (declared names are distinct): no name or set copies
+        // beside this one map, which at Ultra's 51,000 tensors cost 10 MB.
+        var fileOf: [String: String] = [:]
+        fileOf.reserveCapacity(map.count)
+        for member in map { fileOf[member.key] = member.value.stringValue }
+        guard fileOf.count == declarations.count else { return nil }
         var files: [String] = []
         var groups: [String: [TensorDeclaration]] = [:]
         for declaration in declarations {
-            guard let file = fileOf[declaration.name]?.stringValue else { return nil }
+            guard let file = fileOf[declaration.name] else { return nil }
             if groups[file] == nil { files.append(file) }
             groups[file, default: []].append(declaration)
         }

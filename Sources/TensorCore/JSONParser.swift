@@ -26,6 +26,7 @@ public struct JSONParser {
     private let bytes: [UInt8]
     private let dialect: Dialect
     private var position = 0
+    private var previousStringValue: String?
     private var depth = 0
 
     private init(_ bytes: [UInt8], dialect: Dialect) {
@@ -66,7 +67,13 @@ public struct JSONParser {
         switch byte {
         case UInt8(ascii: "{"): return try parseObject()
         case UInt8(ascii: "["): return try parseArray()
-        case UInt8(ascii: "\""): return .string(try parseString())
+        case UInt8(ascii: "\""):
+            // A value equal to the previous string value shares its storage: an index's 51,000
+            // values name a few hundred shard files.
+            let value = try parseString()
+            if let previous = previousStringValue, previous == value { return .string(previous) }
+            previousStringValue = value
+            return .string(value)
         case UInt8(ascii: "t"): try expectLiteral("true"); return .bool(true)
         case UInt8(ascii: "f"): try expectLiteral("false"); return .bool(false)
         case UInt8(ascii: "n"): try expectLiteral("null"); return .null

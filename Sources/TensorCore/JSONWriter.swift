@@ -81,9 +81,10 @@ public enum JSONWriter {
             out += closePad + "]"
         case .object(let members):
             if members.isEmpty { out += "{}"; return }
-            // Python sorts str keys by code point, which is UTF-32 order.
+            // Python sorts str keys by code point, which UTF-8 byte order preserves (and compares
+            // 51,000 tensor names of an index several times faster than scalars do).
             let ordered = sortKeys
-                ? members.sorted { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) }
+                ? members.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
                 : members
             out += "{\n"
             for (index, member) in ordered.enumerated() {

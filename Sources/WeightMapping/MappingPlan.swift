@@ -192,6 +192,7 @@ public struct MappingPlan: Sendable {
                 var hfNames: [String: String] = [:]
                 for (role, pattern) in rule.hf { hfNames[role] = pattern.render(values) }
                 let expansion: RuleExpansion
+                var checkpointKeyName = placement.key
                 switch direction {
                 case .fromHF(let shapes, let divisor, let tp):
                     var known: [String: [Int]] = [:]
@@ -220,7 +221,9 @@ public struct MappingPlan: Sendable {
                     expansion = try RuleExpansion.fromMegatron(rule: rule, shape: shape, model: model, name: megatronName,
                                                                layer: hasLayer ? layer : nil)
                 case .fromMegatron(let keyShapes):
-                    guard let global = keyShapes[placement.key] else { missing.append(placement.key); continue }
+                    guard let index = keyShapes.index(forKey: placement.key) else { missing.append(placement.key); continue }
+                    let global = keyShapes.values[index]
+                    checkpointKeyName = keyShapes.keys[index]  // the checkpoint's copy of the key, not a second one
                     guard global.count >= placement.prefixSizes.count,
                         Array(global.prefix(placement.prefixSizes.count)) == placement.prefixSizes
                     else {
@@ -248,7 +251,7 @@ public struct MappingPlan: Sendable {
                         hfTensors.append(HFTensorSpec(name: name, shape: interned(expansion.hfShapes[role]!)))
                     }
                 }
-                let key = interned(key: placement.key)
+                let key = interned(key: checkpointKeyName)
                 if !placement.prefix.isEmpty, inconsistentLayers == nil, key.first < megatronTensors.count {
                     let earlier = megatronTensors[key.first]
                     if earlier.shape != expansion.megatronShape {

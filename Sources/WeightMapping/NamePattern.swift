@@ -8,6 +8,11 @@ public struct NamePattern: Sendable, Hashable, CustomStringConvertible {
 
     public let text: String
     public let pieces: [Piece]
+    /// The bytes of the last piece when it is a literal: most names fail to match on it, checked
+    /// before anything else (planning matches 51,000 names against every pattern).
+    private let literalSuffix: [UInt8]
+    /// The bytes the literal pieces need at least.
+    private let literalByteCount: Int
 
     /// Parses `text`; nil with a reason when a brace is unbalanced or a placeholder is unnamed.
     public init(_ text: String) throws(PatternError) {
@@ -36,6 +41,8 @@ public struct NamePattern: Sendable, Hashable, CustomStringConvertible {
         }
         if !literal.isEmpty { pieces.append(.literal(literal)) }
         self.pieces = pieces
+        if case .literal(let last)? = pieces.last { literalSuffix = Array(last.utf8) } else { literalSuffix = [] }
+        literalByteCount = pieces.reduce(0) { if case .literal(let text) = $1 { $0 + text.utf8.count } else { $0 } }
     }
 
     public struct PatternError: Error, Equatable { public let reason: String }
@@ -62,6 +69,9 @@ public struct NamePattern: Sendable, Hashable, CustomStringConvertible {
     public func match(_ name: String) -> [String: Int]? {
         var name = name
         return name.withUTF8 { bytes -> [String: Int]? in
+            guard bytes.count >= literalByteCount else { return nil }
+            let suffixStart = bytes.count - literalSuffix.count
+            for (index, byte) in literalSuffix.enumerated() where bytes[suffixStart + index] != byte { return nil }
             var values: [String: Int] = [:]
             var position = 0
             for piece in pieces {

@@ -75,14 +75,11 @@ bench "\`import --workers $WORKERS\` + \`sync\`" "$DATA/job-out" "$BIN" import -
 bench "\`export\` + \`sync\`" "$DATA/job-out" "$BIN" export --megatron "$DATA/job-src"
 rm -rf "$DATA/job-src" "$DATA"/job-time.* "$DATA"/job-out.* "$DATA"/job-err.*
 
-BEGIN='<!-- jobs section: tools/bench/jobs.sh -->'
-END='<!-- end of jobs section -->'
-SECTION="$(
-    echo "$BEGIN"
+{
     echo "## One conversion across processes"
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); command: \`make bench\` (tools/bench/jobs.sh; median of $RUNS runs after one warm-up)"
-    echo "- Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(df -T "$DATA" | awk 'NR==2 {print $2}') file system; model: the Llama-3.2-1B-shaped 16-layer bf16 folder above, $SIZE bytes"
+    echo "- Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(df -T "$DATA" | awk 'NR==2 {print $2}') file system, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; model: the Llama-3.2-1B-shaped 16-layer bf16 folder above, $SIZE bytes"
     echo
     echo "N processes started at once with \`--rank K --world-size N\` (what srun, torchrun or mpirun set in"
     echo "the environment), each writing its byte-balanced share of the output files; the wall time is"
@@ -91,33 +88,9 @@ SECTION="$(
     echo "this one-disk, 2-core machine a gain from N comes from overlapping reads, writes and fsyncs"
     echo "(the model fits the page cache), not from more bandwidth: **this is disk- and core-bound**."
     echo "The point of N processes is N nodes, each with its own bandwidth to a parallel file system."
-    echo "Measured while other work shared the machine; the per-process shares show how the bytes divide."
     echo
     echo "| what | processes | wall s | GB/s | peak RSS per process | each process wrote |"
     echo "| --- | --- | --- | --- | --- | --- |"
     printf '%s\n' "${ROWS[@]}"
-    echo "$END"
-)"
-if [[ -f "$OUT" ]] && grep -qF "$BEGIN" "$OUT"; then
-    "$PY" - "$OUT" "$BEGIN" "$END" "$SECTION" <<'EOF'
-import sys
-path, begin, end, section = sys.argv[1:]
-text = open(path).read()
-a, b = text.index(begin), text.index(end) + len(end)
-open(path, "w").write(text[:a] + section + text[b:])
-EOF
-else
-    marker='<!-- notes below are kept by make bench -->'
-    if [[ -f "$OUT" ]] && grep -qF "$marker" "$OUT"; then
-        "$PY" - "$OUT" "$marker" "$SECTION" <<'EOF'
-import sys
-path, marker, section = sys.argv[1:]
-text = open(path).read()
-a = text.index(marker)
-open(path, "w").write(text[:a] + section + "\n\n" + text[a:])
-EOF
-    else
-        printf '\n%s\n' "$SECTION" >> "$OUT"
-    fi
-fi
+} | python3 "$ROOT/tools/bench/write_section.py" "$OUT" jobs
 echo "bench: wrote the jobs section of $OUT"
