@@ -45,16 +45,21 @@ public struct StagedFileRecord: Sendable, Equatable {
 
     /// Records the staged file `name` (already flushed and renamed into place) with its
     /// `entries`: reads only the bytes they do not cover, then writes the record durably.
-    @discardableResult
-    public static func record(stagingRoot: String, name: String, entries: [ChecksumManifest.Entry], planDigest: UInt64) throws
-        -> StagedFileRecord
-    {
-        let file = try ChecksumManifest.fileEntry(root: stagingRoot, name: name, covered: entries.map(\.range))
-        let record = StagedFileRecord(name: name, size: file.size, restXXH3: file.restXXH3, entries: entries, planDigest: planDigest)
+    public static func record(stagingRoot: String, name: String, entries: [ChecksumManifest.Entry], planDigest: UInt64) throws {
+        try record(stagingRoot: stagingRoot, name: name, count: entries.count, entry: { entries[$0] }, planDigest: planDigest)
+    }
+
+    /// `record(stagingRoot:name:entries:planDigest:)` of `count` entries made one at a time by
+    /// `entry` (called twice per index): a file of 200,000 chunks is recorded without holding
+    /// their entries or the record's text, only their byte ranges.
+    public static func record(stagingRoot: String, name: String, count: Int, entry: (Int) throws -> ChecksumManifest.Entry,
+                              planDigest: UInt64) throws {
+        let covered = try (0..<count).map { try entry($0).range }
+        let file = try ChecksumManifest.fileEntry(root: stagingRoot, name: name, covered: covered)
         // The file's rename must be on disk before a record says it is there.
         syncDirectory((stagingRoot as NSString).appendingPathComponent((name as NSString).deletingLastPathComponent))
-        try record.write(stagingRoot: stagingRoot)
-        return record
+        let head = StagedFileRecord(name: name, size: file.size, restXXH3: file.restXXH3, entries: [], planDigest: planDigest)
+        try head.write(stagingRoot: stagingRoot, count: count, entry: entry)
     }
 
     /// Where the record of `name` lives: named by a digest of the name, so any path maps to one
@@ -67,10 +72,33 @@ public struct StagedFileRecord: Sendable, Equatable {
     }
 
     public func write(stagingRoot: String) throws {
+        try write(stagingRoot: stagingRoot, count: entries.count, entry: { entries[$0] })
+    }
+
+    /// Writes the record (with `count` entries made by `entry` in place of `entries`) durably,
+    /// through a bounded buffer: the text `JSONWriter.compact(json)` gives.
+    func write(stagingRoot: String, count: Int, entry: (Int) throws -> ChecksumManifest.Entry) throws {
         let directory = (stagingRoot as NSString).appendingPathComponent(Self.directoryName)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let output = try AtomicOutputFile(path: Self.recordPath(stagingRoot: stagingRoot, name: name))
-        try output.write(Array((JSONWriter.compact(json) + "\n").utf8), at: 0)
+        var buffer: [UInt8] = []
+        var position: Int64 = 0
+        func flush() throws {
+            try output.write(buffer, at: position)
+            position += Int64(buffer.count)
+            buffer.removeAll(keepingCapacity: true)
+        }
+        // The entries are the last member: `json` without them ends in `[]}`, and they go between.
+        let head = StagedFileRecord(name: name, size: size, restXXH3: restXXH3, entries: [], planDigest: planDigest)
+        let headText = JSONWriter.compact(head.json)
+        buffer.append(contentsOf: headText.dropLast(2).utf8)
+        for index in 0..<count {
+            if index > 0 { buffer.append(UInt8(ascii: ",")) }
+            buffer.append(contentsOf: JSONWriter.compact(ChecksumManifest.json(try entry(index))).utf8)
+            if buffer.count >= 1 << 20 { try flush() }
+        }
+        buffer.append(contentsOf: "]}\n".utf8)
+        try flush()
         try output.publish()
         Self.syncDirectory(directory)
     }

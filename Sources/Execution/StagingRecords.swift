@@ -15,7 +15,7 @@ public final class StagingRecords: Sendable {
     /// file it reads. A record made under another fingerprint is not reused.
     public let fingerprint: String
     private let keptRecords: Mutex<[String: StagedFileRecord]>
-    private let made = Mutex<[String: StagedFileRecord]>([:])
+    private let made = Mutex<Set<String>>([])
     private let folder: OutputFolder
     private let workers: Int
     /// In a job: every output's name, bytes and owning rank, set by `skipped`.
@@ -144,9 +144,14 @@ public final class StagingRecords: Sendable {
 
     /// Records `name`, just finished (flushed and renamed into place), with its manifest entries.
     public func record(_ name: String, entries: [ChecksumManifest.Entry]) throws {
-        let record = try StagedFileRecord.record(stagingRoot: stagingRoot, name: name, entries: entries, planDigest: planDigest(name))
+        try record(name, count: entries.count, entry: { entries[$0] })
+    }
+
+    /// `record(_:entries:)` of `count` entries made one at a time (called twice per index).
+    public func record(_ name: String, count entryCount: Int, entry: (Int) throws -> ChecksumManifest.Entry) throws {
+        try StagedFileRecord.record(stagingRoot: stagingRoot, name: name, count: entryCount, entry: entry, planDigest: planDigest(name))
         let count = made.withLock { made in
-            made[name] = record
+            made.insert(name)
             return made.count
         }
         if let point = TestKillPoint.afterRecords, count >= point { TestKillPoint.reached() }

@@ -43,9 +43,41 @@ struct DCPMetadataReader {
         case global(Int32)
         /// Index into `tuples`; -1 is the empty tuple.
         case tuple(Int32)
+        /// A tuple of one to three integers that fit Int32 (the dims and offsets of nearly every
+        /// chunk), held in the value itself: at 400,000 chunks the tables of tuples and objects
+        /// they took cost hundreds of MiB.
+        case ints(SmallInts)
+        /// A one-tuple holding such a tuple (the argument of `torch.Size`'s REDUCE).
+        case wrappedInts(SmallInts)
+        /// `torch.Size` of a small integer tuple.
+        case size(SmallInts)
         case list(Int32)
-        case dict(Int32)
+        /// Index into `dicts` and the slot's generation: a consumed state dict's slot is reused, and
+        /// a value of an earlier generation reads as consumed.
+        case dict(Int32, generation: Int32)
         case object(Int32)
+    }
+
+    /// Up to three integers inline (13 bytes: a `Value` stays 16).
+    struct SmallInts {
+        var first: Int32, second: Int32, third: Int32
+        var count: UInt8
+
+        init?(_ values: ArraySlice<Value>) {
+            guard (1...3).contains(values.count) else { return nil }
+            var items: (Int32, Int32, Int32) = (0, 0, 0)
+            for (position, value) in values.enumerated() {
+                guard case .int(let number) = value, let small = Int32(exactly: number) else { return nil }
+                switch position {
+                case 0: items.0 = small
+                case 1: items.1 = small
+                default: items.2 = small
+                }
+            }
+            (first, second, third, count) = (items.0, items.1, items.2, UInt8(values.count))
+        }
+
+        subscript(position: Int) -> Int64 { Int64(position == 0 ? first : position == 1 ? second : third) }
     }
 
     enum Other: UInt8 { case bigInt, float, bytes, byteArray, set, frozenSet }
@@ -64,8 +96,19 @@ struct DCPMetadataReader {
         static let absent = Dims(start: 0, count: -1)
     }
 
+    /// A `_StorageInfo`'s fields; `transforms` is a list index or -1 for None.
+    struct StorageRecord {
+        var path: Int32
+        var transforms: Int32
+        var offset: Int64
+        var length: Int64
+    }
+
     struct DictRecord {
         var pairs: [(key: Value, value: Value)] = []
+        var generation: Int32 = 0
+        /// Named by the root: never reused.
+        var pinned = false
         /// Read into a recognized object at `BUILD` and emptied; any later use goes to the generic reader.
         var consumed = false
         var taken = false
@@ -78,8 +121,8 @@ struct DCPMetadataReader {
 
     /// What an object is, as far as `.metadata` needs to know.
     enum ObjectRecord {
-        /// Made by REDUCE or NEWOBJ, not built: the callable (a global index, or -1) and its argument tuple.
-        case made(callable: Int32, args: Int32)
+        /// Made by REDUCE or NEWOBJ, not built: the callable (a global index, or -1).
+        case made(callable: Int32)
         /// Built with a state this reader does not keep (not a DCP class, or not its usual shape).
         case opaque(callable: Int32)
         /// `torch.Size(dims)`.
@@ -87,8 +130,9 @@ struct DCPMetadataReader {
         case chunk(offsets: Dims, sizes: Dims)
         /// `MetadataIndex(fqn, offset)`; `offsets.count == -1` for None.
         case index(fqn: Int32, offsets: Dims)
-        /// `_StorageInfo`; `transforms` is a list index or -1 for None.
-        case storage(path: Int32, transforms: Int32, offset: Int64, length: Int64)
+        /// `_StorageInfo`: an index into `storageRecords` (its 64-bit fields kept out of the record
+        /// keep every record at 20 bytes).
+        case storage(Int32)
         case properties(dtype: DType, requiresGrad: Bool)
         /// `TensorStorageMetadata`: an object index (properties) and a list index (chunks).
         case tensor(properties: Int32, size: Dims, chunks: Int32)
@@ -149,6 +193,10 @@ struct DCPMetadataReader {
     var lists: [ListRecord] = []
     var dicts: [DictRecord] = []
     var objects: [ObjectRecord] = []
+    var storageRecords: [StorageRecord] = []
+    /// Slots of consumed state dicts, for reuse: every chunk's three BUILD states would otherwise
+    /// each keep a record.
+    var freeDicts: [Int32] = []
     /// Objects already placed in the result (tensors, chunks): a second reference goes to the generic reader.
     var takenObjects: [Bool] = []
 
@@ -284,14 +332,12 @@ struct DCPMetadataReader {
             stack.removeSubrange(mark...)
             try push(.list(Int32(lists.count - 1)))
         case .emptyDict:
-            dicts.append(DictRecord())
-            try push(.dict(Int32(dicts.count - 1)))
+            try push(newDict([]))
         case .dict:
             let mark = try popMark()
             let pairs = try self.pairs(from: mark)
             stack.removeSubrange(mark...)
-            dicts.append(DictRecord(pairs: pairs))
-            try push(.dict(Int32(dicts.count - 1)))
+            try push(newDict(pairs))
         case .emptySet: try push(.other(.set))
         case .frozenSet:
             let mark = try popMark()
@@ -329,9 +375,13 @@ struct DCPMetadataReader {
         case .reduce, .newObj:
             try need(2)
             let callable = stack[stack.count - 2]
-            guard case .tuple(let args) = stack[stack.count - 1] else { throw .unusual("\(opcode.name) without an argument tuple") }
+            let args = stack[stack.count - 1]
+            switch args {
+            case .tuple, .ints, .wrappedInts: break
+            default: throw .unusual("\(opcode.name) without an argument tuple")
+            }
             stack.removeLast(2)
-            try push(.object(makeObject(callable, args: args, reduce: opcode == .reduce)))
+            try push(makeObject(callable, args: args, reduce: opcode == .reduce))
         case .build:
             let state = try pop()
             guard case .object(let object) = try top() else { throw .unusual("BUILD of a value that is not an object") }
@@ -447,6 +497,8 @@ struct DCPMetadataReader {
         let count = stack.count - start
         defer { stack.removeSubrange(start...) }
         if count == 0 { return .tuple(-1) }
+        if let small = SmallInts(stack[start...]) { return .ints(small) }
+        if count == 1, case .ints(let small) = stack[start] { return .wrappedInts(small) }
         var allInts = true
         for index in start..<stack.count {
             guard case .int = stack[index] else { allInts = false; break }
@@ -463,25 +515,46 @@ struct DCPMetadataReader {
         return .tuple(Int32(tuples.count - 1))
     }
 
-    private mutating func makeObject(_ callable: Value, args: Int32, reduce: Bool) -> Int32 {
+    private mutating func makeObject(_ callable: Value, args: Value, reduce: Bool) -> Value {
         var global: Int32 = -1
         if case .global(let index) = callable { global = index }
-        // torch.Size((d0, d1, …)): the dims, kept as a range of `ints`.
-        if reduce, global >= 0, globalKinds[Int(global)] == .size, args >= 0 {
-            let tuple = tuples[Int(args)]
-            if tuple.count == 1, !tuple.allInts, let dims = dims(of: values[Int(tuple.start)]) {
-                objects.append(.size(dims))
-                takenObjects.append(false)
-                return Int32(objects.count - 1)
+        // torch.Size((d0, d1, …)): a value when the dims are small, else kept as a range of `ints`.
+        if reduce, global >= 0, globalKinds[Int(global)] == .size {
+            switch args {
+            case .wrappedInts(let small):
+                return .size(small)
+            case .tuple(let index) where index >= 0 && tuples[Int(index)].count == 1 && !tuples[Int(index)].allInts:
+                let element = values[Int(tuples[Int(index)].start)]
+                if case .size(let small) = element { return .size(small) }
+                if let dims = tableDims(of: element) {
+                    objects.append(.size(dims))
+                    takenObjects.append(false)
+                    return .object(Int32(objects.count - 1))
+                }
+            default:
+                break
             }
         }
-        objects.append(.made(callable: global, args: args))
+        objects.append(.made(callable: global))
         takenObjects.append(false)
-        return Int32(objects.count - 1)
+        return .object(Int32(objects.count - 1))
     }
 
-    /// The dims of a `torch.Size` object or of a tuple of integers.
-    private func dims(of value: Value) -> Dims? {
+    /// The dims of a `torch.Size` or of a tuple of integers, as a range of `ints` (small ones are
+    /// copied there: only the dims a record keeps).
+    private mutating func dims(of value: Value) -> Dims? {
+        switch value {
+        case .ints(let small), .size(let small):
+            let start = Int32(ints.count)
+            for position in 0..<Int(small.count) { ints.append(small[position]) }
+            return Dims(start: start, count: Int32(small.count))
+        default:
+            return tableDims(of: value)
+        }
+    }
+
+    /// `dims(of:)` of a tuple or `torch.Size` held in the tables.
+    private func tableDims(of value: Value) -> Dims? {
         switch value {
         case .tuple(let index):
             if index < 0 { return Dims(start: 0, count: 0) }
@@ -494,6 +567,21 @@ struct DCPMetadataReader {
             return nil
         }
     }
+
+    /// A dict record, in a consumed one's slot when there is one.
+    private mutating func newDict(_ pairs: [(key: Value, value: Value)]) -> Value {
+        while let slot = freeDicts.popLast() {
+            guard !dicts[Int(slot)].pinned else { continue }  // consumed, then named by the root
+            let generation = dicts[Int(slot)].generation + 1
+            dicts[Int(slot)] = DictRecord(pairs: pairs, generation: generation)
+            return .dict(slot, generation: generation)
+        }
+        dicts.append(DictRecord(pairs: pairs))
+        return .dict(Int32(dicts.count - 1), generation: 0)
+    }
+
+    /// Whether a dict value is its slot's current dict (not one consumed and replaced).
+    private func isCurrent(_ index: Int32, _ generation: Int32) -> Bool { dicts[Int(index)].generation == generation }
 
     private func pairs(from start: Int) throws(Stop) -> [(key: Value, value: Value)] {
         let count = stack.count - start
@@ -514,9 +602,9 @@ struct DCPMetadataReader {
         switch (addition, target) {
         case (.list, .list(let index)):
             lists[Int(index)].items.append(contentsOf: stack[start...])
-        case (.dict, .dict(let index)):
+        case (.dict, .dict(let index, let generation)):
             let pairs = try self.pairs(from: start)
-            guard !dicts[Int(index)].consumed else { throw .unusual("a state dict changed after BUILD") }
+            guard isCurrent(index, generation), !dicts[Int(index)].consumed else { throw .unusual("a state dict changed after BUILD") }
             dicts[Int(index)].pairs.append(contentsOf: pairs)
         case (.dict, .object):
             _ = try self.pairs(from: start)
@@ -534,7 +622,7 @@ struct DCPMetadataReader {
     private mutating func build(_ object: Int, state: Value) throws(Stop) {
         let callable: Int32
         switch objects[object] {
-        case .made(let global, _): callable = global
+        case .made(let global): callable = global
         case .opaque: return  // a state nothing reads
         default: throw .unusual("an object built twice")
         }
@@ -551,7 +639,8 @@ struct DCPMetadataReader {
             if case .bool(let flag) = values[Int(tuple.start) + 2] { requiresGrad = flag }
             objects[object] = .properties(dtype: dtype, requiresGrad: requiresGrad)
         case .chunk:
-            guard let fields = try stateFields(state), let offsets = fields[.offsets].flatMap(dims), let sizes = fields[.sizes].flatMap(dims)
+            guard let fields = try stateFields(state), let offsetsValue = fields[.offsets], let sizesValue = fields[.sizes],
+                let offsets = dims(of: offsetsValue), let sizes = dims(of: sizesValue)
             else { return }
             consume(state)
             objects[object] = .chunk(offsets: offsets, sizes: sizes)
@@ -577,24 +666,28 @@ struct DCPMetadataReader {
             default: return
             }
             consume(state)
-            objects[object] = .storage(path: path, transforms: transforms, offset: offset, length: length)
+            storageRecords.append(StorageRecord(path: path, transforms: transforms, offset: offset, length: length))
+            objects[object] = .storage(Int32(storageRecords.count - 1))
         case .tensor:
             guard let fields = try stateFields(state), case .object(let properties)? = fields[.properties],
-                let size = fields[.size].flatMap(dims), case .list(let chunks)? = fields[.chunks]
+                let sizeValue = fields[.size], let size = dims(of: sizeValue), case .list(let chunks)? = fields[.chunks]
             else { return }
             consume(state)
             objects[object] = .tensor(properties: properties, size: size, chunks: chunks)
         case .root:
             guard let fields = try stateFields(state) else { return }
+            // A replaced dict's index is -1 (unusual at the end); the root's dicts keep their slots
+            // even when consumed, so the end finds them consumed, never reused.
             func dictIndex(_ value: Value?) -> Int32 {
-                if case .dict(let index)? = value { return index }
-                return -1
+                guard case .dict(let index, let generation)? = value, isCurrent(index, generation) else { return -1 }
+                dicts[Int(index)].pinned = true
+                return index
             }
+            let stateDict = dictIndex(fields[.stateDictMetadata]), storage = dictIndex(fields[.storageData])
             var version: Int32 = -1
             if case .string(let text)? = fields[.version] { version = text }
             consume(state)
-            objects[object] = .metadata(stateDict: dictIndex(fields[.stateDictMetadata]), storage: dictIndex(fields[.storageData]),
-                                        version: version, callable: callable)
+            objects[object] = .metadata(stateDict: stateDict, storage: storage, version: version, callable: callable)
         case .other, .size, .bytesItem:
             return
         }
@@ -603,8 +696,8 @@ struct DCPMetadataReader {
     /// The known fields of a dict state (the last entry of each, as Python's dict keeps); nil
     /// when the state is not a dict.
     private func stateFields(_ state: Value) throws(Stop) -> FieldValues? {
-        guard case .dict(let index) = state else { return nil }
-        guard !dicts[Int(index)].consumed else { throw .unusual("one state dict for two objects") }
+        guard case .dict(let index, let generation) = state else { return nil }
+        guard isCurrent(index, generation), !dicts[Int(index)].consumed else { throw .unusual("one state dict for two objects") }
         var fields = FieldValues()
         for (key, value) in dicts[Int(index)].pairs {
             guard case .string(let text) = key else { continue }
@@ -615,9 +708,10 @@ struct DCPMetadataReader {
     }
 
     private mutating func consume(_ state: Value) {
-        guard case .dict(let index) = state else { return }
+        guard case .dict(let index, _) = state else { return }
         dicts[Int(index)].pairs = []
         dicts[Int(index)].consumed = true
+        if !dicts[Int(index)].pinned { freeDicts.append(index) }
     }
 
     struct FieldValues {
@@ -670,7 +764,7 @@ struct DCPMetadataReader {
         for (key, value) in try takeDict(stateDict) {
             guard case .string(let fqn) = key, case .object(let entry) = value else { throw .unusual("a state_dict_metadata entry") }
             switch objects[Int(entry)] {
-            case .made(let global, _) where global >= 0 && globalKinds[Int(global)] == .bytesItem,
+            case .made(let global) where global >= 0 && globalKinds[Int(global)] == .bytesItem,
                 .opaque(let global) where global >= 0 && globalKinds[Int(global)] == .bytesItem:
                 bytesItems.append(strings[Int(fqn)])
             case .tensor(let propertiesIndex, let size, let chunkList):
@@ -700,7 +794,9 @@ struct DCPMetadataReader {
         var scratch: [Int] = []
         for (key, value) in storageEntries {
             guard case .object(let keyIndex) = key, case .index(let fqn, let offsets) = objects[Int(keyIndex)],
-                case .object(let valueIndex) = value, case .storage(let path, let transforms, let offset, let length) = objects[Int(valueIndex)],
+                case .object(let valueIndex) = value, case .storage(let record) = objects[Int(valueIndex)],
+                case let (path, transforms, offset, length) = (storageRecords[Int(record)].path, storageRecords[Int(record)].transforms,
+                                                              storageRecords[Int(record)].offset, storageRecords[Int(record)].length),
                 offset >= 0, length >= 0
             else { throw .unusual("a storage_data entry") }
             let file = strings[Int(path)]

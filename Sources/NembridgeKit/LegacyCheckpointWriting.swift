@@ -133,7 +133,8 @@ public struct LegacyCheckpointPlan: Sendable {
                 }
             }, progress: progress, skipping: kept, outputDone: { file in
                 try writer.finishFile(file)
-                try records?.record(names[file], entries: (fileBounds[file]..<fileBounds[file + 1]).map { entry($0, digests.get($0)!) })
+                let first = fileBounds[file]
+                try records?.record(names[file], count: fileBounds[file + 1] - first, entry: { entry(first + $0, digests.get(first + $0)!) })
             })
             // In a job, rank 0 waits here for the other ranks' files; the others end here.
             try records?.completeShare(progress: progress)

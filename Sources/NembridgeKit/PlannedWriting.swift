@@ -113,7 +113,7 @@ enum PlannedWriting {
                 try writer.finishFile(file)
                 guard let records else { return }
                 let items = layout.tensorItemIndices.filter { layout.file(item: $0) == file }
-                try records.record(names[file], entries: items.map { entry($0, digests.get($0)!) })
+                try records.record(names[file], count: items.count, entry: { entry(items[$0], digests.get(items[$0])!) })
             })
             // In a job, rank 0 waits here for the other ranks' files; the others end here.
             try records?.completeShare(progress: progress)
