@@ -198,7 +198,8 @@ public struct LegacyLayout: Sendable {
             entries[rank, default: []].append(Entry(name: name, content: .tensor(shape: shape, pieces: pieces), isPrimary: primary))
         }
         var embeddingPieces: [Int: (shape: [Int], pieces: [Piece])] = [:]
-        let tied = !mapping.megatronTensors.contains { $0.key == "output_layer.weight" }
+        let output = mapping.model.table.outputLayer
+        let tied = output.map { output in !mapping.megatronTensors.contains { $0.key == output.weight } } ?? false
         for spec in mapping.megatronTensors {
             let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? sizes.expertTensor : sizes.tensor
@@ -218,7 +219,7 @@ public struct LegacyLayout: Sendable {
                         pieces.append(Piece(key: spec.key, offsets: [first, 0], sizes: [high - first, columns], isPadding: true))
                     }
                     add(rank, name, [rowsPerRank, columns], pieces, primary: rank.expert == 0)
-                    if spec.key == "embedding.word_embeddings.weight", rank.expert == 0 { embeddingPieces[rank.tensor] = ([rowsPerRank, columns], pieces) }
+                    if spec.key == output?.tiedTo, rank.expert == 0 { embeddingPieces[rank.tensor] = ([rowsPerRank, columns], pieces) }
                 }
                 continue
             }
@@ -233,20 +234,20 @@ public struct LegacyLayout: Sendable {
                 let whole = mine.allSatisfy { $0.tensorParallelRank == nil } || (isExpert && sizes.expertTensor == 1)
                 let primary = (!whole || rank.tensor == 0) && (expertRank != nil || rank.expert == 0)
                 add(rank, name, shape, pieces, primary: primary)
-                if spec.key == "embedding.word_embeddings.weight", rank.expert == 0 { embeddingPieces[rank.tensor] = (shape, pieces) }
+                if spec.key == output?.tiedTo, rank.expert == 0 { embeddingPieces[rank.tensor] = (shape, pieces) }
             }
         }
         // Tied embeddings with more than one stage: the last stage keeps its own output layer,
         // a copy of the embedding (Megatron-Core synchronises them at start-up).
-        if tied, sizes.pipeline > 1, !embeddingPieces.isEmpty {
+        if tied, let output, sizes.pipeline > 1, !embeddingPieces.isEmpty {
             for rank in ranks where rank.pipeline == sizes.pipeline - 1 {
-                if let (shape, pieces) = embeddingPieces[rank.tensor] { add(rank, "output_layer.weight", shape, pieces, primary: false) }
+                if let (shape, pieces) = embeddingPieces[rank.tensor] { add(rank, output.weight, shape, pieces, primary: false) }
             }
         }
         var extraModules = mapping.extraState.map(\.module)
-        // The output layer is a column-parallel linear in every Megatron language model: its state
-        // dict has an `_extra_state` (dist checkpoints do not ask for it).
-        if !extraModules.isEmpty, !extraModules.contains("output_layer") { extraModules.append("output_layer") }
+        // The output layer is a column-parallel linear: its state dict has an `_extra_state` (dist
+        // checkpoints do not ask for it).
+        if !extraModules.isEmpty, let module = output?.module, !extraModules.contains(module) { extraModules.append(module) }
         for module in extraModules {
             let (name, stage, expertRank) = try namer.local(module + "._extra_state")
             let owner = String(name.dropLast("_extra_state".count))
