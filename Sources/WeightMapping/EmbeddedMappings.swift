@@ -735,6 +735,11 @@ state_dict_names:
     - {key: "self_attention.linear_qkv.layer_norm_", module: "input_layernorm."}
     - {key: "mlp.linear_fc1.layer_norm_", module: "pre_mlp_layernorm."}
 
+# Routed experts in legacy module state dicts, per expert-parallel rank with local expert numbers:
+# the keys' `experts.experts.{expert}.` is SequentialMLP's `experts.local_experts.<local>.`, or
+# TEGroupedMLP's `experts.` + the parameter + the local number (`experts.linear_fc1.weight3`).
+legacy_expert_names: {key: experts.experts., sequential: experts.local_experts., grouped: experts.}
+
 extra_state:
   local:
     - {module: "decoder.layers.{layer}.mixer.in_proj", layer_when: {kind: M}}

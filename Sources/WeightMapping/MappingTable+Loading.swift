@@ -21,7 +21,7 @@ extension MappingTable {
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
             "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config", "dtype_kept",
-            "run_config_args", "output_layer", "megatron_fixed_config", "megatron_lm_flags",
+            "run_config_args", "output_layer", "megatron_fixed_config", "megatron_lm_flags", "legacy_expert_names",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -186,6 +186,33 @@ extension MappingTable {
             }
             return spec
         }
+        legacyExpertNames = try top["legacy_expert_names"].map { node in
+            let fields = try reader.mapping(node, allowed: ["key", "sequential", "grouped"], required: ["key", "sequential", "grouped"],
+                                            context: "legacy_expert_names")
+            let names = LegacyExpertNames(key: try reader.string(fields["key"]!, "legacy_expert_names.key"),
+                                          sequential: try reader.string(fields["sequential"]!, "legacy_expert_names.sequential"),
+                                          grouped: try reader.string(fields["grouped"]!, "legacy_expert_names.grouped"))
+            for rule in rules where rule.megatron.placeholders.contains("expert") && !rule.megatron.text.contains(names.key + "{expert}.") {
+                throw reader.error(fields["key"], "legacy_expert_names.key: `\(names.key){expert}.` is not in `\(rule.megatron.text)`")
+            }
+            return names
+        }
+        // Where each layered name carries its layer: the literal before `{layer}`, one per table.
+        var layerPrefix: String?
+        for rule in rules {
+            for spec in MegatronSpec.allCases {
+                let pieces = rule.megatronName(spec).pieces
+                guard let index = pieces.firstIndex(of: .placeholder("layer")) else { continue }
+                guard index == 1, case .literal(let prefix) = pieces[0], layerPrefix == nil || layerPrefix == prefix else {
+                    throw MappingError.invalidTable(file: file, line: rule.line, column: rule.column,
+                        message: "`\(rule.megatronName(spec).text)`: every layered Megatron name starts with one prefix and then {layer} (here: `\(layerPrefix ?? "?")`)")
+                }
+                layerPrefix = prefix
+            }
+        }
+        megatronLayerPrefix = layerPrefix
+        let firstLayered = rules.firstIndex { $0.megatron.placeholders.contains("layer") } ?? rules.count
+        firstStageMegatronNames = Set(rules[..<firstLayered].filter { !$0.isMTP }.flatMap { rule in MegatronSpec.allCases.map { rule.megatronName($0).text } })
         try lintOverlaps(reader)
     }
 

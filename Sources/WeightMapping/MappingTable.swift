@@ -165,6 +165,16 @@ public struct OutputLayerSpec: Sendable {
     public let tiedTo: String
 }
 
+/// How legacy (`--ckpt-format torch`) module state dicts name routed experts: per expert-parallel
+/// rank, with local expert numbers. The checkpoint keys' `key{expert}.` is SequentialMLP's
+/// `sequential{local}.`, or TEGroupedMLP's `grouped` followed by the parameter and the local number
+/// (`experts.linear_fc1.weight3`, one `_extra_state` per grouped linear).
+public struct LegacyExpertNames: Sendable {
+    public let key: String
+    public let sequential: String
+    public let grouped: String
+}
+
 /// Values of config.json fields Megatron-Core does not read but fixes (its llama3 RoPE): when the
 /// Megatron argument `when` is true, the model computes with `values`, whatever the config's
 /// object (the first of `objects` present) says. Import warns when they differ; `hf_config`
@@ -300,6 +310,21 @@ public struct MappingTable: Sendable {
     public let megatronFixedConfig: [MegatronFixedConfig]
     /// Flags a user passes to Megatron-LM with `--use-checkpoint-args` (`megatron_lm_flags`).
     public let megatronLMFlags: [MegatronLMFlag]
+    /// Routed experts in legacy module state dicts (`legacy_expert_names`), for MoE tables.
+    public let legacyExpertNames: LegacyExpertNames?
+    /// The text before `{layer}` in every layered rule's Megatron name (`decoder.layers.`): where a
+    /// per-layer name carries its layer number (one prefix per table, checked when it loads).
+    public let megatronLayerPrefix: String?
+    /// Megatron names of the rules before the first layered one (the embedding): the modules
+    /// Megatron-Core builds on the first pipeline stage; every other non-layer module (final
+    /// norm, LM head, MTP) is on the last.
+    public let firstStageMegatronNames: Set<String>
+
+    /// Whether `name` is a per-layer Megatron name this table's rules or `_extra_state` modules make.
+    public func makesMegatronName(_ name: String, spec: MegatronSpec) -> Bool {
+        rules.contains { $0.megatronName(spec).match(name) != nil }
+            || (extraState[spec] ?? []).contains { $0.pattern.match(name) != nil || $0.pattern.match(name + "._extra_state") != nil }
+    }
 }
 
 /// A size the config states and the tensors must agree with: every HF tensor matching `tensor`

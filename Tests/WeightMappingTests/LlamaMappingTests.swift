@@ -119,6 +119,8 @@ struct LlamaMappingTests {
         ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {hf: a, mc: c}\n  - {hf: b, mc: c}\n", "repeats Megatron name"),
         ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {hf: a, mc: e}\n  - {hf: b, mc: o}\noutput_layer: {module: o, weight: o, tied_to: embedding}\n", "output_layer.tied_to: `embedding` is no rule's Megatron name"),
         ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules: []\nhf_config: {fields: {f: {fixed: rope.f}}}\n", "`rope.f` is no GROUP.FIELD of megatron_fixed_config"),
+        ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {hf: \"a.{layer}.b\", mc: \"decoder.layers.{layer}.b\"}\n  - {hf: \"a.{layer}.c\", mc: \"blocks.{layer}.c\"}\n", "every layered Megatron name starts with one prefix"),
+        ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: per_layer, layer_count: n, stacked: [expert]}\nrules:\n  - {hf: \"a.{layer}.e.{expert}.w\", mc: \"d.{layer}.mlp.experts.{expert}.w\"}\nlegacy_expert_names: {key: experts.experts., sequential: experts.local_experts., grouped: experts.}\n", "`experts.experts.{expert}.` is not in"),
     ])
     func lint(_ yaml: String, _ expected: String) {
         let error = #expect(throws: MappingError.self) { try MappingTable(yaml: yaml, file: "t.yaml") }
@@ -184,6 +186,21 @@ struct TableFactsTests {
         let written = try #require(document["rope_parameters"])
         for (field, value) in rope.values { #expect(written[field] == value, "\(field)") }
         #expect(written["rope_type"] == .string("llama3"))
+    }
+
+    @Test("where per-layer names carry the layer, which modules are on the first stage, how legacy files name experts")
+    func moduleNaming() throws {
+        for table in LlamaMappingTests.tables {
+            #expect(table.megatronLayerPrefix == "decoder.layers.", "\(table.name)")
+            #expect(table.firstStageMegatronNames == ["embedding.word_embeddings.weight"], "\(table.name)")
+            #expect(table.makesMegatronName("decoder.layers.3.mlp.linear_fc2.weight", spec: .transformerEngine), "\(table.name)")
+            #expect(!table.makesMegatronName("model.layers.3.mlp.down_proj.weight", spec: .transformerEngine), "\(table.name)")
+        }
+        let hybrid = try Self.table("nemotron-h")
+        #expect(hybrid.legacyExpertNames.map { [$0.key, $0.sequential, $0.grouped] } == ["experts.experts.", "experts.local_experts.", "experts."])
+        #expect(hybrid.makesMegatronName("mtp.layers.0.mtp_model_layer.layers.1.mlp.experts.experts.3.linear_fc1.weight", spec: .local))
+        #expect(!hybrid.makesMegatronName("mtp.layers.1.mixer.experts.3.up_proj.weight", spec: .local))
+        #expect(try Self.table("llama").legacyExpertNames == nil)
     }
 
     @Test("the Megatron-LM flags --use-checkpoint-args does not restore come from each table")
