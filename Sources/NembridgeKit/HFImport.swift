@@ -219,7 +219,7 @@ public struct HFImport: Sendable {
             chunking.add(spec, dtype: targetDTypes[chunkings.count], to: &builder)
             chunkings.append(chunking)
         }
-        let warnings = Self.ropeWarnings(config: config)
+        let warnings = Self.fixedConfigWarnings(model: model, config: config)
         self.warnings = warnings
         commonState = Self.commonState(model: model, mapping: mapping, options: options, dtype: mainDType)
         layout = try builder.layout(
@@ -271,15 +271,17 @@ public struct HFImport: Sendable {
         return Int64(bytes)
     }
 
-    /// Megatron-Core's llama3 RoPE uses fixed low/high frequency factors and original length;
-    /// a model with other values converts exactly but computes differently there.
-    static func ropeWarnings(config: HFConfig) -> [String] {
-        let scaling = config["rope_scaling"] ?? config["rope_parameters"]
-        guard let scaling, (scaling["rope_type"] ?? scaling["type"])?.stringValue == "llama3" else { return [] }
+    /// Config values Megatron-Core fixes (the table's `megatron_fixed_config`: its llama3 RoPE's
+    /// frequency factors and original length): a model with other values converts exactly but
+    /// computes differently there.
+    static func fixedConfigWarnings(model: ResolvedModel, config: HFConfig) -> [String] {
         var warnings: [String] = []
-        for (field, expected) in [("low_freq_factor", 1.0), ("high_freq_factor", 4.0), ("original_max_position_embeddings", 8192.0)] {
-            if let value = scaling[field]?.doubleValue, value != expected {
-                warnings.append("rope_scaling.\(field) is \(value); Megatron-Core's llama3 RoPE uses \(expected) (kept in the recorded config.json for export)")
+        for group in model.table.megatronFixedConfig where model.argument(group.when) == .bool(true) {
+            guard let object = group.objects.lazy.compactMap({ config[$0] }).first(where: { !$0.isNull }) else { continue }
+            for (field, fixed) in group.values {
+                if let value = object[field]?.doubleValue, let expected = fixed.doubleValue, value != expected {
+                    warnings.append("\(group.objects[0]).\(field) is \(value); \(group.what) uses \(expected) (kept in the recorded config.json for export)")
+                }
             }
         }
         return warnings
@@ -464,11 +466,13 @@ extension HFImport {
     public var megatronLMFlags: [String] {
         func argument(_ name: String) -> JSONValue? { mapping.model.argument(name) }
         var flags = ["--use-checkpoint-args"]
-        if argument("use_rope_scaling") == .bool(true) {
-            flags.append("--use-rope-scaling")
-            if let factor = argument("rope_scaling_factor") { flags.append("--rope-scaling-factor \(JSONWriter.compact(factor))") }
+        for flag in mapping.model.table.megatronLMFlags where flag.when.map({ argument($0) == .bool(true) }) ?? true {
+            if let name = flag.value {
+                if let value = argument(name) { flags.append("\(flag.flag) \(JSONWriter.compact(value))") }
+            } else {
+                flags.append(flag.flag)
+            }
         }
-        if let epsilon = argument("layernorm_epsilon") { flags.append("--norm-epsilon \(JSONWriter.compact(epsilon))") }
         let dtypes = Set(layout.keys.map(\.dtype))
         if dtypes == [.bfloat16] { flags.append("--bf16") } else if dtypes == [.float16] { flags.append("--fp16") }
         flags.append("--make-vocab-size-divisible-by \(options.vocabDivisor)")

@@ -52,8 +52,8 @@ public struct LegacyCheckpointSource: Sendable {
             let names = byRank[LegacyRank(tensor: 0, pipeline: stage, expert: 0)]?.model.map(\.name) ?? []
             // (A layer number beyond any model's is left to be reported as an unexpected entry.)
             observed.append(names.compactMap { name -> Int? in
-                guard name.hasPrefix("decoder.layers.") else { return nil }
-                return Int(name.dropFirst("decoder.layers.".count).prefix { $0 != "." }).flatMap { $0 < Self.largestLayerNumber ? $0 : nil }
+                guard let prefix = model.table.megatronLayerPrefix, name.hasPrefix(prefix) else { return nil }
+                return Int(name.dropFirst(prefix.count).prefix { $0 != "." }).flatMap { $0 < Self.largestLayerNumber ? $0 : nil }
             }.max().map { $0 + 1 } ?? 0)
         }
         var recorded = sizes
@@ -75,10 +75,11 @@ public struct LegacyCheckpointSource: Sendable {
             }
         }
         let allNames = checkpoint.ranks.flatMap { $0.model.map(\.name) }
-        let naming: LegacyLayout.ExpertNaming = allNames.contains { $0.contains(".local_experts.") } ? .sequential : .grouped
+        let sequential = model.table.legacyExpertNames.map { "." + $0.sequential }
+        let naming: LegacyLayout.ExpertNaming = sequential.map { marker in allNames.contains { $0.contains(marker) } } == true ? .sequential : .grouped
         let renames = model.table.stateDictRenames[spec] ?? []
         let expertCount = model.table.expertCountArgument.flatMap { model.argument($0)?.intValue }
-        let namer = LocalNamer(stageLayers: stageLayers, expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) },
+        let namer = LocalNamer(table: model.table, stageLayers: stageLayers, expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) },
                                expertNaming: naming, renames: renames)
         let localShapes = tensorsByRank
         let paths = Dictionary(checkpoint.ranks.map { ($0.rank, $0.path) }, uniquingKeysWith: { first, _ in first })
@@ -102,7 +103,7 @@ public struct LegacyCheckpointSource: Sendable {
             if let naming = namingError.withLock({ $0 }) { throw naming }
             // Global shapes come from the tensor-rank-0 files: name the file and entry the message is about.
             // (Names the layout has no local name for, such as stacked keys, name no file.)
-            let places = error.tensorNames.filter(Self.isPerLayerMegatronName).compactMap { name -> String? in
+            let places = error.tensorNames.filter { model.table.makesMegatronName($0, spec: spec) }.compactMap { name -> String? in
                 let local: String, stage: Int, expertRank: Int?
                 do { (local, stage, expertRank) = try namer.local(name) } catch { return nil }
                 guard let path = paths[LegacyRank(tensor: 0, pipeline: stage, expert: expertRank ?? 0)] else { return nil }
@@ -173,12 +174,6 @@ public struct LegacyCheckpointSource: Sendable {
     /// arithmetic on them from overflowing.
     static let largestParallelSize = 1 << 16
     static let largestLayerNumber = 1 << 20
-
-    /// Whether `name` is a per-layer Megatron name (`decoder.layers.3.…`, `embedding.…`,
-    /// `output_layer.…`, `mtp.…`), one a rank file holds under a local name.
-    static func isPerLayerMegatronName(_ name: String) -> Bool {
-        name.hasPrefix("decoder.layers.") || name.hasPrefix("embedding.") || name.hasPrefix("output_layer.") || name.hasPrefix("mtp.")
-    }
 
     /// The runs covering bytes `[start, start + count)` of a tensor laid out by `runs`, rebased to 0.
     static func slice(_ runs: [ChunkData.Run], from start: Int64, count: Int64) -> [ChunkData.Run] {

@@ -175,8 +175,8 @@ public struct LegacyLayout: Sendable {
         }
         self.ranks = ranks
         let expertCount = mapping.megatronTensors.first(where: \.isRoutedExpert)?.prefixSizes.last
-        let namer = LocalNamer(stageLayers: self.stageLayers, expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) },
-                               expertNaming: expertNaming, renames: moduleRenames)
+        let namer = LocalNamer(table: mapping.model.table, stageLayers: self.stageLayers,
+                               expertsPerRank: expertCount.map { $0 / max(1, sizes.expert) }, expertNaming: expertNaming, renames: moduleRenames)
         var padded: Int?
         if let divisor = vocabDivisor, let vocab = mapping.model.argument("vocab_size")?.intValue,
             mapping.megatronTensors.contains(where: { $0.split == .vocab }) {
@@ -198,7 +198,8 @@ public struct LegacyLayout: Sendable {
             entries[rank, default: []].append(Entry(name: name, content: .tensor(shape: shape, pieces: pieces), isPrimary: primary))
         }
         var embeddingPieces: [Int: (shape: [Int], pieces: [Piece])] = [:]
-        let tied = !mapping.megatronTensors.contains { $0.key == "output_layer.weight" }
+        let output = mapping.model.table.outputLayer
+        let tied = output.map { output in !mapping.megatronTensors.contains { $0.key == output.weight } } ?? false
         for spec in mapping.megatronTensors {
             let isExpert = spec.isRoutedExpert
             let parallel = isExpert ? sizes.expertTensor : sizes.tensor
@@ -218,7 +219,7 @@ public struct LegacyLayout: Sendable {
                         pieces.append(Piece(key: spec.key, offsets: [first, 0], sizes: [high - first, columns], isPadding: true))
                     }
                     add(rank, name, [rowsPerRank, columns], pieces, primary: rank.expert == 0)
-                    if spec.key == "embedding.word_embeddings.weight", rank.expert == 0 { embeddingPieces[rank.tensor] = ([rowsPerRank, columns], pieces) }
+                    if spec.key == output?.tiedTo, rank.expert == 0 { embeddingPieces[rank.tensor] = ([rowsPerRank, columns], pieces) }
                 }
                 continue
             }
@@ -233,20 +234,20 @@ public struct LegacyLayout: Sendable {
                 let whole = mine.allSatisfy { $0.tensorParallelRank == nil } || (isExpert && sizes.expertTensor == 1)
                 let primary = (!whole || rank.tensor == 0) && (expertRank != nil || rank.expert == 0)
                 add(rank, name, shape, pieces, primary: primary)
-                if spec.key == "embedding.word_embeddings.weight", rank.expert == 0 { embeddingPieces[rank.tensor] = (shape, pieces) }
+                if spec.key == output?.tiedTo, rank.expert == 0 { embeddingPieces[rank.tensor] = (shape, pieces) }
             }
         }
         // Tied embeddings with more than one stage: the last stage keeps its own output layer,
         // a copy of the embedding (Megatron-Core synchronises them at start-up).
-        if tied, sizes.pipeline > 1, !embeddingPieces.isEmpty {
+        if tied, let output, sizes.pipeline > 1, !embeddingPieces.isEmpty {
             for rank in ranks where rank.pipeline == sizes.pipeline - 1 {
-                if let (shape, pieces) = embeddingPieces[rank.tensor] { add(rank, "output_layer.weight", shape, pieces, primary: false) }
+                if let (shape, pieces) = embeddingPieces[rank.tensor] { add(rank, output.weight, shape, pieces, primary: false) }
             }
         }
         var extraModules = mapping.extraState.map(\.module)
-        // The output layer is a column-parallel linear in every Megatron language model: its state
-        // dict has an `_extra_state` (dist checkpoints do not ask for it).
-        if !extraModules.isEmpty, !extraModules.contains("output_layer") { extraModules.append("output_layer") }
+        // The output layer is a column-parallel linear: its state dict has an `_extra_state` (dist
+        // checkpoints do not ask for it).
+        if !extraModules.isEmpty, let module = output?.module, !extraModules.contains(module) { extraModules.append(module) }
         for module in extraModules {
             let (name, stage, expertRank) = try namer.local(module + "._extra_state")
             let owner = String(name.dropLast("_extra_state".count))
@@ -267,12 +268,27 @@ public struct LegacyLayout: Sendable {
     }
 }
 
-/// Global per-layer state-dict names → a rank's local names.
+/// Global per-layer state-dict names → a rank's local names. Where a name carries its layer and
+/// expert, and which modules sit on the first stage, come from the table.
 struct LocalNamer: Sendable {
     let stageLayers: [Range<Int>]
     var expertsPerRank: Int?
     let expertNaming: LegacyLayout.ExpertNaming
     let renames: [(key: String, module: String)]
+    let layerPrefix: String?
+    let firstStageNames: Set<String>
+    let expertNames: LegacyExpertNames?
+
+    init(table: MappingTable, stageLayers: [Range<Int>], expertsPerRank: Int?, expertNaming: LegacyLayout.ExpertNaming,
+         renames: [(key: String, module: String)]) {
+        self.stageLayers = stageLayers
+        self.expertsPerRank = expertsPerRank
+        self.expertNaming = expertNaming
+        self.renames = renames
+        layerPrefix = table.megatronLayerPrefix
+        firstStageNames = table.firstStageMegatronNames
+        expertNames = table.legacyExpertNames
+    }
 
     /// The local name, the pipeline stage that holds it, and the expert-parallel rank (experts only).
     func local(_ global: String) throws -> (name: String, stage: Int, expertRank: Int?) {
@@ -283,9 +299,8 @@ struct LocalNamer: Sendable {
             parts.removeLast()
             name = parts.joined(separator: ".")
         }
-        var stage = name.hasPrefix("embedding.") ? 0 : stageLayers.count - 1
-        let layerPrefix = "decoder.layers."
-        if name.hasPrefix(layerPrefix) {
+        var stage = firstStageNames.contains(global) ? 0 : stageLayers.count - 1
+        if let layerPrefix, name.hasPrefix(layerPrefix) {
             let rest = name.dropFirst(layerPrefix.count)
             guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]) else {
                 throw LegacyLayoutError.unsupportedLayout(reason: "`\(global)` has no layer number")
@@ -297,7 +312,7 @@ struct LocalNamer: Sendable {
             name = layerPrefix + String(layer - stageLayers[owner].lowerBound) + String(rest[dot...])
         }
         var expertRank: Int?
-        if let range = name.range(of: ".experts.experts.") {
+        if let expertNames, let range = name.range(of: "." + expertNames.key) {
             let rest = name[range.upperBound...]
             guard let dot = rest.firstIndex(of: "."), let expert = Int(rest[..<dot]), let perRank = expertsPerRank, perRank > 0 else {
                 throw LegacyLayoutError.unsupportedLayout(reason: "`\(global)` has no expert number")
@@ -307,13 +322,13 @@ struct LocalNamer: Sendable {
             let tail = String(rest[rest.index(after: dot)...])
             switch expertNaming {
             case .sequential:
-                name = String(name[..<range.lowerBound]) + ".experts.local_experts.\(localExpert)." + tail
+                name = String(name[..<range.lowerBound]) + "." + expertNames.sequential + "\(localExpert)." + tail
             case .grouped:
                 // TEGroupedMLP: one grouped linear per layer, `weight<k>` per local expert, one `_extra_state`.
                 if tail.hasSuffix("._extra_state") {
-                    name = String(name[..<range.lowerBound]) + ".experts." + tail
+                    name = String(name[..<range.lowerBound]) + "." + expertNames.grouped + tail
                 } else {
-                    name = String(name[..<range.lowerBound]) + ".experts." + tail + "\(localExpert)"
+                    name = String(name[..<range.lowerBound]) + "." + expertNames.grouped + tail + "\(localExpert)"
                 }
             }
         }

@@ -308,20 +308,7 @@ public struct MegatronExport: Sendable {
                 return (folder.stagedPath(shard.name), shard.name, shard.tensors, metadata)
             }, executor: executor,
             progress: progress, casts: casts, records: records
-        ) { tensor, plan in
-            // A tensor of one row block may be interleaved (a row-parallel weight from TP > 1).
-            let blocks = (reads[tensor.name] ?? []).sorted { $0.base < $1.base }
-            let interleaved = blocks.count == 1 && blocks[0].reads.interleaved
-            if interleaved { plan.interleaveOpenGroup() }
-            var filled: Int64 = 0
-            for block in blocks {
-                for move in interleaved ? block.reads.moves : block.reads.deinterleaved {
-                    precondition(interleaved || block.base + move.destinationOffset == filled, "the reads of `\(tensor.name)` do not tile it")
-                    plan.append(move.planned(source: plan.source(move.file), keepingRows: interleaved))
-                    filled += move.byteCount
-                }
-            }
-        }
+        ) { tensor, plan in Self.appendMoves(of: tensor.name, reads: reads, to: &plan) }
         if let indexBytes {
             let index = try AtomicOutputFile(path: folder.stagedPath(HFCheckpointFolder.indexFileName))
             try index.write(indexBytes, at: 0)
@@ -344,6 +331,39 @@ public struct MegatronExport: Sendable {
         // A source written to during the run could have given mixed bytes: nothing is published.
         try ReadOnlyFile.checkUnchanged(Self.sourceFiles(reads))
         try folder.publish()
+    }
+
+    /// The moves that fill HF tensor `name`, in data order, into `plan`'s open group.
+    static func appendMoves(of name: String, reads: [String: [(reads: BoxReads, base: Int64)]], to plan: inout ConversionPlan) {
+        // A tensor of one row block may be interleaved (a row-parallel weight from TP > 1).
+        let blocks = (reads[name] ?? []).sorted { $0.base < $1.base }
+        let interleaved = blocks.count == 1 && blocks[0].reads.interleaved
+        if interleaved { plan.interleaveOpenGroup() }
+        var filled: Int64 = 0
+        for block in blocks {
+            for move in interleaved ? block.reads.moves : block.reads.deinterleaved {
+                precondition(interleaved || block.base + move.destinationOffset == filled, "the reads of `\(name)` do not tile it")
+                plan.append(move.planned(source: plan.source(move.file), keepingRows: interleaved))
+                filled += move.byteCount
+            }
+        }
+    }
+
+    /// The plan `run` executes, made without writing anything (for golden tests and checks):
+    /// one group per tensor, shard by shard, group `g` filling `tensors[g]` of shard
+    /// `output(group: g)` at `offset(group: g)`.
+    public func conversionPlan() throws -> (plan: ConversionPlan, tensors: [(shard: String, tensor: SafetensorsTensorInfo)]) {
+        var plan = ConversionPlan()
+        var tensors: [(shard: String, tensor: SafetensorsTensorInfo)] = []
+        for (index, shard) in shards.enumerated() {
+            let layout = try SafetensorsLayout(tensors: shard.tensors, metadata: shardMetadata[shard.name] ?? [("format", "pt")], file: shard.name)
+            for tensor in layout.tensors {
+                Self.appendMoves(of: tensor.name, reads: reads, to: &plan)
+                plan.endGroup(output: index, offset: layout.dataStart + tensor.dataOffsets.offset, cast: casts[tensor.name])
+                tensors.append((shard.name, tensor))
+            }
+        }
+        return (plan, tensors)
     }
 
     public func planText() -> String { PlanTextOutput.collect(writePlanText) }

@@ -170,6 +170,30 @@ extra_state:
     - {module: "decoder.layers.{layer}.mlp.linear_fc2", layer_when: {ffn_no_op: false, ffn_linear: false}}
     - {module: "decoder.layers.{layer}.mlp", layer_when: {ffn_linear: true}}
 
+# The LM head as Megatron-Core builds it, for legacy files: with tied embeddings (no `weight` key)
+# the last pipeline stage keeps its own copy of `tied_to` (Megatron-Core synchronises the two at
+# start-up), and as a column-parallel linear the module's state dict has an `_extra_state`.
+output_layer: {module: output_layer, weight: output_layer.weight, tied_to: embedding.word_embeddings.weight}
+
+# Megatron-LM flags that --use-checkpoint-args does not restore from the args (its
+# load_args_from_checkpoint skips them), printed after an import: `flag` alone when the argument
+# `when` is true, or `flag VALUE` with the value of the argument `value`.
+megatron_lm_flags:
+  - {flag: --use-rope-scaling, when: use_rope_scaling}
+  - {flag: --rope-scaling-factor, value: rope_scaling_factor, when: use_rope_scaling}
+  - {flag: --norm-epsilon, value: layernorm_epsilon}
+
+# config.json values Megatron-Core does not take but fixes: with use_rope_scaling its llama3 RoPE
+# computes with these, whatever the config's rope_scaling (or rope_parameters) says. Import warns
+# when they differ (the weights convert exactly; Megatron-Core computes differently there) and the
+# recorded config.json keeps the model's own.
+megatron_fixed_config:
+  llama3_rope:
+    when: use_rope_scaling
+    what: "Megatron-Core's llama3 RoPE"
+    object: [rope_scaling, rope_parameters]
+    values: {low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192}
+
 # config.json from the Megatron arguments, for a checkpoint Megatron-LM or Megatron-Bridge trained
 # (no config was recorded or given): the heterogeneous config Megatron-LM reads
 # (args.heterogeneous_layers_config_encoded_json, or the file args.heterogeneous_layers_config_path
@@ -230,7 +254,7 @@ args:
   layernorm_epsilon: {from: rms_norm_eps, type: float}
   rotary_base: {from: [rope_theta, rope_parameters.rope_theta], default: 10000, type: int}
   # llama3 RoPE scaling: Megatron-Core takes the factor; the other three llama3 fields stay in the
-  # recorded config.json (Megatron-Core uses 1.0 / 4.0 / 8192 for them; import warns if they differ).
+  # recorded config.json (Megatron-Core fixes them: megatron_fixed_config).
   use_rope_scaling:
     from: [rope_scaling.rope_type, rope_scaling.type, rope_parameters.rope_type]
     default: false
@@ -325,6 +349,30 @@ extra_state:
     - "decoder.layers.{layer}.mlp.linear_fc1"
     - "decoder.layers.{layer}.mlp.linear_fc2"
 
+# The LM head as Megatron-Core builds it, for legacy files: with tied embeddings (no `weight` key)
+# the last pipeline stage keeps its own copy of `tied_to` (Megatron-Core synchronises the two at
+# start-up), and as a column-parallel linear the module's state dict has an `_extra_state`.
+output_layer: {module: output_layer, weight: output_layer.weight, tied_to: embedding.word_embeddings.weight}
+
+# Megatron-LM flags that --use-checkpoint-args does not restore from the args (its
+# load_args_from_checkpoint skips them), printed after an import: `flag` alone when the argument
+# `when` is true, or `flag VALUE` with the value of the argument `value`.
+megatron_lm_flags:
+  - {flag: --use-rope-scaling, when: use_rope_scaling}
+  - {flag: --rope-scaling-factor, value: rope_scaling_factor, when: use_rope_scaling}
+  - {flag: --norm-epsilon, value: layernorm_epsilon}
+
+# config.json values Megatron-Core does not take but fixes: with use_rope_scaling its llama3 RoPE
+# computes with these, whatever the config's rope_scaling (or rope_parameters) says. Import warns
+# when they differ (the weights convert exactly; Megatron-Core computes differently there) and the
+# recorded config.json keeps the model's own; hf_config writes these (`fixed: GROUP.FIELD`).
+megatron_fixed_config:
+  llama3_rope:
+    when: use_rope_scaling
+    what: "Megatron-Core's llama3 RoPE"
+    object: [rope_scaling, rope_parameters]
+    values: {low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192}
+
 # Megatron-Bridge fine-tunes from the checkpoint with its run_config.yaml (written into the
 # iteration folder): the GPTModelProvider fields, from the Megatron arguments above.
 megatron_bridge:
@@ -391,9 +439,9 @@ hf_config:
     pretraining_tp: {value: 1}
     rms_norm_eps: {arg: layernorm_epsilon, type: float}
     rope_parameters.factor: {if: use_rope_scaling, then: {arg: rope_scaling_factor, type: float}}
-    rope_parameters.high_freq_factor: {if: use_rope_scaling, then: {value: 4.0}}
-    rope_parameters.low_freq_factor: {if: use_rope_scaling, then: {value: 1.0}}
-    rope_parameters.original_max_position_embeddings: {if: use_rope_scaling, then: {value: 8192}}
+    rope_parameters.high_freq_factor: {if: use_rope_scaling, then: {fixed: llama3_rope.high_freq_factor}}
+    rope_parameters.low_freq_factor: {if: use_rope_scaling, then: {fixed: llama3_rope.low_freq_factor}}
+    rope_parameters.original_max_position_embeddings: {if: use_rope_scaling, then: {fixed: llama3_rope.original_max_position_embeddings}}
     rope_parameters.rope_theta: {arg: rotary_base, type: float}
     rope_parameters.rope_type: {if: use_rope_scaling, then: {value: llama3}, else: {value: default}}
     tie_word_embeddings: {not: untie_embeddings_and_output_weights}
@@ -687,6 +735,11 @@ state_dict_names:
     - {key: "self_attention.linear_qkv.layer_norm_", module: "input_layernorm."}
     - {key: "mlp.linear_fc1.layer_norm_", module: "pre_mlp_layernorm."}
 
+# Routed experts in legacy module state dicts, per expert-parallel rank with local expert numbers:
+# the keys' `experts.experts.{expert}.` is SequentialMLP's `experts.local_experts.<local>.`, or
+# TEGroupedMLP's `experts.` + the parameter + the local number (`experts.linear_fc1.weight3`).
+legacy_expert_names: {key: experts.experts., sequential: experts.local_experts., grouped: experts.}
+
 extra_state:
   local:
     - {module: "decoder.layers.{layer}.mixer.in_proj", layer_when: {kind: M}}
@@ -702,7 +755,7 @@ extra_state:
     - "output_layer"
     - {module: "decoder.layers.{layer}.mlp.fc1_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
     - {module: "decoder.layers.{layer}.mlp.fc2_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
-    - {module: "mtp.layers.0.eh_proj", layer_when: {first: true}}
+    - {module: "mtp.layers.0.eh_proj", layer_when: {first: true}, mtp: true}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_qkv", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_proj", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.linear_fc1", layer_when: {kind: "-"}}
@@ -727,7 +780,7 @@ extra_state:
     - "output_layer"
     - {module: "decoder.layers.{layer}.mlp.fc1_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
     - {module: "decoder.layers.{layer}.mlp.fc2_latent_proj", layer_when: {kind: E}, when_set: [moe_latent_size]}
-    - {module: "mtp.layers.0.eh_proj", layer_when: {first: true}}
+    - {module: "mtp.layers.0.eh_proj", layer_when: {first: true}, mtp: true}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_qkv", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.self_attention.linear_proj", layer_when: {kind: "*"}}
     - {module: "mtp.layers.0.mtp_model_layer.layers.{mtp}.mlp.linear_fc1", layer_when: {kind: "-"}}
@@ -744,6 +797,17 @@ extra_state:
 dtype_kept:
   - "backbone.layers.{layer}.mixer.gate.e_score_correction_bias"
   - "mtp.layers.{mtp}.mixer.gate.e_score_correction_bias"
+
+# The LM head as Megatron-Core builds it, for legacy files: with tied embeddings (no `weight` key)
+# the last pipeline stage keeps its own copy of `tied_to` (Megatron-Core synchronises the two at
+# start-up), and as a column-parallel linear the module's state dict has an `_extra_state`.
+output_layer: {module: output_layer, weight: output_layer.weight, tied_to: embedding.word_embeddings.weight}
+
+# Megatron-LM flags that --use-checkpoint-args does not restore from the args (its
+# load_args_from_checkpoint skips them), printed after an import: `flag` alone when the argument
+# `when` is true, or `flag VALUE` with the value of the argument `value`.
+megatron_lm_flags:
+  - {flag: --norm-epsilon, value: layernorm_epsilon}
 
 # config.json from the Megatron arguments, for a checkpoint Megatron-LM trained (no config was
 # recorded or given): the reverse of `args`, loaded natively by transformers' NemotronHConfig

@@ -155,9 +155,7 @@ public struct MappingPlan: Sendable {
         // Layer-major model order: rules before the first layered rule, then every layer's
         // rules (each rule's experts in order), then the rest, as HF state dicts list them.
         let layered = model.rules.map { $0.megatronName(model.spec).placeholders.contains("layer") }
-        let isMTP = model.rules.map { rule in
-            rule.megatronName(model.spec).placeholders.contains("mtp") || rule.hf.values.contains { $0.placeholders.contains("mtp") }
-        }
+        let isMTP = model.rules.map(\.isMTP)
         let firstLayered = layered.firstIndex(of: true) ?? model.rules.count
         var instances: [(rule: MappingRule, layer: Int, mtp: Int)] = []
         for (index, rule) in model.rules.enumerated() where !layered[index] && !isMTP[index] && index < firstLayered {
@@ -308,7 +306,7 @@ public struct MappingPlan: Sendable {
         for module in model.table.extraState[model.spec] ?? [] where model.isSet(module.whenSet) {
             let pattern = module.pattern
             let hasLayer = pattern.placeholders.contains("layer")
-            let hasMTP = pattern.placeholders.contains("mtp") || pattern.text.hasPrefix("mtp.")
+            let hasMTP = module.isMTP
             let places: [(layer: Int, mtp: Int)] = hasMTP
                 ? model.mtpValues.indices.filter { model.mtpMatches($0, module.layerWhen) }.map { (-1, $0) }
                 : (hasLayer ? (0..<layerCount).filter { model.layerMatches($0, module.layerWhen) }.map { ($0, -1) } : [(-1, -1)])

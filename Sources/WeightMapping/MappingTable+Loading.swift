@@ -21,7 +21,7 @@ extension MappingTable {
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
             "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config", "dtype_kept",
-            "run_config_args",
+            "run_config_args", "output_layer", "megatron_fixed_config", "megatron_lm_flags", "legacy_expert_names",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -65,17 +65,19 @@ extension MappingTable {
         } ?? []
         extraState = try reader.listsPerSpec(top["extra_state"], "extra_state") { item, key in
             if case .mapping = item {
-                let fields = try reader.mapping(item, allowed: ["module", "layer_when", "when_set"], required: ["module"],
+                let fields = try reader.mapping(item, allowed: ["module", "layer_when", "when_set", "mtp"], required: ["module"],
                                                 context: "extra_state.\(key)")
                 let pattern = try reader.pattern(try reader.string(fields["module"]!, "extra_state.module"), at: item, "extra_state")
                 let when = try fields["layer_when"].map { node in
                     try reader.orderedMapping(node, "extra_state.layer_when").map { ($0.key, try reader.jsonValue($0.value)) }
                 } ?? []
+                let mtp = try fields["mtp"].map { try reader.bool($0, "extra_state.mtp") } ?? false
                 return ExtraStateModule(pattern: pattern, layerWhen: when,
-                                        whenSet: try fields["when_set"].map { try reader.strings($0, "extra_state.when_set") } ?? [])
+                                        whenSet: try fields["when_set"].map { try reader.strings($0, "extra_state.when_set") } ?? [],
+                                        isMTP: mtp || pattern.placeholders.contains("mtp"))
             }
-            return ExtraStateModule(pattern: try reader.pattern(try reader.string(item, "extra_state"), at: item, "extra_state"),
-                                    layerWhen: [], whenSet: [])
+            let pattern = try reader.pattern(try reader.string(item, "extra_state"), at: item, "extra_state")
+            return ExtraStateModule(pattern: pattern, layerWhen: [], whenSet: [], isMTP: pattern.placeholders.contains("mtp"))
         }
         stateDictRenames = try reader.listsPerSpec(top["state_dict_names"], "state_dict_names") { item, key in
             let fields = try reader.mapping(item, allowed: ["key", "module"], required: ["key", "module"], context: "state_dict_names.\(key)")
@@ -130,7 +132,30 @@ extension MappingTable {
         } else {
             bridgeProvider = nil
         }
-        hfConfig = try top["hf_config"].map { try reader.hfConfigSpec($0) }
+        megatronFixedConfig = try top["megatron_fixed_config"].map { node in
+            try reader.orderedMapping(node, "megatron_fixed_config").map { name, value in
+                let context = "megatron_fixed_config.\(name)"
+                let fields = try reader.mapping(value, allowed: ["when", "what", "object", "values"],
+                                                required: ["when", "what", "object", "values"], context: context)
+                return MegatronFixedConfig(
+                    name: name, when: try reader.string(fields["when"]!, "\(context).when"),
+                    what: try reader.string(fields["what"]!, "\(context).what"),
+                    objects: try reader.strings(fields["object"]!, "\(context).object"),
+                    values: try reader.orderedMapping(fields["values"]!, "\(context).values").map { ($0.key, try reader.jsonValue($0.value)) })
+            }
+        } ?? []
+        megatronLMFlags = try top["megatron_lm_flags"].map { node in
+            guard case .sequence(let items) = node else { throw reader.error(node, "megatron_lm_flags must be a list") }
+            return try items.enumerated().map { index, item in
+                let context = "megatron_lm_flags[\(index)]"
+                let fields = try reader.mapping(item, allowed: ["flag", "value", "when"], required: ["flag"], context: context)
+                return MegatronLMFlag(flag: try reader.string(fields["flag"]!, "\(context).flag"),
+                                      value: try fields["value"].map { try reader.string($0, "\(context).value") },
+                                      when: try fields["when"].map { try reader.string($0, "\(context).when") })
+            }
+        } ?? []
+        let fixedConfig = megatronFixedConfig
+        hfConfig = try top["hf_config"].map { try reader.hfConfigSpec($0, fixed: fixedConfig) }
         runConfigArguments = try top["run_config_args"].map { node in
             RunConfigArgumentsSpec(arguments: try reader.orderedMapping(node, "run_config_args").map { name, value in
                 let context = "run_config_args.\(name)"
@@ -147,6 +172,47 @@ extension MappingTable {
         dtypeKept = try top["dtype_kept"].map { node in
             try reader.strings(node, "dtype_kept").map { try reader.pattern($0, at: node, "dtype_kept") }
         } ?? []
+        let rules = rules
+        outputLayer = try top["output_layer"].map { node in
+            let fields = try reader.mapping(node, allowed: ["module", "weight", "tied_to"], required: ["module", "weight", "tied_to"],
+                                            context: "output_layer")
+            let spec = OutputLayerSpec(module: try reader.string(fields["module"]!, "output_layer.module"),
+                                       weight: try reader.string(fields["weight"]!, "output_layer.weight"),
+                                       tiedTo: try reader.string(fields["tied_to"]!, "output_layer.tied_to"))
+            // Both are keys the rules make (placeholder-free names): a typo would silently drop the copy.
+            for (field, key) in [("weight", spec.weight), ("tied_to", spec.tiedTo)]
+            where !rules.contains(where: { $0.megatron.text == key && $0.megatron.placeholders.isEmpty }) {
+                throw reader.error(fields[field], "output_layer.\(field): `\(key)` is no rule's Megatron name")
+            }
+            return spec
+        }
+        legacyExpertNames = try top["legacy_expert_names"].map { node in
+            let fields = try reader.mapping(node, allowed: ["key", "sequential", "grouped"], required: ["key", "sequential", "grouped"],
+                                            context: "legacy_expert_names")
+            let names = LegacyExpertNames(key: try reader.string(fields["key"]!, "legacy_expert_names.key"),
+                                          sequential: try reader.string(fields["sequential"]!, "legacy_expert_names.sequential"),
+                                          grouped: try reader.string(fields["grouped"]!, "legacy_expert_names.grouped"))
+            for rule in rules where rule.megatron.placeholders.contains("expert") && !rule.megatron.text.contains(names.key + "{expert}.") {
+                throw reader.error(fields["key"], "legacy_expert_names.key: `\(names.key){expert}.` is not in `\(rule.megatron.text)`")
+            }
+            return names
+        }
+        // Where each layered name carries its layer: the literal before `{layer}`, one per table.
+        var layerPrefix: String?
+        for rule in rules {
+            for spec in MegatronSpec.allCases {
+                let pieces = rule.megatronName(spec).pieces
+                guard let index = pieces.firstIndex(of: .placeholder("layer")) else { continue }
+                guard index == 1, case .literal(let prefix) = pieces[0], layerPrefix == nil || layerPrefix == prefix else {
+                    throw MappingError.invalidTable(file: file, line: rule.line, column: rule.column,
+                        message: "`\(rule.megatronName(spec).text)`: every layered Megatron name starts with one prefix and then {layer} (here: `\(layerPrefix ?? "?")`)")
+                }
+                layerPrefix = prefix
+            }
+        }
+        megatronLayerPrefix = layerPrefix
+        let firstLayered = rules.firstIndex { $0.megatron.placeholders.contains("layer") } ?? rules.count
+        firstStageMegatronNames = Set(rules[..<firstLayered].filter { !$0.isMTP }.flatMap { rule in MegatronSpec.allCases.map { rule.megatronName($0).text } })
         try lintOverlaps(reader)
     }
 
@@ -259,6 +325,11 @@ struct TableReader {
         return scalar.string
     }
 
+    func bool(_ node: Node, _ context: String) throws -> Bool {
+        guard case .bool(let value) = try jsonValue(node) else { throw error(node, "\(context) must be true or false") }
+        return value
+    }
+
     /// A section keyed by spec (`te:`, `local:`), each a list read item by item: `extra_state`,
     /// `state_dict_names`.
     func listsPerSpec<Item>(_ node: Node?, _ section: String, _ read: (Node, String) throws -> Item) throws -> [MegatronSpec: [Item]] {
@@ -355,7 +426,7 @@ struct TableReader {
     }
 
     /// The `hf_config` section: `select` (`unset`/`set` argument lists), `requires` and `fields`.
-    func hfConfigSpec(_ node: Node) throws -> HFConfigSpec {
+    func hfConfigSpec(_ node: Node, fixed: [MegatronFixedConfig]) throws -> HFConfigSpec {
         let top = try mapping(node, allowed: ["select", "requires", "base", "fields"], required: ["fields"], context: "hf_config")
         let select = try top["select"].map { try mapping($0, allowed: ["unset", "set"], context: "hf_config.select") } ?? [:]
         let requires = try top["requires"].map { node in
@@ -363,7 +434,16 @@ struct TableReader {
         } ?? []
         func source(_ node: Node, _ context: String) throws -> HFConfigSpec.Source {
             guard case .mapping = node else { return .argument(try string(node, context), type: nil) }
-            let form = try mapping(node, allowed: ["arg", "type", "not", "expr", "value", "first_true", "default"], context: context)
+            let form = try mapping(node, allowed: ["arg", "type", "not", "expr", "value", "first_true", "default", "fixed"], context: context)
+            if let reference = form["fixed"] {
+                // `GROUP.FIELD` of megatron_fixed_config: the value Megatron-Core computes with.
+                let text = try string(reference, "\(context).fixed")
+                let parts = text.split(separator: ".", maxSplits: 1).map(String.init)
+                guard parts.count == 2, let group = fixed.first(where: { $0.name == parts[0] }),
+                    let value = group.values.first(where: { $0.field == parts[1] })?.value
+                else { throw error(reference, "\(context).fixed: `\(text)` is no GROUP.FIELD of megatron_fixed_config") }
+                return .value(value)
+            }
             if let name = form["arg"] {
                 return .argument(try string(name, "\(context).arg"), type: try form["type"].map { try string($0, "\(context).type") })
             }
@@ -380,7 +460,7 @@ struct TableReader {
                 let pairs = try orderedMapping(flags, "\(context).first_true").map { ($0.key, try jsonValue($0.value)) }
                 return .firstTrue(pairs, otherwise: try form["default"].map { try jsonValue($0) } ?? .null)
             }
-            throw error(node, "\(context): give arg, not, expr, value or first_true")
+            throw error(node, "\(context): give arg, not, expr, value, fixed or first_true")
         }
         let fields = try orderedMapping(top["fields"]!, "hf_config.fields").map { name, value -> HFConfigSpec.Field in
             let context = "hf_config.fields.\(name)"

@@ -76,6 +76,12 @@ public struct MappingRule: Sendable {
     public func megatronName(_ spec: MegatronSpec) -> NamePattern {
         spec == .local ? (megatronLocal ?? megatron) : megatron
     }
+
+    /// A rule of the multi-token-prediction layers: `{mtp}` on either side (the MTP layer's own
+    /// norms and projection bind it on the HF side alone).
+    public var isMTP: Bool {
+        megatron.placeholders.contains("mtp") || hf.values.contains { $0.placeholders.contains("mtp") }
+    }
 }
 
 /// How one Megatron argument is read from `config.json`.
@@ -141,6 +147,54 @@ public struct ExtraStateModule: Sendable {
     public let pattern: NamePattern
     public let layerWhen: [(name: String, value: JSONValue)]
     public let whenSet: [String]
+    /// One per multi-token-prediction layer matching `layerWhen`: the pattern has `{mtp}`, or the
+    /// table says `mtp: true` (the MTP layer's own modules, named once: `mtp.layers.0.eh_proj`).
+    public let isMTP: Bool
+}
+
+/// The language-model head as Megatron-Core builds it (`output_layer`), for what legacy files
+/// hold beyond the mapped keys: with tied embeddings (no `weight` key) the last pipeline stage
+/// keeps a copy of `tiedTo`, the embedding (synchronised at start-up), and as a column-parallel
+/// linear its module state dict has an `_extra_state` even when dist checkpoints do not ask for one.
+public struct OutputLayerSpec: Sendable {
+    /// The module name (`output_layer`).
+    public let module: String
+    /// Its weight's checkpoint key (`output_layer.weight`), a rule's Megatron name.
+    public let weight: String
+    /// The checkpoint key it copies when the embeddings are tied (`embedding.word_embeddings.weight`).
+    public let tiedTo: String
+}
+
+/// How legacy (`--ckpt-format torch`) module state dicts name routed experts: per expert-parallel
+/// rank, with local expert numbers. The checkpoint keys' `key{expert}.` is SequentialMLP's
+/// `sequential{local}.`, or TEGroupedMLP's `grouped` followed by the parameter and the local number
+/// (`experts.linear_fc1.weight3`, one `_extra_state` per grouped linear).
+public struct LegacyExpertNames: Sendable {
+    public let key: String
+    public let sequential: String
+    public let grouped: String
+}
+
+/// Values of config.json fields Megatron-Core does not read but fixes (its llama3 RoPE): when the
+/// Megatron argument `when` is true, the model computes with `values`, whatever the config's
+/// object (the first of `objects` present) says. Import warns when they differ; `hf_config`
+/// writes them (`{fixed: NAME}`).
+public struct MegatronFixedConfig: Sendable {
+    public let name: String
+    public let when: String
+    /// What fixes them, for the warning (`Megatron-Core's llama3 RoPE`).
+    public let what: String
+    public let objects: [String]
+    public let values: [(field: String, value: JSONValue)]
+}
+
+/// A Megatron-LM flag that `--use-checkpoint-args` does not restore from the checkpoint's args
+/// (Megatron-LM's `load_args_from_checkpoint` skips it), printed after an import: when the
+/// argument `when` is true (if given), `flag` alone, or `flag VALUE` with the argument `value`'s value.
+public struct MegatronLMFlag: Sendable {
+    public let flag: String
+    public let value: String?
+    public let when: String?
 }
 
 /// Multi-token-prediction layers (`{mtp}` placeholders): how many, and each one's kind, from a
@@ -250,6 +304,27 @@ public struct MappingTable: Sendable {
     public let runConfigArguments: RunConfigArgumentsSpec?
     /// HF tensors a `--dtype` cast leaves in their own dtype (Nemotron's fp32 router bias).
     public let dtypeKept: [NamePattern]
+    /// The LM head, when the table has one (`output_layer`).
+    public let outputLayer: OutputLayerSpec?
+    /// Config values Megatron-Core fixes (`megatron_fixed_config`).
+    public let megatronFixedConfig: [MegatronFixedConfig]
+    /// Flags a user passes to Megatron-LM with `--use-checkpoint-args` (`megatron_lm_flags`).
+    public let megatronLMFlags: [MegatronLMFlag]
+    /// Routed experts in legacy module state dicts (`legacy_expert_names`), for MoE tables.
+    public let legacyExpertNames: LegacyExpertNames?
+    /// The text before `{layer}` in every layered rule's Megatron name (`decoder.layers.`): where a
+    /// per-layer name carries its layer number (one prefix per table, checked when it loads).
+    public let megatronLayerPrefix: String?
+    /// Megatron names of the rules before the first layered one (the embedding): the modules
+    /// Megatron-Core builds on the first pipeline stage; every other non-layer module (final
+    /// norm, LM head, MTP) is on the last.
+    public let firstStageMegatronNames: Set<String>
+
+    /// Whether `name` is a per-layer Megatron name this table's rules or `_extra_state` modules make.
+    public func makesMegatronName(_ name: String, spec: MegatronSpec) -> Bool {
+        rules.contains { $0.megatronName(spec).match(name) != nil }
+            || (extraState[spec] ?? []).contains { $0.pattern.match(name) != nil || $0.pattern.match(name + "._extra_state") != nil }
+    }
 }
 
 /// A size the config states and the tensors must agree with: every HF tensor matching `tensor`

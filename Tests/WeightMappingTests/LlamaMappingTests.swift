@@ -117,6 +117,10 @@ struct LlamaMappingTests {
         ("format: nembridge-mapping/1\nname: &n x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules: []\n", "anchors"),
         ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {op: qkv, hf: {q: a, k: b}, mc: c}\n", "missing role `v`"),
         ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {hf: a, mc: c}\n  - {hf: b, mc: c}\n", "repeats Megatron name"),
+        ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {hf: a, mc: e}\n  - {hf: b, mc: o}\noutput_layer: {module: o, weight: o, tied_to: embedding}\n", "output_layer.tied_to: `embedding` is no rule's Megatron name"),
+        ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules: []\nhf_config: {fields: {f: {fixed: rope.f}}}\n", "`rope.f` is no GROUP.FIELD of megatron_fixed_config"),
+        ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: stacked, layer_count: n}\nrules:\n  - {hf: \"a.{layer}.b\", mc: \"decoder.layers.{layer}.b\"}\n  - {hf: \"a.{layer}.c\", mc: \"blocks.{layer}.c\"}\n", "every layered Megatron name starts with one prefix"),
+        ("format: nembridge-mapping/1\nname: x\nhf_architectures: [A]\nmegatron: {model: M, layer_keys: per_layer, layer_count: n, stacked: [expert]}\nrules:\n  - {hf: \"a.{layer}.e.{expert}.w\", mc: \"d.{layer}.mlp.experts.{expert}.w\"}\nlegacy_expert_names: {key: experts.experts., sequential: experts.local_experts., grouped: experts.}\n", "`experts.experts.{expert}.` is not in"),
     ])
     func lint(_ yaml: String, _ expected: String) {
         let error = #expect(throws: MappingError.self) { try MappingTable(yaml: yaml, file: "t.yaml") }
@@ -136,5 +140,73 @@ struct EmbeddedMappingsTests {
             #expect(yaml + "\n" == (try String(contentsOfFile: directory + "/" + file, encoding: .utf8)), "\(file) is stale")
         }
         #expect(try MappingTable.load().map(\.name) == LlamaMappingTests.tables.map(\.name))
+    }
+}
+
+/// Megatron-Core facts the code reads from the tables instead of searching key strings for them.
+struct TableFactsTests {
+    static func table(_ name: String) throws -> MappingTable {
+        try #require(LlamaMappingTests.tables.first { $0.name == name })
+    }
+
+    @Test("every table names its LM head and the embedding a tied one copies")
+    func outputLayer() throws {
+        for table in LlamaMappingTests.tables {
+            let output = try #require(table.outputLayer, "\(table.name)")
+            #expect(output.module == "output_layer" && output.weight == "output_layer.weight", "\(table.name)")
+            #expect(output.tiedTo == "embedding.word_embeddings.weight", "\(table.name)")
+        }
+    }
+
+    @Test("the MTP layer's own extra-state module is an MTP module without an {mtp} placeholder")
+    func mtpExtraState() throws {
+        let modules = try Self.table("nemotron-h").extraState[.transformerEngine] ?? []
+        let projection = try #require(modules.first { $0.pattern.text == "mtp.layers.0.eh_proj" })
+        #expect(projection.isMTP && !projection.pattern.placeholders.contains("mtp"))
+        #expect(modules.filter(\.isMTP).allSatisfy { $0.pattern.text.hasPrefix("mtp.") })
+        #expect(modules.filter { !$0.isMTP }.allSatisfy { !$0.pattern.text.hasPrefix("mtp.") })
+    }
+
+    @Test("llama3 RoPE: the values Megatron-Core fixes are the ones hf_config writes")
+    func llama3RoPE() throws {
+        let table = try Self.table("llama")
+        let rope = try #require(table.megatronFixedConfig.first { $0.name == "llama3_rope" })
+        // Megatron-Core 0.19.2's apply_rope_scaling defaults (rope_utils.py).
+        #expect(rope.values.map { "\($0.field)=\(JSONWriter.compact($0.value))" }
+            == ["low_freq_factor=1.0", "high_freq_factor=4.0", "original_max_position_embeddings=8192"])
+        let document = try #require(table.hfConfig).configDocument(
+            arguments: ["use_rope_scaling": .bool(true), "rope_scaling_factor": .number(JSONNumber(32)), "rotary_base": .number(JSONNumber(500000)),
+                        "hidden_size": .number(JSONNumber(64)), "num_attention_heads": .number(JSONNumber(4)), "normalization": .string("RMSNorm"),
+                        "swiglu": .bool(true), "position_embedding_type": .string("rope"), "rotary_percent": .number(JSONNumber(text: "1.0")),
+                        "init_method_std": .number(JSONNumber(text: "0.02")), "layernorm_epsilon": .number(JSONNumber(text: "1e-05")),
+                        "ffn_hidden_size": .number(JSONNumber(128)), "max_position_embeddings": .number(JSONNumber(256)),
+                        "num_layers": .number(JSONNumber(2)), "vocab_size": .number(JSONNumber(1000)),
+                        "untie_embeddings_and_output_weights": .bool(true), "add_qkv_bias": .bool(false), "add_bias_linear": .bool(false)],
+            source: "args", table: "llama")
+        let written = try #require(document["rope_parameters"])
+        for (field, value) in rope.values { #expect(written[field] == value, "\(field)") }
+        #expect(written["rope_type"] == .string("llama3"))
+    }
+
+    @Test("where per-layer names carry the layer, which modules are on the first stage, how legacy files name experts")
+    func moduleNaming() throws {
+        for table in LlamaMappingTests.tables {
+            #expect(table.megatronLayerPrefix == "decoder.layers.", "\(table.name)")
+            #expect(table.firstStageMegatronNames == ["embedding.word_embeddings.weight"], "\(table.name)")
+            #expect(table.makesMegatronName("decoder.layers.3.mlp.linear_fc2.weight", spec: .transformerEngine), "\(table.name)")
+            #expect(!table.makesMegatronName("model.layers.3.mlp.down_proj.weight", spec: .transformerEngine), "\(table.name)")
+        }
+        let hybrid = try Self.table("nemotron-h")
+        #expect(hybrid.legacyExpertNames.map { [$0.key, $0.sequential, $0.grouped] } == ["experts.experts.", "experts.local_experts.", "experts."])
+        #expect(hybrid.makesMegatronName("mtp.layers.0.mtp_model_layer.layers.1.mlp.experts.experts.3.linear_fc1.weight", spec: .local))
+        #expect(!hybrid.makesMegatronName("mtp.layers.1.mixer.experts.3.up_proj.weight", spec: .local))
+        #expect(try Self.table("llama").legacyExpertNames == nil)
+    }
+
+    @Test("the Megatron-LM flags --use-checkpoint-args does not restore come from each table")
+    func megatronLMFlags() throws {
+        #expect(try Self.table("llama").megatronLMFlags.map(\.flag) == ["--use-rope-scaling", "--rope-scaling-factor", "--norm-epsilon"])
+        #expect(try Self.table("decilm").megatronLMFlags.map(\.flag) == ["--use-rope-scaling", "--rope-scaling-factor", "--norm-epsilon"])
+        #expect(try Self.table("nemotron-h").megatronLMFlags.map(\.flag) == ["--norm-epsilon"])
     }
 }
