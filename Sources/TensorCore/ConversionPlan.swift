@@ -138,6 +138,11 @@ public struct ConversionPlan: Sendable {
                     precondition(quantizedWeight(source: move.source, offset: move.offset) != nil, "a dequantizing move outside the quantized weights")
                 }
             }
+            if case .quantize(let quantization) = transform {
+                let count = moves[Int(moveStarts[moveStarts.count - 1])...].reduce(Int64(0)) { $0 + $1.byteCount }
+                precondition(count == Int64(quantization.rows) * Int64(quantization.columns) * Int64(quantization.elementBytes),
+                             "a quantizing group that does not read its whole weight")
+            }
             transforms[Int32(outputs.count)] = transform
         }
         if openGroupInterleaved {

@@ -250,6 +250,13 @@ public struct MappingTable: Sendable {
     public let runConfigArguments: RunConfigArgumentsSpec?
     /// HF tensors a `--dtype` cast leaves in their own dtype (Nemotron's fp32 router bias).
     public let dtypeKept: [NamePattern]
+    /// HF weights `export --quantize` stores quantized (the linear projections, as NVIDIA's FP8
+    /// releases quantize them); every other tensor is written as it is.
+    public let quantizedWeights: [NamePattern]
+    /// The modules the written quantization config lists as not converted (ModelOpt fnmatch
+    /// patterns; block FP8's `modules_to_not_convert` takes them without the leading `*`,
+    /// transformers matching them as name suffixes).
+    public let quantizationExcluded: [String]
 }
 
 /// A size the config states and the tensors must agree with: every HF tensor matching `tensor`
