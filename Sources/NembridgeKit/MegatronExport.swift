@@ -71,6 +71,29 @@ struct QuantizedExport: Sendable {
     let blockColumns: Int
     /// like-source: the recorded scale grid (in the recorded scales file).
     let recorded: (file: ReadOnlyFile, offset: Int64)?
+    /// NVFP4 (like-source only): `scale` is the group scales, this the weight_scale_2, and
+    /// `recorded` the recorded group scales, with the recorded weight_scale_2 value.
+    var nvfp4: (second: TensorDeclaration, recordedSecond: Float)?
+
+    /// Declarations written for the weight: its codes, then its scales.
+    var declarations: [TensorDeclaration] {
+        if let nvfp4 {
+            return [TensorDeclaration(name: weight, dtype: .uint8, shape: [rows, columns / 2]), scale, nvfp4.second]
+        }
+        return [TensorDeclaration(name: weight, dtype: .float8E4M3, shape: [rows, columns]), scale]
+    }
+
+    /// The transform of output tensor `name` (the weight or one of its scales).
+    func transform(of name: String, in plan: inout ConversionPlan) -> ElementTransform {
+        if let nvfp4 {
+            let part: NVFP4Quantization.Part = name == weight ? .codes : name == scale.name ? .groupScales : .secondScale
+            let recorded = self.recorded.map { NVFP4Quantization.RecordedScales(source: plan.source($0.file), offset: $0.offset, second: nvfp4.recordedSecond) }
+            return .quantizeNVFP4(NVFP4Quantization(from: sourceDType, rows: rows, columns: columns, group: blockColumns, part: part, recorded: recorded))
+        }
+        let recorded = self.recorded.map { FP8Quantization.RecordedScales(source: plan.source($0.file), offset: $0.offset) }
+        return .quantize(FP8Quantization(from: sourceDType, rows: rows, columns: columns, blockRows: blockRows, blockColumns: blockColumns,
+                                         scaleDType: scale.dtype, part: name == weight ? .codes : .scales, recorded: recorded))
+    }
 }
 
 /// `nembridge export`: a Megatron-Core torch_dist checkpoint → a Hugging Face folder that
@@ -281,8 +304,18 @@ public struct MegatronExport: Sendable {
                                                       blockRows: block[0], blockColumns: block[1],
                                                       recorded: (scales.file, scales.fileRange(of: scale).offset))
                     consumed.insert(scale.name)
-                } else if byName[module + ".weight_scale_2"] != nil {
-                    throw ExportError.quantizationUnsupported(reason: "like-source of NVFP4 weights (`\(name)`) is not written yet; export --quantize fp8-block or fp8, or without --quantize")
+                } else if let second = byName[module + ".weight_scale_2"] {
+                    guard let scale = byName[module + ".weight_scale"], scale.dtype == .float8E4M3, shape[1] % 16 == 0,
+                          scale.shape == [shape[0], shape[1] / 16], second.dtype == .float32, second.shape.isEmpty || second.shape == [1] else {
+                        throw ExportError.damagedRecord(file: scalesPath, reason: "`\(module)`'s recorded NVFP4 scales are not F8_E4M3 [\(shape[0]), \(shape[1] / 16)] and an F32 scalar")
+                    }
+                    let value = try scales.file.readBytes(scales.fileRange(of: second)).withUnsafeBytes { Dequantize.scaleValueOf($0, dtype: .float32) }
+                    var weight = QuantizedExport(weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1],
+                                                 scale: TensorDeclaration(name: scale.name, dtype: scale.dtype, shape: scale.shape),
+                                                 blockRows: 1, blockColumns: 16, recorded: (scales.file, scales.fileRange(of: scale).offset))
+                    weight.nvfp4 = (TensorDeclaration(name: second.name, dtype: second.dtype, shape: second.shape), value)
+                    quantized[name] = weight
+                    consumed.formUnion([scale.name, second.name])
                 } else if let scale = byName[module + ".weight_scale"], scale.shape.isEmpty || scale.shape == [1], [.float32, .bfloat16].contains(scale.dtype) {
                     quantized[name] = QuantizedExport(weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1], scale: TensorDeclaration(name: scale.name, dtype: scale.dtype, shape: scale.shape),
                                                       blockRows: shape[0], blockColumns: shape[1],
@@ -302,15 +335,16 @@ public struct MegatronExport: Sendable {
         self.casts = casts
         keptDTypes = kept.filter { quantized[$0] == nil }
         self.quantized = quantized
-        scaleWeights = Dictionary(uniqueKeysWithValues: quantized.values.map { ($0.scale.name, $0.weight) })
+        scaleWeights = Dictionary(uniqueKeysWithValues: quantized.values.flatMap { weight in
+            weight.declarations.dropFirst().map { ($0.name, weight.weight) }
+        })
         self.recordedCopies = recordedCopies
         self.quantizationConfig = quantizationConfig
         var declarations: [TensorDeclaration] = []
         for tensor in mapping.hfTensors {
             let name = dialect.toSource(tensor.name)
             if let weight = quantized[name] {
-                declarations.append(TensorDeclaration(name: name, dtype: .float8E4M3, shape: hfShapes[tensor.name]!))
-                declarations.append(weight.scale)
+                declarations += weight.declarations
             } else {
                 declarations.append(TensorDeclaration(name: name, dtype: casts[name]?.to ?? hfDType[tensor.name]!, shape: hfShapes[tensor.name]!))
             }
@@ -490,12 +524,7 @@ public struct MegatronExport: Sendable {
                     filled += move.byteCount
                 }
             }
-            guard let weight = quantized[weightName] else { return nil }
-            let recorded = weight.recorded.map { FP8Quantization.RecordedScales(source: plan.source($0.file), offset: $0.offset) }
-            return .quantize(FP8Quantization(
-                from: weight.sourceDType, rows: weight.rows, columns: weight.columns, blockRows: weight.blockRows,
-                blockColumns: weight.blockColumns, scaleDType: weight.scale.dtype, part: tensor.name == weightName ? .codes : .scales,
-                recorded: recorded))
+            return quantized[weightName]?.transform(of: tensor.name, in: &plan)
         }
         if let indexBytes {
             let index = try AtomicOutputFile(path: folder.stagedPath(HFCheckpointFolder.indexFileName))

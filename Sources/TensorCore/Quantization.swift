@@ -236,3 +236,136 @@ public struct FP8Quantization: Sendable, Hashable, CustomStringConvertible {
         }
     }
 }
+
+/// How a quantizing group turns a weight's elements into ModelOpt NVFP4 (used with scales
+/// recorded from an NVFP4 source, `--quantize like-source`): E2M1 codes two a byte (element 2j
+/// in the low nibble) of x / (float(weight_scale[g]) * weight_scale_2), the group scales
+/// (F8_E4M3, one per `group` elements of a row) and the per-tensor `weight_scale_2` (F32) are
+/// three groups of the plan over the same elements. The recorded scales are kept when every
+/// element round-trips with them; else all are fresh by ModelOpt's rule (NVFP4QTensor):
+/// weight_scale_2 = amax / (6 * 448) (1.0 for a weight of zeros), weight_scale[g] =
+/// e4m3(group_amax / (6 * weight_scale_2)), 1.0 for a group of zeros. Unlike ModelOpt (whose
+/// sign is `x < 0`), the code's sign is x's sign bit, so -0.0 keeps code 8 as the sources store it.
+public struct NVFP4Quantization: Sendable, Hashable, CustomStringConvertible {
+    public enum Part: Sendable, Hashable {
+        case codes
+        case groupScales
+        case secondScale
+    }
+
+    /// The recorded group scales (e4m3 bytes at `offset` of source `source`) and weight_scale_2.
+    public struct RecordedScales: Sendable, Hashable {
+        public var source: Int32
+        public var offset: Int64
+        public var second: Float
+        public init(source: Int32, offset: Int64, second: Float) {
+            self.source = source
+            self.offset = offset
+            self.second = second
+        }
+    }
+
+    public var from: DType
+    public var rows: Int
+    public var columns: Int
+    public var group: Int
+    public var part: Part
+    public var recorded: RecordedScales?
+
+    public init(from: DType, rows: Int, columns: Int, group: Int = 16, part: Part, recorded: RecordedScales? = nil) {
+        precondition([.bfloat16, .float16, .float32].contains(from), "quantizing \(from)")
+        precondition(rows > 0 && columns > 0 && group > 0 && group % 2 == 0 && columns % group == 0, "NVFP4 groups across rows")
+        self.from = from
+        self.rows = rows
+        self.columns = columns
+        self.group = group
+        self.part = part
+        self.recorded = recorded
+    }
+
+    public var groupCount: Int { rows * (columns / group) }
+    public var elementBytes: Int { from.bitWidth / 8 }
+    public var outputByteCount: Int64 {
+        switch part {
+        case .codes: Int64(rows) * Int64(columns) / 2
+        case .groupScales: Int64(groupCount)
+        case .secondScale: 4
+        }
+    }
+
+    public var description: String {
+        "quantize \(from) -> nvfp4 (group \(group))" + (part == .codes ? "" : part == .groupScales ? " (group scales)" : " (weight_scale_2)")
+            + (recorded != nil ? " reusing recorded scales" : "")
+    }
+
+    private var fp8: FP8Quantization {
+        FP8Quantization(from: from, rows: rows, columns: columns, blockRows: 1, blockColumns: group, part: .codes)
+    }
+
+    public struct Survey: Sendable {
+        public var amax: Float = 0
+        public var groupAmax: [Float]
+        public var roundTrips: Bool
+        let recordedGroups: [UInt8]?
+        let recordedSecond: Float
+
+        public init(groups: Int, recordedGroups: [UInt8]?, recordedSecond: Float) {
+            precondition(recordedGroups == nil || recordedGroups!.count == groups, "recorded group scales of another shape")
+            groupAmax = [Float](repeating: 0, count: groups)
+            roundTrips = recordedGroups != nil
+            self.recordedGroups = recordedGroups
+            self.recordedSecond = recordedSecond
+        }
+    }
+
+    /// The first pass over elements `first..<first + count` (their bytes in `bytes`).
+    public func survey(first: Int64, bytes: UnsafeRawBufferPointer, into survey: inout Survey) {
+        let count = bytes.count / elementBytes
+        let fp8 = self.fp8
+        Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
+            Dequantize.e2m1Table.withUnsafeBufferPointer { e2m1 in
+                for index in 0..<count {
+                    let (value, bits) = fp8.load(bytes, index)
+                    let magnitude = value.magnitude
+                    let group = Int((first + Int64(index)) / Int64(self.group))
+                    if magnitude.isNaN || survey.amax.isNaN { survey.amax = .nan } else if magnitude > survey.amax { survey.amax = magnitude }
+                    let groupAmax = survey.groupAmax[group]
+                    if magnitude.isNaN || groupAmax.isNaN { survey.groupAmax[group] = .nan } else if magnitude > groupAmax { survey.groupAmax[group] = magnitude }
+                    if survey.roundTrips, let recorded = survey.recordedGroups {
+                        let multiplier = e4m3[Int(recorded[group])] * survey.recordedSecond
+                        if fp8.storedBits(e2m1[Int(Quantize.e2m1(value / multiplier))] * multiplier) != bits { survey.roundTrips = false }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The group scales (e4m3 codes) and weight_scale_2 once surveyed.
+    public func scales(_ survey: Survey) -> (groups: [UInt8], second: Float) {
+        if survey.roundTrips, let recorded = survey.recordedGroups { return (recorded, survey.recordedSecond) }
+        let second = survey.amax == 0 ? 1 : survey.amax / (6 * Quantize.e4m3Max)
+        let divisor = 6 * second
+        return (survey.groupAmax.map { amax in
+            let scale = amax / divisor
+            return Quantize.e4m3(scale == 0 ? 1 : scale)
+        }, second)
+    }
+
+    /// The packed codes of elements `first..<first + count` (an even number from an even element) into `codes`.
+    public func quantize(first: Int64, bytes: UnsafeRawBufferPointer, scales: (groups: [UInt8], second: Float),
+                         into codes: UnsafeMutableRawBufferPointer) {
+        let count = bytes.count / elementBytes
+        precondition(first % 2 == 0 && count % 2 == 0 && codes.count >= count / 2, "NVFP4 codes inside a byte")
+        let fp8 = self.fp8
+        let output = codes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
+            for pair in 0..<(count / 2) {
+                let element = first + Int64(2 * pair)
+                let multiplier = e4m3[Int(scales.groups[Int(element / Int64(group))])] * scales.second
+                let low = Quantize.e2m1(fp8.load(bytes, 2 * pair).value / multiplier)
+                let high = Quantize.e2m1(fp8.load(bytes, 2 * pair + 1).value / multiplier)
+                output[pair] = low | high << 4
+            }
+        }
+    }
+}

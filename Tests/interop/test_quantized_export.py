@@ -1,8 +1,9 @@
 """`nembridge export --quantize` (issue 15, export half) against torch and transformers 5.23.
 
-- like-source: each FP8 fixture of TestCheckpoints/quantized (block FP8 with ragged [48, 40]
-  blocks, ModelOpt FP8 with input / k / v scales) imported (TP 1, and TP 2 so the export reads
-  row-parallel chunks) and exported with `--quantize like-source` gives back every source tensor
+- like-source: each fixture of TestCheckpoints/quantized (block FP8 with ragged [48, 40]
+  blocks, ModelOpt FP8 with input / k / v scales, Super-shaped NVFP4 and MIXED_PRECISION)
+  imported (TP 1, and chunked: Llama TP 2 so the export reads row-parallel chunks, the hybrids
+  EP 2) and exported with `--quantize like-source` gives back every source tensor
   (names, dtypes, shapes, bytes, compared with the safetensors library), config.json's
   quantization_config and hf_quant_config.json as the source has them.
 - fresh: `--quantize fp8-block` (128, and 32), `fp8-block:40` (ragged) and `fp8` of bf16 imports of
@@ -22,6 +23,10 @@
   import's record put beside it, as after training) exports the unchanged blocks with their
   recorded scales and the changed ones with fresh scales by the rule (decided here in torch per
   block: the recorded scale is kept iff the block's values round-trip with it).
+- NVFP4 changed values: one expert weight of super-nvfp4 changed gets fresh scales and codes by
+  ModelOpt's NVFP4QTensor rule, computed here (weight_scale_2 = amax / (6 * 448); weight_scale =
+  e4m3(group_amax / (6 * weight_scale_2)), 1.0 for zeros; codes by ModelOpt's bounds with ties to
+  even; the sign from the sign bit, where ModelOpt takes x < 0).
 - Refusals: like-source of a checkpoint not imported from a quantized folder exits 1, typed.
 """
 from __future__ import annotations
@@ -40,6 +45,10 @@ from conftest import CHECKPOINTS
 
 QDIR = CHECKPOINTS / "quantized"
 FP8_FIXTURES = ["llama3-fp8-block", "llama3-modelopt-fp8"]
+NVFP4_FIXTURES = ["super-nvfp4", "super-mixed"]
+# per fixture: import flags, and the chunked import (the export then reads chunks)
+LAYOUTS = {name: ([], ["--tp", "2"]) for name in FP8_FIXTURES} | {
+    name: (["--spec", "local"], ["--spec", "local", "--ep", "2", "--etp", "1"]) for name in NVFP4_FIXTURES}
 BF16 = {"llama3-tiny": CHECKPOINTS / "llama3-tiny" / "hf", "nemotron3-moe-tiny": CHECKPOINTS / "nemotron3-moe-tiny" / "hf"}
 HYBRID_FLAGS = {"nemotron3-moe-tiny": ["--spec", "local"]}
 
@@ -116,11 +125,11 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("qexport")
 
 
-@pytest.mark.parametrize("tp", ["1", "2"])
-@pytest.mark.parametrize("name", FP8_FIXTURES)
-def test_like_source_round_trip_is_byte_identical(nembridge, work, name, tp):
-    m, out = work / f"{name}.tp{tp}.megatron", work / f"{name}.tp{tp}.like-source"
-    nembridge.run("import", "--hf", QDIR / name, "--out", m, "--tp", tp).ok()
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("name", FP8_FIXTURES + NVFP4_FIXTURES)
+def test_like_source_round_trip_is_byte_identical(nembridge, work, name, layout):
+    m, out = work / f"{name}.{layout}.megatron", work / f"{name}.{layout}.like-source"
+    nembridge.run("import", "--hf", QDIR / name, "--out", m, *LAYOUTS[name][layout]).ok()
     got = nembridge.run("export", "--megatron", m, "--out", out, "--quantize", "like-source").ok()
     assert "like-source" in got.stdout
     problems = same_tensors(out, QDIR / name)
@@ -180,6 +189,8 @@ def test_fresh_quantization_equals_torch_rule(nembridge, work, bf16_imports, mod
             problems.append(f"{base + scale_suffix}: {gs.dtype} {tuple(gs.shape)} differs from the rule's {tuple(want_scale.shape)}")
         if got[k].dtype != torch.float8_e4m3fn or raw_bytes(got[k]) != raw_bytes(q):
             problems.append(f"{k}: codes differ from torch's")
+        elif x.numel() >= 4096 and len(torch.unique(q.view(torch.uint8))) < 64:
+            problems.append(f"{k}: only {len(torch.unique(q.view(torch.uint8)))} distinct codes (a vacuous comparison)")
     assert not problems, "\n".join(problems[:20])
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     if block:
@@ -193,16 +204,6 @@ def test_fresh_quantization_equals_torch_rule(nembridge, work, bf16_imports, mod
         assert hq["quant_algo"] == "FP8" and hq["exclude_modules"] == cfg["exclude_modules"]
     # nembridge's own import reads it back (the config and the stored tensors agree)
     nembridge.run("import", "--hf", out, "--out", work / f"{out.name}.reimported", *HYBRID_FLAGS.get(model, []), "--dry-run").ok()
-
-
-def test_negative_zero_and_ties_reach_the_file(nembridge, work, bf16_imports):
-    """The fresh codes include negative zeros and torch-rounded values on a real weight: the
-    comparison above is not vacuous."""
-    out = work / "llama3-tiny.fp8-block"
-    if not out.exists():
-        pytest.skip("needs the fresh export")
-    codes = tensors(out)["model.layers.0.self_attn.q_proj.weight"].view(torch.uint8)
-    assert len(torch.unique(codes)) > 100
 
 
 def test_transformers_dequantizes_the_fp8_block_export(nembridge, work, bf16_imports):
@@ -307,3 +308,68 @@ def test_like_source_needs_a_quantized_source(nembridge, bf16_imports, work):
     got = nembridge.run("export", "--megatron", m, "--out", work / "refused", "--quantize", "like-source")
     assert got.returncode == 1 and "like-source needs a checkpoint imported from a quantized folder" in got.stderr
     assert not (work / "refused").exists()
+
+
+E2M1_BOUNDS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+
+
+def nvfp4_rule(x: torch.Tensor):
+    """ModelOpt's NVFP4 weight quantization (NVFP4QTensor), sign from the sign bit."""
+    x = x.float()
+    rows, cols = x.shape
+    amax = x.abs().amax()
+    second = (amax / (6.0 * 448.0) if amax > 0 else torch.tensor(1.0)).to(torch.float32).reshape(())
+    groups = x.reshape(rows, cols // 16, 16)
+    scale = groups.abs().amax(dim=-1) / (6.0 * second)
+    scale[scale == 0] = 1.0
+    scale = scale.to(torch.float8_e4m3fn)
+    m = (groups / (scale.float() * second).unsqueeze(-1)).abs().reshape(rows, cols)
+    code = torch.searchsorted(E2M1_BOUNDS, m.contiguous(), right=False).to(torch.uint8)
+    code += (m.unsqueeze(-1) == E2M1_BOUNDS[[1, 3, 5]]).any(-1).to(torch.uint8)  # ties at 0.75, 1.75, 3.5 go up (even)
+    code |= torch.signbit(x).to(torch.uint8) << 3
+    return (code[:, 0::2] | (code[:, 1::2] << 4)).contiguous(), scale, second
+
+
+def test_nvfp4_changed_weight_gets_fresh_scales(nembridge, work):
+    name = "super-nvfp4"
+    q_import = work / f"{name}.changed.quantized-import"
+    nembridge.run("import", "--hf", QDIR / name, "--out", q_import, "--spec", "local").ok()
+    src = tensors(QDIR / name)
+    e2m1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+    ref = {}
+    for k, v in src.items():
+        if k.endswith((".weight_scale", ".weight_scale_2", ".input_scale")):
+            continue
+        if v.dtype == torch.uint8:
+            base = k[:-len(".weight")]
+            codes = torch.stack([e2m1[(v & 0x0F).long()], e2m1[(v >> 4).long()]], -1).reshape(v.shape[0], -1)
+            mult = (src[base + ".weight_scale"].float() * src[base + ".weight_scale_2"]).repeat_interleave(16, 1)
+            v = (codes * mult).to(torch.bfloat16)
+        ref[k] = v
+    target = next(k for k in sorted(ref) if ".experts.0.up_proj.weight" in k and src[k].dtype == torch.uint8)
+    changed = ref[target].clone()
+    changed[0, :16] = (changed[0, :16].float() * 1.37 + 0.01).to(torch.bfloat16)
+    ref[target] = changed
+    folder = work / f"{name}.changed.hf"
+    folder.mkdir()
+    cfg = json.loads((QDIR / name / "config.json").read_text())
+    del cfg["quantization_config"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(QDIR / name / "generation_config.json", folder)
+    save_file(ref, folder / "model.safetensors", metadata={"format": "pt"})
+    m = work / f"{name}.changed.megatron"
+    nembridge.run("import", "--hf", folder, "--out", m, "--spec", "local").ok()
+    for f in ("config.json", "hf_quant_config.json", "nembridge-hf-quantization.json", "nembridge-hf-scales.safetensors"):
+        shutil.copy(q_import / "nembridge" / "hf" / f, m / "nembridge" / "hf" / f)
+    out = work / f"{name}.changed.export"
+    nembridge.run("export", "--megatron", m, "--out", out, "--quantize", "like-source").ok()
+    base = target[:-len(".weight")]
+    problems = [p for p in same_tensors(out, QDIR / name) if not p.startswith(base + ".")]
+    assert not problems, "\n".join(problems)
+    got = tensors(out)
+    packed, scale, second = nvfp4_rule(changed)
+    assert raw_bytes(got[base + ".weight_scale_2"]) == raw_bytes(second)
+    assert raw_bytes(got[base + ".weight_scale_2"]) != raw_bytes(src[base + ".weight_scale_2"])
+    assert got[base + ".weight_scale"].dtype == torch.float8_e4m3fn and raw_bytes(got[base + ".weight_scale"]) == raw_bytes(scale)
+    assert got[target].dtype == torch.uint8 and raw_bytes(got[target]) == raw_bytes(packed)
+
