@@ -373,3 +373,54 @@ def test_nvfp4_changed_weight_gets_fresh_scales(nembridge, work):
     assert got[base + ".weight_scale"].dtype == torch.float8_e4m3fn and raw_bytes(got[base + ".weight_scale"]) == raw_bytes(scale)
     assert got[target].dtype == torch.uint8 and raw_bytes(got[target]) == raw_bytes(packed)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# verify
+
+IMPORT_FLAGS = {name: LAYOUTS[name][0] for name in LAYOUTS}
+
+
+@pytest.mark.parametrize("name", FP8_FIXTURES + NVFP4_FIXTURES)
+def test_verify_compares_quantized_folders_by_value(nembridge, work, name):
+    m = work / f"{name}.verify.megatron"
+    nembridge.run("import", "--hf", QDIR / name, "--out", m, *IMPORT_FLAGS[name]).ok()
+    got = nembridge.run("verify", QDIR / name, m).ok()
+    assert "compared by value" in got.stdout
+    bf16 = work / f"{name}.verify.bf16"
+    nembridge.run("export", "--megatron", m, "--out", bf16).ok()
+    assert "compared by value" in nembridge.run("verify", QDIR / name, bf16).ok().stdout
+    assert "compared by value" in nembridge.run("verify", bf16, QDIR / name).ok().stdout
+    # the bf16 export's weights are torch's dequantization of the source (so "by value" means that)
+    src = tensors(QDIR / name)
+    b = tensors(bf16)
+    base = next(k[:-len(".weight")] for k in sorted(src) if k.endswith(".weight") and src[k].dtype in (torch.float8_e4m3fn, torch.uint8))
+    q = src[base + ".weight"]
+    if q.dtype == torch.float8_e4m3fn:
+        s = src.get(base + ".weight_scale_inv", src.get(base + ".weight_scale"))
+        block = json.loads((QDIR / name / "config.json").read_text())["quantization_config"].get("weight_block_size")
+        full = expand(s, q.shape, *block) if s.dim() == 2 else s
+        assert torch.equal(b[base + ".weight"].view(torch.int16), (q.float() * full).to(torch.bfloat16).view(torch.int16))
+
+
+def flip_byte(folder: Path, tensor: str, index: int = 7) -> None:
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    start = 8 + n + json.loads(data[8:8 + n])[tensor]["data_offsets"][0]
+    data[start + index] ^= 0x11
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["llama3-fp8-block", "super-nvfp4"])
+def test_verify_names_a_flipped_quantized_byte(nembridge, work, name):
+    m = work / f"{name}.flip.megatron"
+    nembridge.run("import", "--hf", QDIR / name, "--out", m, *IMPORT_FLAGS[name]).ok()
+    changed = work / f"{name}.flip.hf"
+    shutil.copytree(QDIR / name, changed)
+    src = tensors(QDIR / name)
+    tensor = next(k for k in sorted(src) if k.endswith(".weight") and src[k].dtype in (torch.float8_e4m3fn, torch.uint8))
+    flip_byte(changed, tensor)
+    for other in (m, QDIR / name):  # by value against the import; bit for bit against the source
+        got = nembridge.run("verify", changed, other)
+        assert got.returncode == 1 and tensor in got.stdout, got.stdout
