@@ -424,3 +424,25 @@ def test_verify_names_a_flipped_quantized_byte(nembridge, work, name):
     for other in (m, QDIR / name):  # by value against the import; bit for bit against the source
         got = nembridge.run("verify", changed, other)
         assert got.returncode == 1 and tensor in got.stdout, got.stdout
+
+
+@pytest.mark.parametrize("name", FP8_FIXTURES + NVFP4_FIXTURES)
+def test_inspect_lists_each_quantized_weight_with_its_scales(nembridge, name):
+    report = nembridge.run("inspect", QDIR / name, "--json").ok().json()
+    src = tensors(QDIR / name)
+    bases = sorted(k[:-len(".weight")] for k, v in src.items() if k.endswith(".weight") and v.dtype in (torch.float8_e4m3fn, torch.uint8))
+    rows = {r["name"]: r for r in report["quantized"]}
+    assert sorted(rows) == [b + ".weight" for b in bases]
+    for base in bases:
+        row, q = rows[base + ".weight"], src[base + ".weight"]
+        scales = {s["name"]: s for s in row["scales"]}
+        if q.dtype == torch.uint8:
+            assert row["scheme"] == "nvfp4 (group 16)" and row["shape"] == [q.shape[0], 2 * q.shape[1]]
+            assert scales[base + ".weight_scale"]["shape"] == list(src[base + ".weight_scale"].shape)
+            assert scales[base + ".weight_scale_2"]["dtype"] == "F32"
+        elif base + ".weight_scale_inv" in src:
+            assert row["scheme"].startswith("block fp8") and row["shape"] == list(q.shape)
+            assert scales[base + ".weight_scale_inv"]["shape"] == list(src[base + ".weight_scale_inv"].shape)
+        else:
+            assert row["scheme"] == "modelopt fp8" and scales[base + ".weight_scale"]["shape"] == []
+    assert report["quantization_problem"] is None
