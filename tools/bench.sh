@@ -62,7 +62,7 @@ quant_export_bench() {
     [[ -d "$DATA/mc-bf16" ]] || "$BIN" import --hf "$model" --out "$DATA/mc-bf16" >/dev/null
     [[ -d "$DATA/mc-fp8" ]] || "$BIN" import --hf "$DATA/llama-16-fp8" --out "$DATA/mc-fp8" >/dev/null
     ROWS=()
-    BYTES=$(du -sb "$model" | cut -f1)  # GB/s of the bf16 model bytes read
+    BYTES=$(du -sbL "$model" | cut -f1)  # GB/s of the bf16 model bytes read
     local clean='rm -rf "$DATA/hf-q"'
     run "\`nembridge export\` of the bf16 import (bf16 out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' && sync"
     local plain_s=$LAST_MEDIAN

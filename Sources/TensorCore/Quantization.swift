@@ -21,11 +21,11 @@ public enum Quantize {
         // Below 2^-6 the codes are subnormal, m * 2^-9 (m = 0...7; m = 8 is the smallest normal,
         // code 0x08, so the rounded count is the code itself). Scaling by 2^9 is exact.
         if magnitude < 0x1p-6 { return sign | UInt8((magnitude * 0x1p9).rounded(.toNearestOrEven)) }
-        // Normal: 1.mmm * 2^e, e = -6...8 (bias 7); a mantissa rounding up to 2 carries into e.
-        var exponent = Int(magnitude.exponent)
-        var mantissa = Int(((magnitude.significand - 1) * 8).rounded(.toNearestOrEven))
-        if mantissa == 8 { mantissa = 0; exponent += 1 }
-        return sign | UInt8((exponent + 7) << 3 | mantissa)
+        // Normal: fp32's exponent and top 3 mantissa bits, rounded to nearest even at bit 20 (a
+        // mantissa rounding up carries into the exponent), rebiased from 127 to 7.
+        let bits = magnitude.bitPattern
+        let rounded = (bits &+ 0x7FFFF &+ ((bits >> 20) & 1)) >> 20
+        return sign | UInt8(truncatingIfNeeded: rounded &- (120 << 3))
     }
 
     /// The E2M1 code (bit 3 the sign, taken from `value`'s sign bit) of the nearest of 0, 0.5, 1,
