@@ -10,13 +10,15 @@ RUNS="${BENCH_RUNS:-3}"
 OUT="$ROOT/BENCHMARKS.md"
 
 mkdir -p "$DATA"
-if [[ ! -f "$DATA/model/model.safetensors" ]]; then
-    echo "bench: generating $DATA/model (~1 GB)"
-    "$PY" "$ROOT/tools/bench/make_bench_model.py" "$DATA/model"
+if [[ "${BENCH_ONLY:-}" != quant-export ]]; then
+    if [[ ! -f "$DATA/model/model.safetensors" ]]; then
+        echo "bench: generating $DATA/model (~1 GB)"
+        "$PY" "$ROOT/tools/bench/make_bench_model.py" "$DATA/model"
+    fi
+    SRC="$DATA/model/model.safetensors"
+    BYTES=$(stat -c %s "$SRC")
+    TENSORS=$("$BIN" inspect "$SRC" --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["tensors"]))')
 fi
-SRC="$DATA/model/model.safetensors"
-BYTES=$(stat -c %s "$SRC")
-TENSORS=$("$BIN" inspect "$SRC" --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["tensors"]))')
 
 # run LABEL CLEANUP COMMAND...: median wall seconds and max peak RSS over $RUNS runs (after one
 # warm-up), appended to the results table.
@@ -49,6 +51,36 @@ run() {
     LAST_MEDIAN=$median
     echo "bench: $label: ${median}s (${rate} GB/s, ${per_gb} CPU s/GB), peak RSS $((rss / 1024)) MiB"
 }
+
+# ---- export --quantize of the Llama-3.2-1B shape (issue 15): fresh block FP8 of a bf16 import,
+# and like-source of a block-FP8 import, against the plain bf16 export of the same import ----
+QUANT_EXPORT_ROWS=()
+quant_export_bench() {
+    local model="$DATA/llama-16"
+    if [[ ! -f "$model/config.json" ]]; then "$PY" "$ROOT/tools/bench/make_llama_model.py" "$model"; fi
+    if [[ ! -f "$DATA/llama-16-fp8/config.json" ]]; then "$PY" "$ROOT/tools/bench/make_quantized_model.py" fp8 "$DATA/llama-16-fp8"; fi
+    [[ -d "$DATA/mc-bf16" ]] || "$BIN" import --hf "$model" --out "$DATA/mc-bf16" >/dev/null
+    [[ -d "$DATA/mc-fp8" ]] || "$BIN" import --hf "$DATA/llama-16-fp8" --out "$DATA/mc-fp8" >/dev/null
+    ROWS=()
+    BYTES=$(du -sbL "$model" | cut -f1)  # GB/s of the bf16 model bytes read
+    local clean='rm -rf "$DATA/hf-q"'
+    run "\`nembridge export\` of the bf16 import (bf16 out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' && sync"
+    local plain_s=$LAST_MEDIAN
+    run "\`nembridge export --quantize fp8-block\` ([128, 128] out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' --quantize fp8-block && sync"
+    local fp8_s=$LAST_MEDIAN
+    run "\`nembridge export --quantize like-source\` of the block-FP8 import (byte-identical to the source) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-fp8' --out '$DATA/hf-q' --quantize like-source && sync"
+    local like_s=$LAST_MEDIAN
+    rm -rf "$DATA/mc-bf16" "$DATA/mc-fp8"
+    QUANT_EXPORT_ROWS+=("" "| what | wall s | GB/s (bf16 read) | CPU s/GB | peak RSS |" "| --- | --- | --- | --- | --- |")
+    QUANT_EXPORT_ROWS+=("${ROWS[@]}")
+    QUANT_EXPORT_ROWS+=("" "Speed relative to the plain export: fp8-block $(awk -v a="$plain_s" -v b="$fp8_s" 'BEGIN { printf "%.2f", a/b }')×, like-source $(awk -v a="$plain_s" -v b="$like_s" 'BEGIN { printf "%.2f", a/b }')×.")
+}
+# BENCH_ONLY=quant-export: only these rows, printed (BENCHMARKS.md is not written).
+if [[ "${BENCH_ONLY:-}" == quant-export ]]; then
+    quant_export_bench
+    printf '%s\n' "${QUANT_EXPORT_ROWS[@]}"
+    exit 0
+fi
 
 clean_out='rm -rf "$DATA/out" "$DATA/out.safetensors"'
 run '`cp` + `sync` of the file (durable copy)' "$clean_out" bash -c "cp '$SRC' '$DATA/out.safetensors' && sync '$DATA/out.safetensors'"
@@ -146,6 +178,7 @@ quant_bench() {
     QUANT_ROWS+=("" "Speed relative to the plain import (goal ≥ 0.8×): block FP8 $(awk -v a="$plain_s" -v b="$fp8_s" 'BEGIN { printf "%.2f", a/b }')×, NVFP4 $(awk -v a="$plain_s" -v b="$nvfp4_s" 'BEGIN { printf "%.2f", a/b }')×.")
 }
 quant_bench
+quant_export_bench
 # A real run at a real model's size: Nemotron-H-8B's published shapes (16.2 GB, 4 shards), the
 # sparse folder's headers with weight-like data written in (one run after the warm-up: it is large).
 if [[ ! -f "$DATA/nemotron-h-8b/config.json" ]]; then
@@ -199,6 +232,12 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "NVFP4 (tools/bench/make_quantized_model.py), imported and dequantized to bf16, against the"
     echo "plain import of the bf16 model of the same shape: the same bf16 bytes written."
     printf '%s\n' "${QUANT_ROWS[@]}"
+    echo
+    echo "## Export quantized (\`--quantize\`)"
+    echo
+    echo "The same bf16 import exported as bf16 and as block FP8 ([128, 128] scales computed from two"
+    echo "streamed passes over each weight), and the block-FP8 model's import exported like-source."
+    printf '%s\n' "${QUANT_EXPORT_ROWS[@]}"
     echo
     if [[ -n "$KEPT" ]]; then echo; printf '%s\n' "$KEPT"; fi
 } > "$OUT"

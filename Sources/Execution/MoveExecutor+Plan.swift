@@ -167,6 +167,18 @@ extension MoveExecutor {
                             try groupDone()
                             continue
                         }
+                        if case .quantize(let quantization) = transform {
+                            try Self.runQuantizing(group: group, of: plan, quantization, sink: sink, observer: observer,
+                                                   buffer: buffer, scratch: pool.scratch(worker), progress: progress, start: destination)
+                            try groupDone()
+                            continue
+                        }
+                        if case .quantizeNVFP4(let quantization) = transform {
+                            try Self.runQuantizing(group: group, of: plan, quantization, sink: sink, observer: observer,
+                                                   buffer: buffer, scratch: pool.scratch(worker), progress: progress, start: destination)
+                            try groupDone()
+                            continue
+                        }
                         if plan.isInterleaved(group: group) {
                             // Row r of the group is segment r of each move in turn: blocks of rows
                             // are read per move into the scratch buffer and laid out row by row.
@@ -375,5 +387,120 @@ extension MoveExecutor {
             }
         }
         try flush()
+    }
+
+    /// A quantizing group: its weight's elements are read in order (the group's segments, whole
+    /// rows at a time into `buffer`) once to survey every block's amax (and, reusing recorded
+    /// scales, whether the block round-trips with its own), and for the codes once more to
+    /// quantize them into `scratch`. Only the scale grid is held (one value a block), never the weight.
+    static func runQuantizing(
+        group: Int, of plan: ConversionPlan, _ quantization: FP8Quantization, sink: any ByteSink, observer: (any StreamObserver)?,
+        buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, progress: ProgressCounter?, start: Int64
+    ) throws {
+        let sources = plan.sources
+        let stream = { (body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws in
+            try streamElements(group: group, of: plan, rowBytes: quantization.columns * quantization.elementBytes,
+                               elementBytes: quantization.elementBytes, buffer: buffer, body)
+        }
+        var recorded: [Float]?
+        if let record = quantization.recorded {
+            var bytes = [UInt8](repeating: 0, count: Int(quantization.scaleByteCount))
+            try bytes.withUnsafeMutableBytes { try sources[Int(record.source)].read(into: $0, at: record.offset) }
+            recorded = bytes.withUnsafeBytes { quantization.recordedScales($0) }
+        }
+        var survey = FP8Quantization.Survey(blocks: quantization.scaleCount, recorded: recorded)
+        try stream { first, bytes in quantization.survey(first: first, bytes: bytes, into: &survey) }
+        let scales = quantization.scales(survey)
+        var destination = start
+        func write(_ bytes: UnsafeRawBufferPointer) throws {
+            try sink.write(bytes, at: destination)
+            try observer?.consume(bytes)
+            progress?.add(Int64(bytes.count))
+            destination += Int64(bytes.count)
+        }
+        switch quantization.part {
+        case .scales:
+            try quantization.scaleBytes(scales).withUnsafeBytes { try write($0) }
+        case .codes:
+            try stream { first, bytes in
+                let count = bytes.count / quantization.elementBytes
+                let codes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
+                quantization.quantize(first: first, bytes: bytes, scales: scales, into: codes)
+                try write(UnsafeRawBufferPointer(codes))
+            }
+        }
+    }
+
+    /// Calls `body(firstElement, bytes)` for the group's elements in order, whole rows at a time
+    /// (as many as fit `buffer`), read from the group's segments (zeros filled in).
+    static func streamElements(group: Int, of plan: ConversionPlan, rowBytes: Int, elementBytes: Int, buffer: UnsafeMutableRawBufferPointer,
+                               _ body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws {
+        precondition(rowBytes <= buffer.count, "a row of \(rowBytes) bytes is larger than the buffer")
+        let sources = plan.sources
+        let step = (buffer.count / rowBytes) * rowBytes
+        var filled = 0
+        var first: Int64 = 0
+        func deliver() throws {
+            try body(first, UnsafeRawBufferPointer(rebasing: buffer[0..<filled]))
+            first += Int64(filled / elementBytes)
+            filled = 0
+        }
+        try plan.forEachSegment(group: group) { source, range in
+            var done: Int64 = 0
+            while done < range.count {
+                let count = Int(min(range.count - done, Int64(step - filled)))
+                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + count)])
+                if source == PlannedMove.zeroSource {
+                    target.initializeMemory(as: UInt8.self, repeating: 0)
+                } else {
+                    try sources[Int(source)].read(into: target, at: range.offset + done)
+                }
+                filled += count
+                done += Int64(count)
+                if filled == step { try deliver() }
+            }
+        }
+        if filled > 0 { try deliver() }
+    }
+
+    /// An NVFP4 quantizing group, as the FP8 one: a survey pass, then (for the codes) a quantizing pass.
+    static func runQuantizing(
+        group: Int, of plan: ConversionPlan, _ quantization: NVFP4Quantization, sink: any ByteSink, observer: (any StreamObserver)?,
+        buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, progress: ProgressCounter?, start: Int64
+    ) throws {
+        let stream = { (body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws in
+            try streamElements(group: group, of: plan, rowBytes: quantization.columns * quantization.elementBytes,
+                               elementBytes: quantization.elementBytes, buffer: buffer, body)
+        }
+        var recordedGroups: [UInt8]?
+        if let record = quantization.recorded {
+            var bytes = [UInt8](repeating: 0, count: quantization.groupCount)
+            try bytes.withUnsafeMutableBytes { try plan.sources[Int(record.source)].read(into: $0, at: record.offset) }
+            recordedGroups = bytes
+        }
+        var survey = NVFP4Quantization.Survey(groups: quantization.groupCount, recordedGroups: recordedGroups,
+                                              recordedSecond: quantization.recorded?.second ?? 1)
+        try stream { first, bytes in quantization.survey(first: first, bytes: bytes, into: &survey) }
+        let scales = quantization.scales(survey)
+        var destination = start
+        func write(_ bytes: UnsafeRawBufferPointer) throws {
+            try sink.write(bytes, at: destination)
+            try observer?.consume(bytes)
+            progress?.add(Int64(bytes.count))
+            destination += Int64(bytes.count)
+        }
+        switch quantization.part {
+        case .groupScales:
+            try scales.groups.withUnsafeBytes { try write($0) }
+        case .secondScale:
+            try withUnsafeBytes(of: scales.second.bitPattern.littleEndian) { try write($0) }
+        case .codes:
+            try stream { first, bytes in
+                let count = bytes.count / quantization.elementBytes / 2
+                let codes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
+                quantization.quantize(first: first, bytes: bytes, scales: scales, into: codes)
+                try write(UnsafeRawBufferPointer(codes))
+            }
+        }
     }
 }

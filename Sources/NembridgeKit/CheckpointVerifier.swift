@@ -185,11 +185,52 @@ public enum CheckpointVerifier {
         return (ByteStream(file: file.file, range: file.fileRange(of: info)), info)
     }
 
+    /// The stream of HF tensor `name`, dequantized to `dtype` when the folder stores it quantized
+    /// (with its logical shape), else its bytes.
+    static func valueStream(_ folder: HFCheckpointFolder, _ quantization: HFQuantization?, _ name: String, rows: Range<Int>? = nil,
+                            dequantizedTo dtype: DType) throws -> (stream: ByteStream, dtype: DType, shape: [Int]) {
+        let (file, info) = try folder.locate(name)
+        if let weight = quantization?.weights[name] {
+            let target = DTypeCast.castable.contains(dtype) ? dtype : .bfloat16
+            return (weight.dequantizedStream(file: file.file, range: file.fileRange(of: info), rows: rows ?? 0..<weight.rows, to: target),
+                    target, weight.logicalShape)
+        }
+        let rowBytes = Int64(ShapeArithmetic.byteCount(Array(info.shape.dropFirst()), info.dtype) ?? 0)
+        let range = file.fileRange(of: info)
+        let part = rows.map { ByteRange(offset: range.offset + Int64($0.lowerBound) * rowBytes, count: Int64($0.count) * rowBytes) } ?? range
+        return (ByteStream(file: file.file, range: part), info.dtype, info.shape)
+    }
+
     static func compareHF(_ a: HFCheckpointFolder, _ b: HFCheckpointFolder, _ first: String, _ second: String) throws -> VerificationReport {
         var comparisons: [TensorComparison] = []
         let namesB = Set(b.tensors.map(\.info.name))
+        // A weight quantized on one side only is compared by value: dequantized to the other's
+        // dtype, bit for bit; the scales of that side have no counterpart and are not listed.
+        let quantizationA = try HFQuantization.of(a), quantizationB = try HFQuantization.of(b)
+        var notes: [String] = []
+        var byValue = 0, companions = 0
+        func oneSided(_ name: String, _ mine: HFQuantization?, otherHas: Bool) -> Bool {
+            guard let mine, mine.consumed.contains(name), !otherHas else { return false }
+            companions += 1
+            return true
+        }
         for entry in a.tensors {
             let name = entry.info.name
+            if oneSided(name, quantizationA, otherHas: namesB.contains(name)) { continue }
+            let quantizedA = quantizationA?.weights[name] != nil, quantizedB = quantizationB?.weights[name] != nil
+            if namesB.contains(name), quantizedA != quantizedB {
+                let infoA = entry.info, infoB = try b.locate(name).tensor
+                let (streamA, dtypeA, shapeA) = try valueStream(a, quantizationA, name, dequantizedTo: infoB.dtype)
+                let (streamB, dtypeB, shapeB) = try valueStream(b, quantizationB, name, dequantizedTo: infoA.dtype)
+                byValue += 1
+                guard shapeA == shapeB else {
+                    comparisons.append(TensorComparison(name: name, status: .shapeMismatch, dtypes: (dtypeA, dtypeB), shapes: (shapeA, shapeB),
+                                                        bytes: streamA.count))
+                    continue
+                }
+                comparisons.append(try StreamComparator.compare(name: name, shape: shapeA, streamA, dtypeA, streamB, dtypeB))
+                continue
+            }
             guard namesB.contains(name) else {
                 comparisons.append(TensorComparison(name: name, status: .missingInSecond, dtypes: (entry.info.dtype, nil),
                                                     shapes: (entry.info.shape, nil), bytes: entry.info.byteCount))
@@ -206,10 +247,14 @@ public enum CheckpointVerifier {
         }
         let namesA = Set(a.tensors.map(\.info.name))
         for entry in b.tensors where !namesA.contains(entry.info.name) {
+            if oneSided(entry.info.name, quantizationB, otherHas: false) { continue }
             comparisons.append(TensorComparison(name: entry.info.name, status: .missingInFirst, dtypes: (nil, entry.info.dtype),
                                                 shapes: (nil, entry.info.shape), bytes: entry.info.byteCount))
         }
-        return VerificationReport(mode: "hf-hf", first: first, second: second, comparisons: comparisons)
+        if byValue > 0 {
+            notes.append("\(byValue) weight(s) quantized on one side only compared by value (dequantized as import dequantizes, bit for bit); \(companions) scale tensor(s) of theirs not listed")
+        }
+        return VerificationReport(mode: "hf-hf", first: first, second: second, comparisons: comparisons, notes: notes)
     }
 
     static func megatronStream(_ checkpoint: any GlobalTensorSource, key: String, offsets: [Int], sizes: [Int]) throws -> ByteStream {
@@ -273,6 +318,9 @@ public enum CheckpointVerifier {
         let specs = Dictionary(uniqueKeysWithValues: plan.megatronTensors.map { ($0.name, $0) })
         let expected = Dictionary(uniqueKeysWithValues: plan.hfTensors.map { ($0.name, $0.shape) })
         var comparisons: [TensorComparison] = []
+        // A quantized folder is compared by value: each quantized weight dequantized to the
+        // Megatron tensor's dtype as import dequantizes it, then bit for bit.
+        let quantization = try HFQuantization.of(hf)
         var byTensor: [String: [RowCorrespondence]] = [:]
         for item in plan.correspondences { byTensor[item.hf.tensor, default: []].append(item) }
         for hfTensor in plan.hfTensors {
@@ -282,26 +330,25 @@ public enum CheckpointVerifier {
                                                     dtypes: (nil, nil), shapes: (nil, hfTensor.shape), bytes: 0))
                 continue
             }
-            let (file, info) = try hf.locate(name)
-            guard info.shape == expected[hfTensor.name] else {
+            let info = try hf.locate(name).tensor
+            let shape = quantization?.weights[name]?.logicalShape ?? info.shape
+            guard shape == expected[hfTensor.name] else {
                 comparisons.append(TensorComparison(name: name, status: .shapeMismatch, dtypes: (info.dtype, nil),
-                                                    shapes: (info.shape, expected[hfTensor.name]), bytes: info.byteCount))
+                                                    shapes: (shape, expected[hfTensor.name]), bytes: info.byteCount))
                 continue
             }
-            let rowBytes = Int64(ShapeArithmetic.byteCount(Array(info.shape.dropFirst()), info.dtype) ?? 0)
-            var combined = TensorComparison(name: name, status: .identical, dtypes: (info.dtype, nil), shapes: (info.shape, info.shape),
+            var combined = TensorComparison(name: name, status: .identical, dtypes: (info.dtype, nil), shapes: (shape, shape),
                                             bytes: info.byteCount)
             for item in byTensor[hfTensor.name] ?? [] {
                 let spec = specs[item.megatron.tensor]!
                 let megatronDType = try megatron.tensor(spec.key).dtype
                 let (offsets, sizes) = spec.box(rows: item.megatron.rows)
-                let hfStream = ByteStream(file: file.file, range: ByteRange(
-                    offset: file.fileRange(of: info).offset + Int64(item.hf.rows.lowerBound) * rowBytes,
-                    count: Int64(item.hf.rows.count) * rowBytes))
+                let (hfStream, hfDType, _) = try valueStream(hf, quantization, name, rows: item.hf.rows, dequantizedTo: megatronDType)
+                let rowBytes = Int64(ShapeArithmetic.byteCount(Array(shape.dropFirst()), hfDType) ?? 0)
                 let megatronStream = try megatronStream(megatron, key: spec.key, offsets: offsets, sizes: sizes)
                 let part = hfFirst
-                    ? try StreamComparator.compare(name: name, shape: info.shape, hfStream, info.dtype, megatronStream, megatronDType)
-                    : try StreamComparator.compare(name: name, shape: info.shape, megatronStream, megatronDType, hfStream, info.dtype)
+                    ? try StreamComparator.compare(name: name, shape: shape, hfStream, hfDType, megatronStream, megatronDType)
+                    : try StreamComparator.compare(name: name, shape: shape, megatronStream, megatronDType, hfStream, hfDType)
                 combined.dtypes = part.dtypes
                 combined.differing += part.differing
                 if combined.firstDifference == nil, let offset = part.firstDifference {
@@ -315,12 +362,16 @@ public enum CheckpointVerifier {
             comparisons.append(combined)
         }
         let mapped = Set(plan.hfTensors.map { dialect.toSource($0.name) })
-        for entry in hf.tensors where !mapped.contains(entry.info.name) && !model.table.ignore.contains(where: { $0.match(dialect.toTable(entry.info.name)) != nil }) {
+        for entry in hf.tensors where !mapped.contains(entry.info.name) && !(quantization?.consumed.contains(entry.info.name) ?? false)
+            && !model.table.ignore.contains(where: { $0.match(dialect.toTable(entry.info.name)) != nil }) {
             comparisons.append(TensorComparison(name: entry.info.name, status: hfFirst ? .missingInSecond : .missingInFirst,
                                                 dtypes: (entry.info.dtype, nil), shapes: (entry.info.shape, nil), bytes: entry.info.byteCount))
         }
         var notes: [String] = []
         if !plan.zeroFills.isEmpty { notes.append("\(plan.zeroFills.count) padded vocabulary region(s) on the Megatron side are not compared") }
+        if let quantization, !quantization.weights.isEmpty {
+            notes.append("\(quantization.weights.count) quantized weight(s) compared by value (dequantized as import dequantizes, bit for bit); their \(quantization.consumed.count) scale tensor(s) have no Megatron counterpart")
+        }
         return VerificationReport(mode: hfFirst ? "hf-megatron" : "megatron-hf", first: first, second: second,
                                   comparisons: comparisons, notes: notes)
     }

@@ -439,6 +439,7 @@ public struct HFImport: Sendable {
         if let quantization {
             try writeText(JSONWriter.pythonIndented(try quantization.record(source)) + "\n",
                           to: (directory as NSString).appendingPathComponent(Self.quantizationFile))
+            try recordScales(quantization, to: (directory as NSString).appendingPathComponent(Self.scalesFile))
         }
         if dialect != .identity {
             let note = JSONValue.object([("hf_prefix", .string(dialect.source)), ("table_prefix", .string(dialect.prefix))])
@@ -448,10 +449,43 @@ public struct HFImport: Sendable {
 
     /// Records the source's quantization (declaration, each weight's scheme, activation scales).
     public static let quantizationFile = "nembridge-hf-quantization.json"
+    /// The source's scales and activation / KV-cache scales, byte for byte (`export --quantize like-source`).
+    public static let scalesFile = "nembridge-hf-scales.safetensors"
     /// Records how the source spelled the table's names, for export.
     public static let dialectFile = "nembridge-hf-names.json"
     /// Records each source file's `__metadata__` (or its absence), for export.
     public static let metadataFile = "nembridge-hf-metadata.json"
+
+    /// Every companion tensor of the quantized weights (scales, input / KV-cache scales) copied
+    /// as stored into one safetensors file, a buffer at a time (NVFP4's group scales are an
+    /// eighth of the packed weights' bytes).
+    private func recordScales(_ quantization: HFQuantization, to path: String) throws {
+        let companions = source.tensors.filter { quantization.consumed.contains($0.info.name) }
+        let writer = try SafetensorsWriter(path: path, tensors: companions.map {
+            TensorDeclaration(name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape)
+        }, metadata: nil)
+        do {
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            for entry in companions {
+                let file = source.files[entry.file]
+                let range = file.fileRange(of: entry.info)
+                var done: Int64 = 0
+                while done < range.count {
+                    let count = Int(min(Int64(buffer.count), range.count - done))
+                    try buffer.withUnsafeMutableBytes { bytes in
+                        let piece = UnsafeMutableRawBufferPointer(rebasing: bytes[0..<count])
+                        try file.file.read(into: piece, at: range.offset + done)
+                        try writer.write(tensor: entry.info.name, at: done, bytes: UnsafeRawBufferPointer(piece))
+                    }
+                    done += Int64(count)
+                }
+            }
+            try writer.finish()
+        } catch {
+            writer.discard()
+            throw error
+        }
+    }
 
     private func writeText(_ text: String, to path: String) throws {
         let file = try AtomicOutputFile(path: path)

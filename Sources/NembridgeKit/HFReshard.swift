@@ -78,6 +78,7 @@ public struct HFReshard: Sendable {
         ) { tensor, plan in
             let (file, info) = try source.locate(tensor.name)
             plan.append(.copy(source: plan.source(file.file), range: file.fileRange(of: info)))
+            return nil
         }
         if let indexBytes {
             let index = try AtomicOutputFile(path: folder.stagedPath(HFCheckpointFolder.indexFileName))

@@ -27,6 +27,23 @@ public struct InspectReport: Sendable {
     /// `__metadata__` of each file, in file order.
     public let metadata: [(file: String, entries: [(key: String, value: String)]?)]
     public let config: HFConfig?
+    /// Each quantized weight of an HF folder: its scheme, logical shape and scale tensors.
+    public var quantized: [QuantizedRow] = []
+    /// Why the folder's quantization could not be read, when it could not (shown, not thrown:
+    /// inspect is how a broken folder is looked at).
+    public var quantizationProblem: String?
+
+    public struct QuantizedRow: Sendable, Equatable {
+        public let name: String
+        public let scheme: String
+        public let shape: [Int]
+        public let scales: [(name: String, dtype: DType, shape: [Int])]
+
+        public static func == (lhs: QuantizedRow, rhs: QuantizedRow) -> Bool {
+            lhs.name == rhs.name && lhs.scheme == rhs.scheme && lhs.shape == rhs.shape
+                && lhs.scales.map(\.name) == rhs.scales.map(\.name) && lhs.scales.map(\.shape) == rhs.scales.map(\.shape)
+        }
+    }
 
     public var totalBytes: Int64 { rows.reduce(0) { $0 + $1.bytes } }
 
@@ -54,7 +71,24 @@ public struct InspectReport: Sendable {
                            offset: file.fileRange(of: entry.info).offset)
             }
             let metadata = zip(names, folder.files).map { ($0, $1.header.metadata) }
-            return InspectReport(kind: .hfFolder, path: path, rows: rows, metadata: metadata, config: folder.config)
+            var report = InspectReport(kind: .hfFolder, path: path, rows: rows, metadata: metadata, config: folder.config)
+            do {
+                if let quantization = try HFQuantization.of(folder) {
+                    report.quantized = try quantization.weights.keys.sorted().map { name in
+                        let weight = quantization.weights[name]!
+                        let module = String(name.dropLast(".weight".count))
+                        let scales = try HFQuantization.scaleSuffixes.compactMap { suffix -> (name: String, dtype: DType, shape: [Int])? in
+                            guard folder.contains(module + "." + suffix) else { return nil }
+                            let info = try folder.locate(module + "." + suffix).tensor
+                            return (info.name, info.dtype, info.shape)
+                        }
+                        return QuantizedRow(name: name, scheme: weight.scheme.description, shape: weight.logicalShape, scales: scales)
+                    }
+                }
+            } catch {
+                report.quantizationProblem = "\(error)"
+            }
+            return report
         }
         let file = try SafetensorsFile(path: path)
         let name = (path as NSString).lastPathComponent
@@ -95,6 +129,17 @@ public struct InspectReport: Sendable {
             ("total_bytes", number(totalBytes)),
             ("metadata", metadataJSON),
             ("config", config?.document ?? .null),
+            ("quantized", .array(quantized.map { row in
+                .object([
+                    ("name", .string(row.name)), ("scheme", .string(row.scheme)),
+                    ("shape", .array(row.shape.map { .number(JSONNumber($0)) })),
+                    ("scales", .array(row.scales.map { scale in
+                        .object([("name", .string(scale.name)), ("dtype", .string(scale.dtype.safetensorsName)),
+                                 ("shape", .array(scale.shape.map { .number(JSONNumber($0)) }))])
+                    })),
+                ])
+            })),
+            ("quantization_problem", quantizationProblem.map { .string($0) } ?? .null),
         ])
     }
 
@@ -134,6 +179,15 @@ public struct InspectReport: Sendable {
         for total in totals {
             lines.append("  \(total.dtype.safetensorsName): \(total.tensors) tensors, \(formatBytes(total.bytes))")
         }
+        if !quantized.isEmpty {
+            lines.append("quantized: \(quantized.count) weight(s)")
+            for row in limit.map({ Array(quantized.prefix($0)) }) ?? quantized {
+                let scales = row.scales.map { "\(q($0.name)) \($0.dtype.safetensorsName) \(formatShape($0.shape))" }.joined(separator: ", ")
+                lines.append("  \(q(row.name)): \(row.scheme), \(formatShape(row.shape)); scales \(scales)")
+            }
+            if let limit, quantized.count > limit { lines.append("  … \(quantized.count - limit) more (use --limit or --json)") }
+        }
+        if let quantizationProblem { lines.append("quantization: not readable: \(q(quantizationProblem))") }
         lines.append("metadata:")
         for file in metadata {
             let entries = file.entries.map { $0.map { "\(q($0.key))=\(q($0.value))" }.joined(separator: ", ") } ?? "none"

@@ -10,14 +10,89 @@ public enum ExportError: Error, Equatable, CustomStringConvertible {
     case hfConfigRequired(checkpoint: String)
     /// A file nembridge recorded beside the checkpoint at import no longer reads as it wrote it.
     case damagedRecord(file: String, reason: String)
+    /// `--quantize like-source` of a checkpoint not imported from a quantized folder (nothing recorded to reuse).
+    case noRecordedQuantization(checkpoint: String)
+    /// A `--quantize` this checkpoint cannot be written with.
+    case quantizationUnsupported(reason: String)
 
     public var description: String {
         switch self {
+        case .noRecordedQuantization(let checkpoint):
+            "\(MessageText.path(checkpoint)): --quantize like-source needs a checkpoint imported from a quantized folder (its scales recorded under nembridge/hf); this one was not: give --quantize fp8-block[:B] or fp8"
+        case .quantizationUnsupported(let reason):
+            "--quantize: \(MessageText.quoted(reason, limit: nil))"
         case .hfConfigRequired(let checkpoint):
             "\(MessageText.path(checkpoint)): no Hugging Face config.json recorded with this checkpoint (it was not imported by nembridge); give the model's config folder with --hf-config DIR"
         case .damagedRecord(let file, let reason):
             "\(MessageText.path(file)): damaged record of the imported model: \(MessageText.quoted(reason, limit: nil))"
         }
+    }
+}
+
+/// `export --quantize`: how the weights the table lists (`quantized_weights`) are stored.
+public enum ExportQuantization: Sendable, Equatable, CustomStringConvertible {
+    /// Block FP8 (`quant_method: fp8`, DeepSeek-V3 / Qwen3 style): [B, B] blocks, F32 `weight_scale_inv`.
+    case fp8Block(Int)
+    /// ModelOpt FP8 (`quant_method: modelopt`, `quant_algo: FP8`): one F32 `weight_scale` per weight.
+    case fp8Tensor
+    /// The source's scheme and scales, recorded at import: an untouched round trip is byte-identical.
+    case likeSource
+
+    /// `fp8-block`, `fp8-block:B`, `fp8`, `like-source`.
+    public static func parse(_ text: String) -> ExportQuantization? {
+        switch text {
+        case "fp8-block": return .fp8Block(128)
+        case "fp8": return .fp8Tensor
+        case "like-source": return .likeSource
+        default:
+            guard text.hasPrefix("fp8-block:"), let size = Int(text.dropFirst("fp8-block:".count)), size > 0 else { return nil }
+            return .fp8Block(size)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .fp8Block(let size): "fp8-block:\(size)"
+        case .fp8Tensor: "fp8"
+        case .likeSource: "like-source"
+        }
+    }
+}
+
+/// A weight exported quantized: its F8_E4M3 codes in place of it and its scale tensor beside it,
+/// both computed from its elements by `FP8Quantization` (reusing `recorded` scales where they round-trip).
+struct QuantizedExport: Sendable {
+    let weight: String
+    let sourceDType: DType
+    let rows: Int
+    let columns: Int
+    let scale: TensorDeclaration
+    let blockRows: Int
+    let blockColumns: Int
+    /// like-source: the recorded scale grid (in the recorded scales file).
+    let recorded: (file: ReadOnlyFile, offset: Int64)?
+    /// NVFP4 (like-source only): `scale` is the group scales, this the weight_scale_2, and
+    /// `recorded` the recorded group scales, with the recorded weight_scale_2 value.
+    var nvfp4: (second: TensorDeclaration, recordedSecond: Float)?
+
+    /// Declarations written for the weight: its codes, then its scales.
+    var declarations: [TensorDeclaration] {
+        if let nvfp4 {
+            return [TensorDeclaration(name: weight, dtype: .uint8, shape: [rows, columns / 2]), scale, nvfp4.second]
+        }
+        return [TensorDeclaration(name: weight, dtype: .float8E4M3, shape: [rows, columns]), scale]
+    }
+
+    /// The transform of output tensor `name` (the weight or one of its scales).
+    func transform(of name: String, in plan: inout ConversionPlan) -> ElementTransform {
+        if let nvfp4 {
+            let part: NVFP4Quantization.Part = name == weight ? .codes : name == scale.name ? .groupScales : .secondScale
+            let recorded = self.recorded.map { NVFP4Quantization.RecordedScales(source: plan.source($0.file), offset: $0.offset, second: nvfp4.recordedSecond) }
+            return .quantizeNVFP4(NVFP4Quantization(from: sourceDType, rows: rows, columns: columns, group: blockColumns, part: part, recorded: recorded))
+        }
+        let recorded = self.recorded.map { FP8Quantization.RecordedScales(source: plan.source($0.file), offset: $0.offset) }
+        return .quantize(FP8Quantization(from: sourceDType, rows: rows, columns: columns, blockRows: blockRows, blockColumns: blockColumns,
+                                         scaleDType: scale.dtype, part: name == weight ? .codes : .scales, recorded: recorded))
     }
 }
 
@@ -37,6 +112,8 @@ public struct MegatronExport: Sendable {
         /// Cast every floating tensor (bf16, fp16, fp32) to this dtype, except the table's `dtype_kept`.
         public var dtype: DType?
         public var workers = 2
+        /// Store the table's linear projection weights quantized (nil: as they are).
+        public var quantize: ExportQuantization?
 
         public init() {}
     }
@@ -67,6 +144,15 @@ public struct MegatronExport: Sendable {
     public let casts: [String: ElementCast]
     /// Floating tensors `--dtype` left as they are (the table's `dtype_kept`).
     public let keptDTypes: [String]
+    /// `--quantize`, when given.
+    public let quantization: ExportQuantization?
+    /// Quantized weights by output name, and the weight each scale tensor belongs to.
+    let quantized: [String: QuantizedExport]
+    let scaleWeights: [String: String]
+    /// like-source: companions copied as recorded (activation and KV-cache scales).
+    let recordedCopies: [String: (file: ReadOnlyFile, range: ByteRange)]
+    /// The `quantization_config` written into config.json (and, for ModelOpt, hf_quant_config.json), fresh quantization only.
+    let quantizationConfig: (config: JSONValue, modelopt: JSONValue?)?
     /// `__metadata__` of each output file as the imported source had it (absent: not recorded).
     let shardMetadata: [String: [(key: String, value: String)]?]
     /// Per HF tensor: the reads of each of its row blocks (at `base` bytes into the tensor).
@@ -150,11 +236,121 @@ public struct MegatronExport: Sendable {
                 }
             }
         }
-        self.casts = casts
-        keptDTypes = kept
-        let declarations = mapping.hfTensors.map {
-            TensorDeclaration(name: dialect.toSource($0.name), dtype: casts[dialect.toSource($0.name)]?.to ?? hfDType[$0.name]!, shape: hfShapes[$0.name]!)
+        dequantizedSource = FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent(HFImport.quantizationFile))
+        quantization = options.quantize
+        var quantized: [String: QuantizedExport] = [:]
+        var recordedCopies: [String: (file: ReadOnlyFile, range: ByteRange)] = [:]
+        var recordedOrder: [TensorDeclaration] = []
+        var quantizationConfig: (config: JSONValue, modelopt: JSONValue?)?
+        // Only a quantizing export needs them (51,000 names at Ultra's size).
+        let sourceDType = options.quantize == nil ? [:] : Dictionary(uniqueKeysWithValues: mapping.hfTensors.map { (dialect.toSource($0.name), hfDType[$0.name]!) })
+        let sourceShape = options.quantize == nil ? [:] : Dictionary(uniqueKeysWithValues: mapping.hfTensors.map { (dialect.toSource($0.name), hfShapes[$0.name]!) })
+        func quantizable(_ name: String) -> Bool {
+            guard let shape = sourceShape[name], shape.count == 2, shape.allSatisfy({ $0 > 0 }),
+                  DTypeCast.castable.contains(sourceDType[name]!) else { return false }
+            return true
         }
+        switch options.quantize {
+        case nil:
+            break
+        case .fp8Block?, .fp8Tensor?:
+            let table = mapping.model.table
+            guard !table.quantizedWeights.isEmpty else {
+                throw ExportError.quantizationUnsupported(reason: "the \(table.name) table lists no quantized_weights")
+            }
+            let block: Int? = if case .fp8Block(let size)? = options.quantize { size } else { nil }
+            for tensor in mapping.hfTensors where table.quantizedWeights.contains(where: { $0.match(tensor.name) != nil }) {
+                let name = dialect.toSource(tensor.name)
+                guard quantizable(name) else { continue }
+                let shape = sourceShape[name]!
+                let module = String(name.dropLast(".weight".count))
+                if let block {
+                    quantized[name] = QuantizedExport(
+                        weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1], scale: TensorDeclaration(name: module + ".weight_scale_inv", dtype: .float32,
+                                                               shape: [(shape[0] + block - 1) / block, (shape[1] + block - 1) / block]),
+                        blockRows: block, blockColumns: block, recorded: nil)
+                } else {
+                    quantized[name] = QuantizedExport(weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1], scale: TensorDeclaration(name: module + ".weight_scale", dtype: .float32, shape: []),
+                                                      blockRows: shape[0], blockColumns: shape[1], recorded: nil)
+                }
+            }
+            quantizationConfig = Self.quantizationConfig(options.quantize!, excluded: table.quantizationExcluded)
+        case .likeSource?:
+            let recordPath = (directory as NSString).appendingPathComponent(HFImport.quantizationFile)
+            let scalesPath = (directory as NSString).appendingPathComponent(HFImport.scalesFile)
+            guard dequantizedSource, FileManager.default.fileExists(atPath: scalesPath) else {
+                throw ExportError.noRecordedQuantization(checkpoint: path)
+            }
+            let record = try HFConfig(path: recordPath).document
+            guard let weights = record["weights"]?.objectMembers else {
+                throw ExportError.damagedRecord(file: recordPath, reason: "needs an object member `weights`")
+            }
+            let scales = try SafetensorsFile(path: scalesPath)
+            let byName = Dictionary(scales.tensors.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+            let block = record["declaration"]?["quantization_config"]?["weight_block_size"]?.arrayValue?.compactMap(\.intValue)
+            var consumed = Set<String>()
+            for (name, _) in weights {
+                guard quantizable(name) else {
+                    throw ExportError.damagedRecord(file: recordPath, reason: "`\(name)` is recorded quantized, but the checkpoint has no such 2-D floating tensor")
+                }
+                let shape = sourceShape[name]!
+                let module = String(name.dropLast(".weight".count))
+                if let scale = byName[module + ".weight_scale_inv"] {
+                    guard let block, block.count == 2, block.allSatisfy({ $0 > 0 }),
+                          scale.shape == [(shape[0] + block[0] - 1) / block[0], (shape[1] + block[1] - 1) / block[1]],
+                          [.float32, .bfloat16].contains(scale.dtype) else {
+                        throw ExportError.damagedRecord(file: scalesPath, reason: "`\(scale.name)` \(scale.dtype) \(scale.shape) is not the block scale grid of `\(name)` \(shape) with the recorded weight_block_size")
+                    }
+                    quantized[name] = QuantizedExport(weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1], scale: TensorDeclaration(name: scale.name, dtype: scale.dtype, shape: scale.shape),
+                                                      blockRows: block[0], blockColumns: block[1],
+                                                      recorded: (scales.file, scales.fileRange(of: scale).offset))
+                    consumed.insert(scale.name)
+                } else if let second = byName[module + ".weight_scale_2"] {
+                    guard let scale = byName[module + ".weight_scale"], scale.dtype == .float8E4M3, shape[1] % 16 == 0,
+                          scale.shape == [shape[0], shape[1] / 16], second.dtype == .float32, second.shape.isEmpty || second.shape == [1] else {
+                        throw ExportError.damagedRecord(file: scalesPath, reason: "`\(module)`'s recorded NVFP4 scales are not F8_E4M3 [\(shape[0]), \(shape[1] / 16)] and an F32 scalar")
+                    }
+                    let value = try scales.file.readBytes(scales.fileRange(of: second)).withUnsafeBytes { Dequantize.scaleValueOf($0, dtype: .float32) }
+                    var weight = QuantizedExport(weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1],
+                                                 scale: TensorDeclaration(name: scale.name, dtype: scale.dtype, shape: scale.shape),
+                                                 blockRows: 1, blockColumns: 16, recorded: (scales.file, scales.fileRange(of: scale).offset))
+                    weight.nvfp4 = (TensorDeclaration(name: second.name, dtype: second.dtype, shape: second.shape), value)
+                    quantized[name] = weight
+                    consumed.formUnion([scale.name, second.name])
+                } else if let scale = byName[module + ".weight_scale"], scale.shape.isEmpty || scale.shape == [1], [.float32, .bfloat16].contains(scale.dtype) {
+                    quantized[name] = QuantizedExport(weight: name, sourceDType: sourceDType[name]!, rows: shape[0], columns: shape[1], scale: TensorDeclaration(name: scale.name, dtype: scale.dtype, shape: scale.shape),
+                                                      blockRows: shape[0], blockColumns: shape[1],
+                                                      recorded: (scales.file, scales.fileRange(of: scale).offset))
+                    consumed.insert(scale.name)
+                } else {
+                    throw ExportError.damagedRecord(file: scalesPath, reason: "no recorded scale of `\(name)`")
+                }
+            }
+            // The activation and KV-cache scales nothing computes: written as recorded.
+            for tensor in scales.tensors where !consumed.contains(tensor.name) {
+                recordedCopies[tensor.name] = (scales.file, scales.fileRange(of: tensor))
+                recordedOrder.append(TensorDeclaration(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape))
+            }
+        }
+        for name in quantized.keys { casts[name] = nil }
+        self.casts = casts
+        keptDTypes = kept.filter { quantized[$0] == nil }
+        self.quantized = quantized
+        scaleWeights = Dictionary(uniqueKeysWithValues: quantized.values.flatMap { weight in
+            weight.declarations.dropFirst().map { ($0.name, weight.weight) }
+        })
+        self.recordedCopies = recordedCopies
+        self.quantizationConfig = quantizationConfig
+        var declarations: [TensorDeclaration] = []
+        for tensor in mapping.hfTensors {
+            let name = dialect.toSource(tensor.name)
+            if let weight = quantized[name] {
+                declarations += weight.declarations
+            } else {
+                declarations.append(TensorDeclaration(name: name, dtype: casts[name]?.to ?? hfDType[tensor.name]!, shape: hfShapes[tensor.name]!))
+            }
+        }
+        declarations += recordedOrder
         if dialect.prefix != dialect.source {
             reads = Dictionary(uniqueKeysWithValues: reads.map { (dialect.toSource($0.key), $0.value) })
         }
@@ -188,13 +384,18 @@ public struct MegatronExport: Sendable {
         self.reads = reads
         // An import of a quantized folder recorded its quantization: the export writes the
         // dequantized tensors, so the record, ModelOpt's hf_quant_config.json and config.json's
-        // quantization_config are not carried over (config.json is written without it).
-        dequantizedSource = FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent(HFImport.quantizationFile))
-        let quantizationRecords = dequantizedSource ? [HFImport.quantizationFile, "hf_quant_config.json"] : []
-        companionFiles = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
+        // quantization_config are not carried over (config.json is written without it, or with
+        // the fresh --quantize one), unless --quantize like-source writes the source's again.
+        var quantizationRecords = dequantizedSource ? [HFImport.quantizationFile, Self.modeloptConfigFile] : []
+        if options.quantize == .likeSource { quantizationRecords = [HFImport.quantizationFile] }
+        if quantizationConfig?.modelopt != nil { quantizationRecords.append(Self.modeloptConfigFile) }
+        var companionFiles = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
             $0 != HFCheckpointFolder.indexFileName && $0 != HFImport.dialectFile && $0 != HFImport.metadataFile
                 && !$0.hasPrefix(".") && !$0.hasSuffix(".safetensors") && !quantizationRecords.contains($0)
-        }.sorted()
+        }
+        // A fresh ModelOpt quantization writes its own hf_quant_config.json.
+        if quantizationConfig?.modelopt != nil { companionFiles.append(Self.modeloptConfigFile) }
+        self.companionFiles = companionFiles.sorted()
     }
 
     /// Per source file name, the `__metadata__` recorded at import (nil inside: the file had none).
@@ -299,7 +500,9 @@ public struct MegatronExport: Sendable {
                 + shard.tensors.map { "\($0.name) \($0.dtype) \($0.shape) \(casts[$0.name].map { "\($0)" } ?? "")" }.joined(separator: ", ")
         }
         let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
-            command: "export", settings: layout.joined(separator: "\n"), sources: Self.sourceFiles(reads)), workers: executor.workers)
+            command: "export", settings: layout.joined(separator: "\n") + "\nquantize \(quantization.map(String.init(describing:)) ?? "none")",
+            sources: Self.sourceFiles(reads)), workers: executor.workers)
+        let quantized = self.quantized, scaleWeights = self.scaleWeights, recordedCopies = self.recordedCopies
         if folder.resumed { progress?.note(records.keptNote) }
         let entries = try PlannedWriting.writeSafetensors(
             shards: shards.map { shard in
@@ -308,7 +511,16 @@ public struct MegatronExport: Sendable {
                 return (folder.stagedPath(shard.name), shard.name, shard.tensors, metadata)
             }, executor: executor,
             progress: progress, casts: casts, records: records
-        ) { tensor, plan in Self.appendMoves(of: tensor.name, reads: reads, to: &plan) }
+        ) { tensor, plan in
+            if let copy = recordedCopies[tensor.name] {
+                plan.append(.copy(source: plan.source(copy.file), range: copy.range))
+                return nil
+            }
+            // A scale tensor reads its weight's elements, as the weight's codes do.
+            let weightName = scaleWeights[tensor.name] ?? tensor.name
+            Self.appendMoves(of: weightName, reads: reads, to: &plan)
+            return quantized[weightName]?.transform(of: tensor.name, in: &plan)
+        }
         if let indexBytes {
             let index = try AtomicOutputFile(path: folder.stagedPath(HFCheckpointFolder.indexFileName))
             try index.write(indexBytes, at: 0)
@@ -316,10 +528,19 @@ public struct MegatronExport: Sendable {
         }
         for name in companionFiles {
             let path = (configDirectory as NSString).appendingPathComponent(name)
-            if dequantizedSource, name == "config.json", let members = try HFConfig(path: path).document.objectMembers,
-                members.contains(where: { $0.key == "quantization_config" }) {
+            if name == Self.modeloptConfigFile, let modelopt = quantizationConfig?.modelopt {
                 let file = try AtomicOutputFile(path: folder.stagedPath(name))
-                try file.write(Array((JSONWriter.pythonIndented(.object(members.filter { $0.key != "quantization_config" }), sortKeys: false) + "\n").utf8), at: 0)
+                try file.write(Array((JSONWriter.pythonIndented(modelopt, sortKeys: false) + "\n").utf8), at: 0)
+                try file.publish()
+                continue
+            }
+            // like-source keeps the recorded config.json as it is (its quantization_config is the source's).
+            if quantization != .likeSource, name == "config.json", let members = try HFConfig(path: path).document.objectMembers,
+                quantizationConfig != nil || (dequantizedSource && members.contains(where: { $0.key == "quantization_config" })) {
+                var written = members.filter { $0.key != "quantization_config" }
+                if let config = quantizationConfig?.config { written.append(("quantization_config", config)) }
+                let file = try AtomicOutputFile(path: folder.stagedPath(name))
+                try file.write(Array((JSONWriter.pythonIndented(.object(written), sortKeys: false) + "\n").utf8), at: 0)
                 try file.publish()
                 continue
             }
@@ -366,6 +587,36 @@ public struct MegatronExport: Sendable {
         return (plan, tensors)
     }
 
+    public static let modeloptConfigFile = "hf_quant_config.json"
+
+    /// The config a fresh `--quantize` writes, as the releases write it: block FP8 as DeepSeek-V3 /
+    /// Qwen3's `quantization_config` (transformers' FineGrainedFP8), ModelOpt FP8 as NVIDIA's FP8
+    /// releases (config.json's `quantization_config` and hf_quant_config.json). No activation or
+    /// KV-cache scales are written (there is no calibration): activations are `dynamic` for block
+    /// FP8, and the ModelOpt config declares no KV-cache quantization.
+    static func quantizationConfig(_ quantize: ExportQuantization, excluded: [String]) -> (config: JSONValue, modelopt: JSONValue?) {
+        func strings(_ list: [String]) -> JSONValue { .array(list.map { .string($0) }) }
+        switch quantize {
+        case .fp8Block(let size):
+            // transformers matches modules_to_not_convert as name suffixes: ModelOpt's leading `*` dropped.
+            let names = excluded.map { $0.hasPrefix("*") ? String($0.dropFirst()) : $0 }
+            return (.object([("activation_scheme", .string("dynamic")), ("fmt", .string("e4m3")), ("quant_method", .string("fp8")),
+                             ("weight_block_size", .array([.number(JSONNumber(size)), .number(JSONNumber(size))])),
+                             ("modules_to_not_convert", strings(names))]), nil)
+        case .fp8Tensor, .likeSource:
+            let producer = JSONValue.object([("name", .string("nembridge")), ("version", .string("0.1.0"))])
+            let quantization: [(String, JSONValue)] = [("quant_algo", .string("FP8")), ("kv_cache_quant_algo", .null), ("exclude_modules", strings(excluded))]
+            return (.object([("quant_method", .string("modelopt")), ("producer", producer)] + quantization),
+                    .object([("producer", producer), ("quantization", .object(quantization))]))
+        }
+    }
+
+    /// `quantized N weights: fp8-block:128 (N fresh …)`, or nil without --quantize.
+    public var quantizationSummary: String? {
+        guard let quantization else { return nil }
+        return "quantized \(quantized.count) weight(s) (\(quantization))" + (recordedCopies.isEmpty ? "" : ", \(recordedCopies.count) recorded scale(s) copied")
+    }
+
     public func planText() -> String { PlanTextOutput.collect(writePlanText) }
 
     /// The plan, line by line (streamed: a 51,000-tensor plan is 4 MB of text, and its lines held
@@ -395,6 +646,7 @@ public struct MegatronExport: Sendable {
                      ?? "no tokenizer carried (give --tokenizer DIR; args.tokenizer_model names no Hugging Face tokenizer folder)")
         }
         if let summary = castSummary { out.line(summary) }
+        if let summary = quantizationSummary { out.line(summary) }
         if !skippedKeys.isEmpty { out.line("skipped training state: \(skippedKeys.count) keys (\(skippedKeys.prefix(6).joined(separator: ", ")))") }
         out.line("total \(formatBytes(totalBytes)); peak memory: the buffer pool plus headers")
     }

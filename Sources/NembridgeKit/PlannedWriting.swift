@@ -9,14 +9,15 @@ import TorchZip
 /// per file, its checksums computed as the bytes pass; the results are the manifest's entries.
 enum PlannedWriting {
     /// Writes every shard; `moves(tensor, &plan)` appends the moves that fill each tensor, in data
-    /// order (the plan's groups are the tensors, shard by shard). Each shard is published as soon
+    /// order (the plan's groups are the tensors, shard by shard), and returns the tensor's element
+    /// transform when it has one other than its cast (a quantized weight's codes or scales). Each shard is published as soon
     /// as its tensors are written and, with `records`, recorded; shards `records` keeps are
     /// neither planned into nor written, their entries come from their records.
     static func writeSafetensors(
         shards: [(path: String, name: String, tensors: [TensorDeclaration], metadata: [(key: String, value: String)]?)],
         executor: MoveExecutor, progress: ProgressCounter?,
         casts: [String: ElementCast] = [:], records: StagingRecords? = nil,
-        moves: (SafetensorsTensorInfo, inout ConversionPlan) throws -> Void
+        moves: (SafetensorsTensorInfo, inout ConversionPlan) throws -> ElementTransform?
     ) throws -> [ChecksumManifest.Entry] {
         // The shards this process does not write: kept ones, and in a job the other ranks' shares.
         let kept = try records?.skipped(names: shards.map(\.name), bytes: shards.map { $0.tensors.reduce(Int64(0)) { $0 + $1.byteCount } },
@@ -33,8 +34,8 @@ enum PlannedWriting {
                 guard let writer else { continue }
                 for (index, tensor) in writer.layout.tensors.enumerated() {
                     // A cast tensor's moves read source-dtype bytes; the executor converts them.
-                    try moves(tensor, &plan)
-                    plan.endGroup(output: shard, offset: writer.layout.dataStart + tensor.dataOffsets.offset, cast: casts[tensor.name])
+                    let transform = try moves(tensor, &plan) ?? casts[tensor.name].map(ElementTransform.cast)
+                    plan.endGroup(output: shard, offset: writer.layout.dataStart + tensor.dataOffsets.offset, transform: transform)
                     slots.append((shard, index))
                 }
             }

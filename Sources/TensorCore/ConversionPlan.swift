@@ -138,6 +138,15 @@ public struct ConversionPlan: Sendable {
                     precondition(quantizedWeight(source: move.source, offset: move.offset) != nil, "a dequantizing move outside the quantized weights")
                 }
             }
+            let weightBytes: Int64? = switch transform {
+            case .quantize(let q): Int64(q.rows) * Int64(q.columns) * Int64(q.elementBytes)
+            case .quantizeNVFP4(let q): Int64(q.rows) * Int64(q.columns) * Int64(q.elementBytes)
+            default: nil
+            }
+            if let weightBytes {
+                let count = moves[Int(moveStarts[moveStarts.count - 1])...].reduce(Int64(0)) { $0 + $1.byteCount }
+                precondition(count == weightBytes, "a quantizing group that does not read its whole weight")
+            }
             transforms[Int32(outputs.count)] = transform
         }
         if openGroupInterleaved {

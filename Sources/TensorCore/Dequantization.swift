@@ -237,12 +237,18 @@ public enum Dequantize {
 public enum ElementTransform: Sendable, Hashable, CustomStringConvertible {
     case cast(ElementCast)
     case dequantize(QuantizedFormat, to: DType)
+    /// FP8 codes or scales of one weight (the moves read all its elements, in order).
+    case quantize(FP8Quantization)
+    /// NVFP4 codes, group scales or weight_scale_2 of one weight (as `quantize`).
+    case quantizeNVFP4(NVFP4Quantization)
 
     /// Output bytes of `count` source bytes.
     public func outputBytes(_ count: Int64) -> Int64 {
         switch self {
         case .cast(let cast): cast.outputBytes(count)
         case .dequantize(let format, let to): count * Int64(format.elementsPerByte) * Int64(to.bitWidth / 8)
+        case .quantize(let quantization): quantization.outputByteCount
+        case .quantizeNVFP4(let quantization): quantization.outputByteCount
         }
     }
 
@@ -253,6 +259,8 @@ public enum ElementTransform: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .cast(let cast): cast.description
         case .dequantize(let format, let to): "dequantize \(format.rawValue) -> \(to)"
+        case .quantize(let quantization): quantization.description
+        case .quantizeNVFP4(let quantization): quantization.description
         }
     }
 }

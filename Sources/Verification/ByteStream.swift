@@ -13,14 +13,32 @@ public struct ByteStream: Sendable {
     }
 
     public let pieces: [Piece]
-    public var count: Int64 { pieces.reduce(0) { $0 + $1.range.count } }
+    /// Bytes computed rather than read (a quantized weight's dequantized elements), and how many.
+    let computed: (count: Int64, read: @Sendable (Int64, UnsafeMutableRawBufferPointer) throws -> Void)?
+    public var count: Int64 { computed?.count ?? pieces.reduce(0) { $0 + $1.range.count } }
 
-    public init(_ pieces: [Piece]) { self.pieces = pieces }
+    public init(_ pieces: [Piece]) {
+        self.pieces = pieces
+        computed = nil
+    }
 
-    public init(file: ReadOnlyFile, range: ByteRange) { pieces = [Piece(file: file, range: range)] }
+    public init(file: ReadOnlyFile, range: ByteRange) {
+        pieces = [Piece(file: file, range: range)]
+        computed = nil
+    }
+
+    /// `count` bytes that `read(offset, buffer)` computes (fills `buffer` from byte `offset`).
+    public init(count: Int64, read: @escaping @Sendable (Int64, UnsafeMutableRawBufferPointer) throws -> Void) {
+        pieces = []
+        computed = (count, read)
+    }
 
     /// Fills `buffer` with the bytes at `offset` of the stream.
     public func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        if let computed {
+            precondition(offset >= 0 && offset + Int64(buffer.count) <= computed.count, "read past the end of a byte stream")
+            return try computed.read(offset, buffer)
+        }
         var position: Int64 = 0
         var filled = 0
         for piece in pieces {

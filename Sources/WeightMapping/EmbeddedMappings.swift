@@ -462,6 +462,18 @@ run_config_args:
   # TransformerConfig sets num_query_groups (= heads without GQA); the HF side is the same either way
   group_query_attention: {set: num_query_groups}
   num_experts: num_moe_experts
+
+# export --quantize: the weights stored quantized (the linear projections, as the FP8 releases of
+# Llama quantize them), and the modules the written config lists as not converted.
+quantized_weights:
+  - "model.layers.{layer}.self_attn.q_proj.weight"
+  - "model.layers.{layer}.self_attn.k_proj.weight"
+  - "model.layers.{layer}.self_attn.v_proj.weight"
+  - "model.layers.{layer}.self_attn.o_proj.weight"
+  - "model.layers.{layer}.mlp.gate_proj.weight"
+  - "model.layers.{layer}.mlp.up_proj.weight"
+  - "model.layers.{layer}.mlp.down_proj.weight"
+quantization_excluded: ["lm_head"]
 """####),
         ("nemotron-h.yaml", ####"""
 # Hugging Face NemotronHForCausalLM (Nemotron-H 8B/47B/56B, Nemotron-Nano-9B/12B-v2, Nemotron 3
@@ -808,6 +820,39 @@ output_layer: {module: output_layer, weight: output_layer.weight, tied_to: embed
 # `when` is true, or `flag VALUE` with the value of the argument `value`.
 megatron_lm_flags:
   - {flag: --norm-epsilon, value: layernorm_epsilon}
+
+# export --quantize: the weights stored quantized (the linear projections: attention, MLP, routed
+# and shared experts, Mamba in/out_proj, latent projections, in the decoder and the MTP layers);
+# embeddings, norms, the router, lm_head, eh_proj and Mamba conv1d / A_log / D / dt_bias stay as
+# they are. quantization_excluded: the modules the written config lists as not converted.
+quantized_weights:
+  - "backbone.layers.{layer}.mixer.in_proj.weight"
+  - "backbone.layers.{layer}.mixer.out_proj.weight"
+  - "backbone.layers.{layer}.mixer.q_proj.weight"
+  - "backbone.layers.{layer}.mixer.k_proj.weight"
+  - "backbone.layers.{layer}.mixer.v_proj.weight"
+  - "backbone.layers.{layer}.mixer.o_proj.weight"
+  - "backbone.layers.{layer}.mixer.up_proj.weight"
+  - "backbone.layers.{layer}.mixer.down_proj.weight"
+  - "backbone.layers.{layer}.mixer.experts.{expert}.up_proj.weight"
+  - "backbone.layers.{layer}.mixer.experts.{expert}.down_proj.weight"
+  - "backbone.layers.{layer}.mixer.shared_experts.up_proj.weight"
+  - "backbone.layers.{layer}.mixer.shared_experts.down_proj.weight"
+  - "backbone.layers.{layer}.mixer.fc1_latent_proj.weight"
+  - "backbone.layers.{layer}.mixer.fc2_latent_proj.weight"
+  - "mtp.layers.{mtp}.mixer.q_proj.weight"
+  - "mtp.layers.{mtp}.mixer.k_proj.weight"
+  - "mtp.layers.{mtp}.mixer.v_proj.weight"
+  - "mtp.layers.{mtp}.mixer.o_proj.weight"
+  - "mtp.layers.{mtp}.mixer.up_proj.weight"
+  - "mtp.layers.{mtp}.mixer.down_proj.weight"
+  - "mtp.layers.{mtp}.mixer.experts.{expert}.up_proj.weight"
+  - "mtp.layers.{mtp}.mixer.experts.{expert}.down_proj.weight"
+  - "mtp.layers.{mtp}.mixer.shared_experts.up_proj.weight"
+  - "mtp.layers.{mtp}.mixer.shared_experts.down_proj.weight"
+  - "mtp.layers.{mtp}.mixer.fc1_latent_proj.weight"
+  - "mtp.layers.{mtp}.mixer.fc2_latent_proj.weight"
+quantization_excluded: ["lm_head", "*mixer.gate", "*eh_proj"]
 
 # config.json from the Megatron arguments, for a checkpoint Megatron-LM trained (no config was
 # recorded or given): the reverse of `args`, loaded natively by transformers' NemotronHConfig

@@ -21,7 +21,7 @@ extension MappingTable {
             "format", "name", "description", "hf_architectures", "megatron", "hf_defaults", "args",
             "fixed_args", "rules", "ignore", "extra_state", "layer_config", "config_json_args", "megatron_bridge",
             "hf_prefix_aliases", "mtp", "tensor_parallel_divides", "state_dict_names", "shape_checks", "hf_config", "dtype_kept",
-            "run_config_args", "output_layer", "megatron_fixed_config", "megatron_lm_flags", "legacy_expert_names",
+            "run_config_args", "output_layer", "megatron_fixed_config", "megatron_lm_flags", "legacy_expert_names", "quantized_weights", "quantization_excluded",
         ], required: ["format", "name", "hf_architectures", "megatron", "rules"], context: "table")
         let format = try reader.string(top["format"]!, "format")
         guard format == Self.formatVersion else {
@@ -213,6 +213,10 @@ extension MappingTable {
         megatronLayerPrefix = layerPrefix
         let firstLayered = rules.firstIndex { $0.megatron.placeholders.contains("layer") } ?? rules.count
         firstStageMegatronNames = Set(rules[..<firstLayered].filter { !$0.isMTP }.flatMap { rule in MegatronSpec.allCases.map { rule.megatronName($0).text } })
+        quantizedWeights = try top["quantized_weights"].map { node in
+            try reader.strings(node, "quantized_weights").map { try reader.pattern($0, at: node, "quantized_weights") }
+        } ?? []
+        quantizationExcluded = try top["quantization_excluded"].map { try reader.strings($0, "quantization_excluded") } ?? []
         try lintOverlaps(reader)
     }
 

@@ -325,6 +325,13 @@ public struct MappingTable: Sendable {
         rules.contains { $0.megatronName(spec).match(name) != nil }
             || (extraState[spec] ?? []).contains { $0.pattern.match(name) != nil || $0.pattern.match(name + "._extra_state") != nil }
     }
+    /// HF weights `export --quantize` stores quantized (the linear projections, as NVIDIA's FP8
+    /// releases quantize them); every other tensor is written as it is.
+    public let quantizedWeights: [NamePattern]
+    /// The modules the written quantization config lists as not converted (ModelOpt fnmatch
+    /// patterns; block FP8's `modules_to_not_convert` takes them without the leading `*`,
+    /// transformers matching them as name suffixes).
+    public let quantizationExcluded: [String]
 }
 
 /// A size the config states and the tensors must agree with: every HF tensor matching `tensor`

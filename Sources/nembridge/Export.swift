@@ -30,6 +30,9 @@ struct Export: ParsableCommand {
     @Option(help: "Cast every floating tensor to bf16, fp16 or fp32 (round to nearest even), except those the table keeps (the fp32 router expert bias); default: unchanged.")
     var dtype: String?
 
+    @Option(help: "Store the linear projection weights quantized: fp8-block[:B] (block FP8, B x B blocks, default 128), fp8 (ModelOpt per-tensor FP8), or like-source (the scheme and scales of the quantized folder the checkpoint was imported from; an untouched round trip is byte-identical). Other tensors follow --dtype.")
+    var quantize: String?
+
     @Option(help: "Maximum shard size when no layout was recorded (e.g. 5GB).")
     var maxShardSize: String = "5GB"
 
@@ -49,6 +52,12 @@ struct Export: ParsableCommand {
                 guard let parsed = DTypeCast.parse(dtype) else { throw ValidationError("--dtype must be bf16, fp16 or fp32, not `\(dtype)`") }
                 options.dtype = parsed
             }
+            if let quantize {
+                guard let parsed = ExportQuantization.parse(quantize) else {
+                    throw ValidationError("--quantize must be fp8-block, fp8-block:B, fp8 or like-source, not `\(quantize)`")
+                }
+                options.quantize = parsed
+            }
             let plan = try MegatronExport(checkpoint: source, output: output, options: options)
             guard let seconds = try planned.run(phase: "export", planText: { plan.writePlanText($0) },
                                                totalBytes: plan.totalBytes, run: { try plan.run(executor: $0, progress: $1, resume: planned.resume, job: $2) })
@@ -57,6 +66,7 @@ struct Export: ParsableCommand {
                 "exported \(source) -> \(output) (\(plan.mapping.model.table.name), \(plan.mapping.hfTensors.count) tensors in "
                     + "\(plan.shards.count) file(s), \(formatBytes(plan.totalBytes))) in \(formatRate(plan.totalBytes, seconds))")
             if let summary = plan.castSummary { writeStandardOutput(summary) }
+            if let summary = plan.quantizationSummary { writeStandardOutput(summary) }
             if let made = plan.trainingConfig {
                 let from = made.argumentSource.hasSuffix(": args") ? "the checkpoint's training args"
                     : "Megatron-Bridge's \(TrainingConfig.runConfigFile) (its model provider)"

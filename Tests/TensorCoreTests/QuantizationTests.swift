@@ -1,0 +1,163 @@
+import Foundation
+import TensorCore
+import Testing
+
+/// The quantization kernels against hand-derived cases and first principles: e4m3 codes worked
+/// out from the format (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; 0x7E = 1.75 * 2^8 =
+/// 448), every nearest-code decision checked against an exhaustive search over the 254 finite
+/// codes in Double, E2M1 ties worked out by hand, and the scale rule amax / 448.
+struct QuantizationTests {
+    /// The finite e4m3 values from the format's definition, in Double.
+    static let e4m3Values: [(code: UInt8, value: Double)] = (0...255).compactMap { raw in
+        let code = UInt8(raw)
+        let exponent = Int((code >> 3) & 15), mantissa = Double(code & 7)
+        if exponent == 15 && mantissa == 7 { return nil }
+        let magnitude = exponent == 0 ? mantissa * pow(2, -9) : (1 + mantissa / 8) * pow(2, Double(exponent - 7))
+        return (code, code & 0x80 != 0 ? -magnitude : magnitude)
+    }
+
+    @Test func handDerivedE4M3Codes() {
+        #expect(Quantize.e4m3(448) == 0x7E)  // 1.75 * 2^8: exponent 15, mantissa 6
+        #expect(Quantize.e4m3(-448) == 0xFE)
+        #expect(Quantize.e4m3(1) == 0x38)  // exponent 7 (bias 7), mantissa 0
+        #expect(Quantize.e4m3(1.125) == 0x39)
+        #expect(Quantize.e4m3(0x1p-6) == 0x08)  // smallest normal
+        #expect(Quantize.e4m3(0x1p-9) == 0x01)  // smallest subnormal
+        #expect(Quantize.e4m3(0) == 0x00)
+        #expect(Quantize.e4m3(-0.0) == 0x80)  // negative zero keeps its sign
+        #expect(Quantize.e4m3(-0x1p-12) == 0x80)  // rounds to zero, sign kept
+        // Saturation: clamped to ±448 first (480 and up would be NaN in the raw cast).
+        #expect(Quantize.e4m3(460) == 0x7E)
+        #expect(Quantize.e4m3(1e6) == 0x7E)
+        #expect(Quantize.e4m3(.infinity) == 0x7E)
+        #expect(Quantize.e4m3(-.infinity) == 0xFE)
+        #expect(Quantize.e4m3(.nan) == 0x7F)
+        #expect(Quantize.e4m3(-Float.nan) == 0xFF)
+        // Ties to even: 1.0625 is halfway between 1 (mantissa 0) and 1.125 (mantissa 1) -> 1;
+        // 1.1875 halfway between 1.125 (1) and 1.25 (2) -> 1.25.
+        #expect(Quantize.e4m3(1.0625) == 0x38)
+        #expect(Quantize.e4m3(1.1875) == 0x3A)
+        // Subnormal tie: 1.5 * 2^-9 between 2^-9 (m 1) and 2 * 2^-9 (m 2) -> m 2; 0.5 * 2^-9 -> 0.
+        #expect(Quantize.e4m3(1.5 * 0x1p-9) == 0x02)
+        #expect(Quantize.e4m3(0.5 * 0x1p-9) == 0x00)
+        // Carry into the exponent: 1.9375 is halfway between 1.875 (m 7) and 2 -> 2 (m 0, even).
+        #expect(Quantize.e4m3(1.9375) == 0x40)
+        // Between subnormals and normals: 7.5 * 2^-9 between m 7 and 2^-6 (code 8) -> 8.
+        #expect(Quantize.e4m3(7.5 * 0x1p-9) == 0x08)
+    }
+
+    /// The nearest finite code by exhaustive search in Double, ties to the even code (mantissa
+    /// bit 0 clear), sign from the sign bit, saturating at 448.
+    static func nearest(_ value: Float) -> UInt8 {
+        let clamped = min(max(Double(value), -448), 448)
+        let sign: UInt8 = value.sign == .minus ? 0x80 : 0
+        var best: (code: UInt8, distance: Double)?
+        for (code, candidate) in e4m3Values where code & 0x80 == 0 {
+            let distance = abs(abs(clamped) - candidate)
+            if let current = best {
+                if distance < current.distance || (distance == current.distance && code & 1 == 0) { best = (code, distance) }
+            } else {
+                best = (code, distance)
+            }
+        }
+        return sign | best!.code
+    }
+
+    @Test func e4m3MatchesExhaustiveNearestSearch() {
+        var random = SystemRandomNumberGenerator()
+        var values: [Float] = []
+        // Every code, every midpoint between neighbours, and values either side of each.
+        let sorted = Self.e4m3Values.filter { $0.code & 0x80 == 0 }.map(\.value).sorted()
+        for (low, high) in zip(sorted, sorted.dropFirst()) {
+            let middle = Float((low + high) / 2)
+            values += [Float(low), middle, middle.nextUp, middle.nextDown, -middle]
+        }
+        for _ in 0..<20_000 { values.append(Float(bitPattern: UInt32.random(in: 0x3000_0000...0x43F0_0000, using: &random))) }
+        for value in values {
+            #expect(Quantize.e4m3(value) == Self.nearest(value), "value \(value)")
+        }
+    }
+
+    @Test func e2m1NearestWithTiesToEven() {
+        // 0, 0.5, 1, 1.5, 2, 3, 4, 6 are codes 0...7.
+        let exact: [(Float, UInt8)] = [(0, 0), (0.5, 1), (1, 2), (1.5, 3), (2, 4), (3, 5), (4, 6), (6, 7)]
+        for (value, code) in exact {
+            #expect(Quantize.e2m1(value) == code)
+            #expect(Quantize.e2m1(-value) == code | 8)
+        }
+        // Midpoints go to the even code.
+        let ties: [(Float, UInt8)] = [(0.25, 0), (0.75, 2), (1.25, 2), (1.75, 4), (2.5, 4), (3.5, 6), (5, 6)]
+        for (value, code) in ties { #expect(Quantize.e2m1(value) == code, "tie \(value)") }
+        #expect(Quantize.e2m1(7) == 7)  // saturates at 6
+        #expect(Quantize.e2m1(-0.0) == 8)  // negative zero: code 8
+        #expect(Quantize.e2m1(0.26) == 1)
+    }
+
+    @Test func scaleRule() {
+        #expect(Quantize.fp8Scale(amax: 0) == 1)
+        #expect(Quantize.fp8Scale(amax: 448) == 1)
+        #expect(Quantize.fp8Scale(amax: 896) == 2)
+        #expect(Quantize.fp8Scale(amax: 1) == Float(1) / 448)
+    }
+
+    /// bf16 bits of small exact values.
+    static func bf16(_ values: [Float]) -> [UInt8] {
+        values.flatMap { value -> [UInt8] in
+            let bits = UInt16(value.bitPattern >> 16)
+            return [UInt8(bits & 0xFF), UInt8(bits >> 8)]
+        }
+    }
+
+    @Test func blockScalesAndCodesOfARaggedWeight() {
+        // A 3 x 3 weight in 2 x 2 blocks: blocks [0..<2, 0..<2], [0..<2, 2], [2, 0..<2], [2, 2].
+        let values: [Float] = [
+            896, -448, 1,
+            0.5, 0, -2,
+            0, -0.0, 0,
+        ]
+        let quantization = FP8Quantization(from: .bfloat16, rows: 3, columns: 3, blockRows: 2, blockColumns: 2, part: .codes)
+        let bytes = Self.bf16(values)
+        var survey = FP8Quantization.Survey(blocks: 4, recorded: nil)
+        bytes.withUnsafeBytes { quantization.survey(first: 0, bytes: $0, into: &survey) }
+        let scales = quantization.scales(survey)
+        // amax 896 -> 2; amax 2 -> 2 / 448; zero block -> 1 (twice).
+        #expect(scales == [2, Float(2) / 448, 1, 1])
+        var codes = [UInt8](repeating: 0xAA, count: 9)
+        bytes.withUnsafeBytes { input in codes.withUnsafeMutableBytes { quantization.quantize(first: 0, bytes: input, scales: scales, into: $0) } }
+        // 896 / 2 = 448 -> 0x7E; -448 / 2 = -224 = -1.75 * 2^7 -> 0xF6; 1 / (2/448) = 224 -> 0x76;
+        // 0.5 / 2 = 0.25 = 2^-2 -> 0x28; 0 -> 0; -2 / (2/448) = -448 -> 0xFE; zeros; -0 -> 0x80.
+        #expect(codes == [0x7E, 0xF6, 0x76, 0x28, 0x00, 0xFE, 0x00, 0x80, 0x00])
+        #expect(quantization.scaleBytes(scales).count == 16)
+        // In two pieces (a row, then the rest), the survey and codes are the same.
+        var split = FP8Quantization.Survey(blocks: 4, recorded: nil)
+        bytes.withUnsafeBytes { all in
+            quantization.survey(first: 0, bytes: UnsafeRawBufferPointer(rebasing: all[0..<6]), into: &split)
+            quantization.survey(first: 3, bytes: UnsafeRawBufferPointer(rebasing: all[6...]), into: &split)
+        }
+        #expect(quantization.scales(split) == scales)
+    }
+
+    @Test func recordedScalesKeptOnlyWhereTheyRoundTrip() {
+        // One row of 4 in blocks of 2, recorded scale 0.5 for both: [3, 1.5] round-trips (3 / 0.5
+        // = 6 and 1.5 / 0.5 = 3 are e4m3 values); [bf16(1.1) = 1.1015625, 0] does not (2.203125
+        // quantizes to 2.25, back 1.125), so that block takes amax / 448.
+        let values: [Float] = [3, 1.5, Float(DTypeCastProbe.bf16Rounded(1.1)), 0]
+        let quantization = FP8Quantization(from: .bfloat16, rows: 1, columns: 4, blockRows: 1, blockColumns: 2, part: .scales)
+        var survey = FP8Quantization.Survey(blocks: 2, recorded: [0.5, 0.5])
+        Self.bf16(values).withUnsafeBytes { quantization.survey(first: 0, bytes: $0, into: &survey) }
+        #expect(survey.roundTrips == [true, false])
+        #expect(quantization.scales(survey) == [0.5, values[2] / 448])
+    }
+}
+
+enum DTypeCastProbe {
+    /// `value` rounded to bf16 (nearest even), back as Float: the test's own rounding.
+    static func bf16Rounded(_ value: Float) -> Float {
+        let bits = value.bitPattern
+        let lower = bits & 0xFFFF_0000, upper = lower + 0x1_0000
+        let distanceLow = Double(value) - Double(Float(bitPattern: lower)), distanceHigh = Double(Float(bitPattern: upper)) - Double(value)
+        if distanceLow < distanceHigh { return Float(bitPattern: lower) }
+        if distanceHigh < distanceLow { return Float(bitPattern: upper) }
+        return Float(bitPattern: (lower >> 16) & 1 == 0 ? lower : upper)
+    }
+}
