@@ -40,17 +40,7 @@ struct ExportReshardGoldenTests {
 
     static func compare(_ text: String, golden name: String) throws {
         let path = (PlanGoldenTests.goldenDirectory as NSString).appendingPathComponent(name)
-        if ProcessInfo.processInfo.environment["NEMBRIDGE_UPDATE_GOLDEN"] != nil {
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
-            return
-        }
-        let expected = try String(contentsOfFile: path, encoding: .utf8)
-        if text != expected {
-            let ours = text.split(separator: "\n", omittingEmptySubsequences: false)
-            let theirs = expected.split(separator: "\n", omittingEmptySubsequences: false)
-            let first = (0..<min(ours.count, theirs.count)).first { ours[$0] != theirs[$0] } ?? min(ours.count, theirs.count)
-            Issue.record("\(name) differs at line \(first + 1):\n  plan:   \(first < ours.count ? ours[first] : "(end)")\n  golden: \(first < theirs.count ? theirs[first] : "(end)")")
-        }
+        if let difference = try GoldenFile.difference(text, path: path) { Issue.record("\(difference)") }
     }
 
     /// No byte of any source file is read by two moves (row by row for strided moves).

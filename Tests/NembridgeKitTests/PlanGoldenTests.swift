@@ -68,17 +68,6 @@ struct PlanGoldenTests {
         #expect(text.contains("chunks: \(totals.chunks); plan: \(totals.chunks) groups"))
 
         let path = (Self.goldenDirectory as NSString).appendingPathComponent(test.golden)
-        if ProcessInfo.processInfo.environment["NEMBRIDGE_UPDATE_GOLDEN"] != nil {
-            try FileManager.default.createDirectory(atPath: Self.goldenDirectory, withIntermediateDirectories: true)
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
-            return
-        }
-        let expected = try String(contentsOfFile: path, encoding: .utf8)
-        if text != expected {
-            let ours = text.split(separator: "\n", omittingEmptySubsequences: false)
-            let theirs = expected.split(separator: "\n", omittingEmptySubsequences: false)
-            let first = (0..<min(ours.count, theirs.count)).first { ours[$0] != theirs[$0] } ?? min(ours.count, theirs.count)
-            Issue.record("\(test.golden) differs at line \(first + 1):\n  plan:   \(first < ours.count ? ours[first] : "(end)")\n  golden: \(first < theirs.count ? theirs[first] : "(end)")")
-        }
+        if let difference = try GoldenFile.difference(text, path: path) { Issue.record("\(difference)") }
     }
 }
