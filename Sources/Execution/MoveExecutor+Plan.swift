@@ -411,22 +411,16 @@ extension MoveExecutor {
         var survey = FP8Quantization.Survey(blocks: quantization.scaleCount, recorded: recorded)
         try stream { first, bytes in quantization.survey(first: first, bytes: bytes, into: &survey) }
         let scales = quantization.scales(survey)
-        var destination = start
-        func write(_ bytes: UnsafeRawBufferPointer) throws {
-            try sink.write(bytes, at: destination)
-            try observer?.consume(bytes)
-            progress?.add(Int64(bytes.count))
-            destination += Int64(bytes.count)
-        }
+        var output = GroupOutput(sink: sink, observer: observer, progress: progress, destination: start)
         switch quantization.part {
         case .scales:
-            try quantization.scaleBytes(scales).withUnsafeBytes { try write($0) }
+            try quantization.scaleBytes(scales).withUnsafeBytes { try output.write($0) }
         case .codes:
             try stream { first, bytes in
                 let count = bytes.count / quantization.elementBytes
                 let codes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
                 quantization.quantize(first: first, bytes: bytes, scales: scales, into: codes)
-                try write(UnsafeRawBufferPointer(codes))
+                try output.write(UnsafeRawBufferPointer(codes))
             }
         }
     }
@@ -482,25 +476,35 @@ extension MoveExecutor {
                                               recordedSecond: quantization.recorded?.second ?? 1)
         try stream { first, bytes in quantization.survey(first: first, bytes: bytes, into: &survey) }
         let scales = quantization.scales(survey)
-        var destination = start
-        func write(_ bytes: UnsafeRawBufferPointer) throws {
-            try sink.write(bytes, at: destination)
-            try observer?.consume(bytes)
-            progress?.add(Int64(bytes.count))
-            destination += Int64(bytes.count)
-        }
+        var output = GroupOutput(sink: sink, observer: observer, progress: progress, destination: start)
         switch quantization.part {
         case .groupScales:
-            try scales.groups.withUnsafeBytes { try write($0) }
+            try scales.groups.withUnsafeBytes { try output.write($0) }
         case .secondScale:
-            try withUnsafeBytes(of: scales.second.bitPattern.littleEndian) { try write($0) }
+            try withUnsafeBytes(of: scales.second.bitPattern.littleEndian) { try output.write($0) }
         case .codes:
             try stream { first, bytes in
                 let count = bytes.count / quantization.elementBytes / 2
                 let codes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
                 quantization.quantize(first: first, bytes: bytes, scales: scales, into: codes)
-                try write(UnsafeRawBufferPointer(codes))
+                try output.write(UnsafeRawBufferPointer(codes))
             }
         }
+    }
+}
+
+/// Where a quantizing group's output goes: written in order from its start, each piece observed
+/// (checksums) and counted (progress).
+struct GroupOutput {
+    let sink: any ByteSink
+    let observer: (any StreamObserver)?
+    let progress: ProgressCounter?
+    var destination: Int64
+
+    mutating func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try sink.write(bytes, at: destination)
+        try observer?.consume(bytes)
+        progress?.add(Int64(bytes.count))
+        destination += Int64(bytes.count)
     }
 }
