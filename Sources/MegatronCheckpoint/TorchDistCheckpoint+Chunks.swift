@@ -17,8 +17,12 @@ extension TorchDistCheckpoint {
         let storageKey = DCPStorageKey(fqn: key, offsets: chunk.offsets)
         if let cached = cache.withLock({ $0.chunks[storageKey] }) { return cached }
         let tensor = try self.tensor(key)
-        guard tensor.chunks.contains(chunk) else {
+        // The few chunks meeting its axis-0 extent, not all of them: a tensor has up to thousands.
+        guard try candidateChunks(key: key, box: chunk).contains(chunk) else {
             throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets)
+        }
+        if itemOpening == .oncePerLayout, let assumed = try assumedLikeOpened(storageKey, tensor: tensor, chunk: chunk) {
+            return assumed
         }
         let (archive, info, decoded) = try itemArchive(storageKey)
         let path = dataFile(info).path
@@ -63,12 +67,41 @@ extension TorchDistCheckpoint {
         let runs = try Self.runs(of: saved, elementSize: elementSize, storage: storage, fail: fail)
         let data = ChunkData(file: archive.file, dataFile: path, key: key, chunk: chunk, dtype: saved.dtype,
                              elementSize: elementSize, runs: runs, isDecoded: decoded)
+        if itemOpening == .oncePerLayout, !decoded {
+            let layout = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes, length: info.length)
+            let relative = runs.map { ChunkData.Run(source: ByteRange(offset: $0.source.offset - info.offset, count: $0.source.count),
+                                                    destinationOffset: $0.destinationOffset) }
+            cache.withLock { $0.layouts[layout] = ItemLayout(elementSize: elementSize, runs: relative) }
+        }
         cache.withLock { cache in
             // Bounded: a plan over 450,000 chunks asks for each once or twice, in order.
             if cache.chunks.count >= 8192 { cache.chunks.removeAll(keepingCapacity: true) }
             cache.chunks[storageKey] = data
         }
         return data
+    }
+
+    /// For a plan only (`ItemOpening.oncePerLayout`): the chunk data of an item not opened, taken
+    /// from an opened item of the same dtype, sizes and length, whose `torch.save` archive has the
+    /// same records at the same item-relative offsets when both come from one writer. Nil when no
+    /// such item was opened yet, or the item is compressed.
+    func assumedLikeOpened(_ storageKey: DCPStorageKey, tensor: DCPTensorMetadata, chunk: DCPChunk) throws -> ChunkData? {
+        guard let info = metadata.storage[storageKey] else {
+            throw MegatronCheckpointError.missingStorage(file: metadataPath, key: storageKey.fqn, offsets: storageKey.offsets)
+        }
+        guard info.transformDescriptors?.isEmpty ?? true else { return nil }
+        let layoutKey = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes, length: info.length)
+        let found: ItemLayout? = cache.withLock { cache in
+            guard let layout = cache.layouts[layoutKey] else { return nil }
+            cache.itemsAssumed += 1
+            return layout
+        }
+        guard let layout = found else { return nil }
+        let file = dataFile(info)
+        let runs = layout.runs.map { ChunkData.Run(source: ByteRange(offset: $0.source.offset + info.offset, count: $0.source.count),
+                                                   destinationOffset: $0.destinationOffset) }
+        return ChunkData(file: file, dataFile: file.path, key: storageKey.fqn, chunk: chunk, dtype: tensor.dtype,
+                         elementSize: layout.elementSize, runs: runs)
     }
 
     /// The contiguous runs of a saved tensor's elements inside its storage record, in row-major

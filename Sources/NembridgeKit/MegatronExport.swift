@@ -114,6 +114,9 @@ public struct MegatronExport: Sendable {
         public var workers = 2
         /// Store the table's linear projection weights quantized (nil: as they are).
         public var quantize: ExportQuantization?
+        /// Only the plan is wanted (a dry run): of the source items alike in dtype, chunk sizes and
+        /// length one is opened and the others take its layout. Such a plan cannot be run.
+        public var planOnly = false
 
         public init() {}
     }
@@ -128,6 +131,8 @@ public struct MegatronExport: Sendable {
     public let legacy: LegacyCheckpointSource?
     public let outputPath: String
     public let mapping: MappingPlan
+    /// Made for printing only (`Options.planOnly`): not every item was opened, so it is not run.
+    public let planOnly: Bool
     public let configDirectory: String
     /// The config written from the checkpoint's training args, when none was recorded or given.
     public let trainingConfig: TrainingConfig?
@@ -173,6 +178,7 @@ public struct MegatronExport: Sendable {
         let folder = try MegatronCheckpointFolder(path: path)
         directory = folder.directory
         outputPath = output
+        planOnly = options.planOnly
         let tables = try MappingTable.load(directory: options.mappingsDirectory)
         (configDirectory, trainingConfig) = try Self.configDirectory(given: options.hfConfigDirectory, folder: folder, checkpoint: path,
                                                                      tables: tables, tokenizer: options.tokenizerDirectory)
@@ -187,7 +193,7 @@ public struct MegatronExport: Sendable {
             mapping = legacy.mapping
             skippedKeys = legacy.checkpoint.trainingStateKeys
         } else {
-            let checkpoint = try TorchDistCheckpoint(folder: folder)
+            let checkpoint = try TorchDistCheckpoint(folder: folder, itemOpening: options.planOnly ? .oncePerLayout : .every)
             legacy = nil
             source = checkpoint
             var keyShapes: [String: [Int]] = [:]
@@ -490,6 +496,7 @@ public struct MegatronExport: Sendable {
     /// Writes the folder under a staging name and publishes it by rename.
     /// Writes the HF folder; `resume` as for `HFImport.run`.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false, job: JobPlacement = .alone) throws {
+        precondition(!planOnly, "an export planned with planOnly is run")
         let folder = try OutputFolder(path: outputPath, resume: resume, job: job)
         for note in folder.notes { progress?.note(note) }
         // All shards at once, one lane per file: workers write different files (writes to one
@@ -627,6 +634,9 @@ public struct MegatronExport: Sendable {
             out.line("legacy checkpoint: \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files")
         }
         out.line("architecture: \(mapping.model.table.name), config from " + (trainingConfig.map { _ in "the checkpoint's training args" } ?? configDirectory))
+        if let checkpoint = source as? TorchDistCheckpoint, checkpoint.itemsAssumed > 0 {
+            out.line(checkpoint.assumedItemsNote)
+        }
         for shard in shards {
             out.line("  \(shard.name): \(shard.tensors.count) tensors, \(formatBytes(shard.tensors.reduce(0) { $0 + $1.byteCount }))")
             for tensor in shard.tensors {

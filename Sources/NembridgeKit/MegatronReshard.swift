@@ -44,6 +44,9 @@ public struct MegatronReshard: Sendable {
         public var fileCount = 2
         /// Leave the optimizer state (and the scheduler's) out of the output.
         public var dropOptimizer = false
+        /// Only the plan is wanted (a dry run): of the source items alike in dtype, chunk sizes and
+        /// length one is opened and the others take its layout. Such a plan cannot be run.
+        public var planOnly = false
 
         public init() {}
 
@@ -180,7 +183,7 @@ public struct MegatronReshard: Sendable {
                 ])
             }
         } else {
-            let checkpoint = try TorchDistCheckpoint(folder: folder)
+            let checkpoint = try TorchDistCheckpoint(folder: folder, itemOpening: options.planOnly ? .oncePerLayout : .every)
             self.checkpoint = checkpoint
             legacySource = nil
             source = checkpoint
@@ -379,6 +382,7 @@ public struct MegatronReshard: Sendable {
 
     /// Writes the resharded checkpoint; `resume` as for `HFImport.run`.
     public func run(executor: MoveExecutor, progress: ProgressCounter? = nil, resume: Bool = false, job: JobPlacement = .alone) throws {
+        precondition(!options.planOnly, "a reshard planned with planOnly is run")
         let folder = try OutputFolder(path: outputPath, resume: resume, job: job)
         for note in folder.notes { progress?.note(note) }
         let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
@@ -438,6 +442,7 @@ public struct MegatronReshard: Sendable {
     /// per rank; streamed line by line.
     public func writePlanText(to out: PlanTextOutput) {
         out.line("reshard \(directory) -> \(outputPath)/\(iterationDirectoryName) as \(options.format.rawValue) (tp \(options.tensorParallel), pp \(options.pipelineParallel), ep \(options.expertParallel), etp \(options.expertTensorParallel ?? options.tensorParallel))")
+        if let checkpoint, checkpoint.itemsAssumed > 0 { out.line(checkpoint.assumedItemsNote) }
         if let legacy = legacySource {
             out.line("source: legacy checkpoint, \(legacy.layout.sizes), \(legacy.checkpoint.ranks.count) rank files")
         }

@@ -48,6 +48,7 @@ struct Export: ParsableCommand {
             options.maxShardSize = try ByteCountParser.parse(maxShardSize)
             options.mappingsDirectory = mappings
             options.tokenizerDirectory = tokenizer
+            options.planOnly = planned.dryRun
             if let dtype {
                 guard let parsed = DTypeCast.parse(dtype) else { throw ValidationError("--dtype must be bf16, fp16 or fp32, not `\(dtype)`") }
                 options.dtype = parsed

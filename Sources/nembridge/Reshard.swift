@@ -64,6 +64,7 @@ struct Reshard: ParsableCommand {
                 options.format = layout.ckptFormat
                 options.hfConfigDirectory = hfConfig
                 options.dropOptimizer = dropOptimizer
+                options.planOnly = planned.dryRun
                 options.fileCount = max(1, planned.workers)
                 let plan = try MegatronReshard(checkpoint: megatron, output: output, options: options)
                 guard let seconds = try planned.run(phase: "reshard", planText: plan.writePlanText,

@@ -141,4 +141,30 @@ struct ExportReshardGoldenTests {
         } + "\n"
         try Self.compare(text.replacingOccurrences(of: scratch, with: "TMP"), golden: "\(test.name).reshard-\(test.layout)-to-tp1.plan.txt")
     }
+
+    /// A dry run opens one source item per layout (`planOnly`); on a checkpoint as a writer makes
+    /// it that plan must be the one a run makes by opening every item, move for move.
+    @Test("planOnly export and reshard plans equal the plans made by opening every item", arguments: cases)
+    func planOnly(_ test: PlanGoldenTests.Case) throws {
+        let scratch = try Self.imported(test)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        func moves(_ plan: ConversionPlan) -> String { Self.movesText(plan, checkpoint: scratch + "/mc") { "group \($0)" } }
+        func withoutNote(_ text: String) -> String {
+            text.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("source items: ") }.joined(separator: "\n")
+        }
+        var exportOptions = MegatronExport.Options()
+        exportOptions.planOnly = true
+        let full = try MegatronExport(checkpoint: scratch + "/mc", output: "OUT")
+        let sketched = try MegatronExport(checkpoint: scratch + "/mc", output: "OUT", options: exportOptions)
+        #expect(moves(try sketched.conversionPlan().plan) == moves(try full.conversionPlan().plan))
+        #expect(withoutNote(sketched.planText()) == full.planText())
+        #expect(sketched.planText().contains("source items: one opened per layout"), "chunks alike in layout were opened anyway")
+
+        var reshardOptions = MegatronReshard.Options()
+        reshardOptions.planOnly = true
+        let fullReshard = try MegatronReshard(checkpoint: scratch + "/mc", output: "OUT", options: MegatronReshard.Options())
+        let sketchedReshard = try MegatronReshard(checkpoint: scratch + "/mc", output: "OUT", options: reshardOptions)
+        #expect(moves(sketchedReshard.plan) == moves(fullReshard.plan))
+        #expect(withoutNote(sketchedReshard.planText()) == fullReshard.planText())
+    }
 }
