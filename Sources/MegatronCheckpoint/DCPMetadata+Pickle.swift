@@ -12,6 +12,21 @@ extension DCPMetadata {
     ///
     /// `DCPMetadataReader` reads the usual shapes straight into this value; a file it does not
     /// follow (or a DCP-level fault, for the wording) is read again by the generic reader.
+    /// Parses a `.metadata` file, read through a window: its bytes are held whole only when the
+    /// generic reader must read it.
+    public init(file: ReadOnlyFile) throws {
+        switch Result(catching: { () throws(DCPMetadataReader.Stop) in try DCPMetadataReader.read(file: file, globals: CheckpointGlobals.policy) }) {
+        case .success(let metadata):
+            self = metadata
+        case .failure(.pickle(let error)):
+            throw MegatronCheckpointError.invalidMetadata(file: file.path, reason: "\(error)")
+        case .failure(.file(let error)):
+            throw error
+        case .failure(.unusual):
+            try self.init(genericPickle: try file.readBytes(ByteRange(offset: 0, count: file.size)), file: file.path)
+        }
+    }
+
     public init(pickle bytes: [UInt8], file: String) throws {
         let fast = bytes.withUnsafeBytes { buffer in
             Result { () throws(DCPMetadataReader.Stop) in try DCPMetadataReader.read(buffer, globals: CheckpointGlobals.policy) }
@@ -23,6 +38,8 @@ extension DCPMetadata {
             throw MegatronCheckpointError.invalidMetadata(file: file, reason: "\(error)")
         case .failure(.unusual):
             try self.init(genericPickle: bytes, file: file)
+        case .failure(.file(let error)):
+            throw error
         }
     }
 

@@ -28,6 +28,31 @@ struct DCPMetadataReader {
         case pickle(PickleError)
         /// A shape this reader does not follow; the generic reader decides.
         case unusual(String)
+        /// The file could not be read.
+        case file(FileIOError)
+    }
+
+    /// The pickle's bytes: all in memory, or a file read through a window that slides forward as
+    /// the machine reads (a 409,000-chunk `.metadata` is 59 MB; only the window is held). Every
+    /// read is at or after `position`, so bytes behind it are dropped when the window moves.
+    struct Input {
+        /// Bytes `start ..< start + window.count` of the input.
+        var window: UnsafeRawBufferPointer
+        var start = 0
+        let count: Int
+        let file: ReadOnlyFile?
+        /// The window's storage when reading a file (owned by `read(file:)`).
+        var buffer: UnsafeMutableRawBufferPointer?
+
+        static let windowSize = 1 << 20
+
+        subscript(absolute: Int) -> UInt8 {
+            @inline(__always) get { window[absolute - start] }
+        }
+
+        func slice(_ from: Int, _ to: Int) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(rebasing: window[(from - start)..<(to - start)])
+        }
     }
 
     /// A value on the stack, in the memo or in a container: 16 bytes.
@@ -169,7 +194,7 @@ struct DCPMetadataReader {
         var name: String
     }
 
-    let input: UnsafeRawBufferPointer
+    var input: Input
     let limits: PickleLimits
     let policy: PickleGlobals
     var position = 0
@@ -200,7 +225,7 @@ struct DCPMetadataReader {
     /// Objects already placed in the result (tensors, chunks): a second reference goes to the generic reader.
     var takenObjects: [Bool] = []
 
-    init(input: UnsafeRawBufferPointer, limits: PickleLimits = .default, globals: PickleGlobals) {
+    init(input: Input, limits: PickleLimits = .default, globals: PickleGlobals) {
         self.input = input
         self.limits = limits
         self.policy = globals
@@ -210,8 +235,51 @@ struct DCPMetadataReader {
     static func read(_ bytes: UnsafeRawBufferPointer, globals: PickleGlobals) throws(Stop) -> DCPMetadata {
         // Table indices are Int32: each needs at least one byte of input.
         guard bytes.count < Int(Int32.max) else { throw .unusual("larger than 2 GiB") }
-        var reader = DCPMetadataReader(input: bytes, globals: globals)
+        var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals)
         return try reader.run()
+    }
+
+    /// `read` of a file through a sliding window instead of all its bytes.
+    static func read(file: ReadOnlyFile, globals: PickleGlobals, windowSize: Int = Input.windowSize) throws(Stop) -> DCPMetadata {
+        guard file.size < Int64(Int32.max) else { throw .unusual("larger than 2 GiB") }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(windowSize, 1), alignment: 16)
+        var reader = DCPMetadataReader(input: Input(window: UnsafeRawBufferPointer(start: buffer.baseAddress, count: 0), count: Int(file.size),
+                                                    file: file, buffer: buffer), globals: globals)
+        defer { reader.input.buffer?.deallocate() }
+        return try reader.run()
+    }
+
+    /// Makes `input[position ..< position + count]` readable; the caller has checked that the
+    /// input has these bytes.
+    @inline(__always)
+    private mutating func ensure(_ count: Int) throws(Stop) {
+        if position + count <= input.start + input.window.count { return }
+        try slide(count)
+    }
+
+    private mutating func slide(_ count: Int) throws(Stop) {
+        guard let file = input.file, var buffer = input.buffer else { preconditionFailure("a read past the input") }
+        let kept = input.start + input.window.count - position
+        if count > buffer.count {
+            // A string longer than the window: grow it (bounded by the file's size).
+            let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, buffer.count * 2), alignment: 16)
+            if kept > 0 { grown.baseAddress!.copyMemory(from: input.window.baseAddress! + (position - input.start), byteCount: kept) }
+            buffer.deallocate()
+            buffer = grown
+            input.buffer = grown
+        } else if kept > 0 {
+            buffer.baseAddress!.copyMemory(from: input.window.baseAddress! + (position - input.start), byteCount: kept)
+        }
+        let fill = min(buffer.count - kept, input.count - (position + kept))
+        do {
+            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[kept..<(kept + fill)]), at: Int64(position + kept))
+        } catch let error as FileIOError {
+            throw .file(error)
+        } catch {
+            preconditionFailure("ReadOnlyFile.read throws FileIOError")
+        }
+        input.start = position
+        input.window = UnsafeRawBufferPointer(rebasing: buffer[0..<(kept + fill)])
     }
 
     var site: PickleError.Site { .init(offset: opcodeStart, opcode: currentOpcode.name) }
@@ -222,6 +290,7 @@ struct DCPMetadataReader {
     mutating func run() throws(Stop) -> DCPMetadata {
         while position < input.count {
             opcodeStart = position
+            try ensure(1)
             let byte = input[position]
             position += 1
             guard let opcode = PickleOpcode(rawValue: byte) else {
@@ -293,7 +362,7 @@ struct DCPMetadataReader {
             guard count <= limits.maxBigIntBytes else {
                 throw .pickle(.limitExceeded(site, limit: .bigIntBytes, maximum: limits.maxBigIntBytes))
             }
-            try push(integer(at: try skip(count), count: count))
+            try push(integer(at: try take(count), count: count))
         case .binFloat:
             _ = try readFixed(8)
             try push(.other(.float))
@@ -301,10 +370,10 @@ struct DCPMetadataReader {
         // Text and bytes.
         case .binString, .shortBinString:
             let count = try readLength(opcode == .binString ? 4 : 1, signed: true)
-            try push(try string(at: try skip(count), count: count))
+            try push(try string(at: try take(count), count: count))
         case .shortBinUnicode, .binUnicode, .binUnicode8:
             let count = try readLength(opcode == .shortBinUnicode ? 1 : opcode == .binUnicode ? 4 : 8, signed: false)
-            try push(try string(at: try skip(count), count: count))
+            try push(try string(at: try take(count), count: count))
         case .shortBinBytes, .binBytes, .binBytes8, .byteArray8:
             let width = opcode == .shortBinBytes ? 1 : opcode == .binBytes ? 4 : 8
             _ = try skip(try readLength(width, signed: false))
@@ -465,7 +534,7 @@ struct DCPMetadataReader {
     }
 
     private mutating func string(at start: Int, count: Int) throws(Stop) -> Value {
-        let bytes = UnsafeRawBufferPointer(rebasing: input[start..<(start + count)])
+        let bytes = input.slice(start, start + count)
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw .pickle(.invalidArgument(site, reason: "text is not valid UTF-8"))
         }
@@ -829,6 +898,7 @@ struct DCPMetadataReader {
 
     private mutating func readFixed(_ width: Int) throws(Stop) -> UInt64 {
         guard remaining >= width else { throw .pickle(.truncated(site, needed: UInt64(width), available: remaining)) }
+        try ensure(width)
         var value: UInt64 = 0
         for index in (0..<width).reversed() { value = value << 8 | UInt64(input[position + index]) }
         position += width
@@ -844,7 +914,7 @@ struct DCPMetadataReader {
         return Int(raw)
     }
 
-    /// Steps over `count` bytes of argument; returns where they start.
+    /// Steps over `count` bytes of argument (not read); returns where they start.
     private mutating func skip(_ count: Int) throws(Stop) -> Int {
         guard count <= remaining else { throw .pickle(.truncated(site, needed: UInt64(count), available: remaining)) }
         let start = position
@@ -852,11 +922,23 @@ struct DCPMetadataReader {
         return start
     }
 
+    /// `skip` of bytes to be read: they stay readable until the next read of the input.
+    private mutating func take(_ count: Int) throws(Stop) -> Int {
+        guard count <= remaining else { throw .pickle(.truncated(site, needed: UInt64(count), available: remaining)) }
+        try ensure(count)
+        return try skip(count)
+    }
+
+    /// The bytes up to the next newline (readable until the next read of the input).
     private mutating func readLine() throws(Stop) -> UnsafeRawBufferPointer {
         var end = position
-        while end < input.count && input[end] != 0x0A { end += 1 }
+        while end < input.count {
+            try ensure(end - position + 1)
+            if input[end] == 0x0A { break }
+            end += 1
+        }
         guard end < input.count else { throw .pickle(.missingNewline(site)) }
-        let line = UnsafeRawBufferPointer(rebasing: input[position..<end])
+        let line = input.slice(position, end)
         position = end + 1
         return line
     }

@@ -96,17 +96,16 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         self.itemOpening = itemOpening
         self.folder = folder
         metadataPath = (directory as NSString).appendingPathComponent(".metadata")
-        let bytes: [UInt8]
+        let file: ReadOnlyFile
         do {
-            let file = try ReadOnlyFile(path: metadataPath)
-            bytes = try file.readBytes(ByteRange(offset: 0, count: file.size))
+            file = try ReadOnlyFile(path: metadataPath)
         } catch let error as FileIOError {
             // A missing or unreadable .metadata means this is no DCP directory; a .metadata that
             // is a directory or a FIFO is reported as such.
             guard case .failed(_, .open, _, _) = error else { throw error }
             throw MegatronCheckpointError.notACheckpoint(path: directory, reason: "no readable .metadata (\(error))")
         }
-        metadata = try DCPMetadata(pickle: bytes, file: metadataPath)
+        metadata = try DCPMetadata(file: file)
         tensorIndex = Dictionary(metadata.tensors.enumerated().map { ($0.element.fqn, $0.offset) }, uniquingKeysWith: { first, _ in first })
         bytesItemKeys = Set(metadata.bytesItems)
         files = try Self.validate(metadata, metadataPath: metadataPath, directory: directory)

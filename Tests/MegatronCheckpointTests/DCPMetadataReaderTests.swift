@@ -24,8 +24,38 @@ struct DCPMetadataReaderTests {
                 switch error {
                 case .pickle(let fault): return .error(fault)
                 case .unusual(let reason): return .unusual(reason)
+                case .file(let error): return .unusual("\(error)")
                 }
             }
+        }
+    }
+
+    /// `fast` of the bytes written to a file and read through a window of `windowSize` bytes.
+    static func fastFromFile(_ bytes: [UInt8], windowSize: Int) throws -> Fast {
+        let directory = try TestCheckpoints.scratchDirectory("dcp-window")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/.metadata"
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        let file = try ReadOnlyFile(path: path)
+        do throws(DCPMetadataReader.Stop) {
+            return .metadata(try DCPMetadataReader.read(file: file, globals: CheckpointGlobals.policy, windowSize: windowSize))
+        } catch {
+            switch error {
+            case .pickle(let fault): return .error(fault)
+            case .unusual(let reason): return .unusual(reason)
+            case .file(let error): return .unusual("\(error)")
+            }
+        }
+    }
+
+    /// The windowed file read gives what the in-memory read gives: the same metadata, fault or hand-over.
+    static func expectWindowedAgreement(_ bytes: [UInt8], _ label: String, windowSize: Int,
+                                        sourceLocation: SourceLocation = #_sourceLocation) throws {
+        switch (fast(bytes), try fastFromFile(bytes, windowSize: windowSize)) {
+        case (.metadata(let a), .metadata(let b)): expectSame(a, b, "\(label) (window \(windowSize))", sourceLocation: sourceLocation)
+        case (.error(let a), .error(let b)): #expect("\(a)" == "\(b)", "\(label) (window \(windowSize))", sourceLocation: sourceLocation)
+        case (.unusual(let a), .unusual(let b)): #expect(a == b, "\(label) (window \(windowSize))", sourceLocation: sourceLocation)
+        case (let a, let b): Issue.record("\(label) (window \(windowSize)): \(a) in memory, \(b) from the file", sourceLocation: sourceLocation)
         }
     }
 
@@ -92,6 +122,28 @@ struct DCPMetadataReaderTests {
             guard case .metadata(let again) = Self.fast(rewritten) else { Issue.record("\(file) rewritten: not on the fast path"); continue }
             Self.expectSame(again, try DCPMetadata(genericPickle: rewritten, file: file), "\(file) rewritten")
             #expect(again.tensors.map(\.metadata) == fast.tensors.map(\.metadata) && again.storage == fast.storage, "\(file) rewritten")
+        }
+    }
+
+    @Test("a .metadata read from its file through a sliding window reads as it does in memory, window sizes 1 byte to 1 MiB")
+    func windowedFileRead() throws {
+        for file in Self.metadataFiles {
+            let bytes = try TestCheckpoints.readFile(TestCheckpoints.path(file))
+            for window in [1, 7, 64, 4096, 1 << 20] { try Self.expectWindowedAgreement(bytes, file, windowSize: window) }
+        }
+        let directory = TestCheckpoints.root + "/Tests/FuzzCorpus/dcp-metadata"
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory).filter({ !$0.hasPrefix(".") }).sorted() {
+            let bytes = try TestCheckpoints.readFile(directory + "/" + file)
+            for window in [3, 256] { try Self.expectWindowedAgreement(bytes, file, windowSize: window) }
+        }
+        // A string longer than the window, and a truncated one.
+        var random = SplitMix64(seed: 0xDC9_0002)
+        for file in Self.metadataFiles.prefix(2) {
+            let original = try TestCheckpoints.readFile(TestCheckpoints.path(file))
+            for _ in 0..<40 {
+                let cut = Int(random.next() % UInt64(original.count))
+                try Self.expectWindowedAgreement(Array(original[..<cut]), "\(file) cut at \(cut)", windowSize: 5)
+            }
         }
     }
 
