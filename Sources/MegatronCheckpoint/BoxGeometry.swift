@@ -50,8 +50,8 @@ enum BoxGeometry {
             return
         }
         if box.sizes.contains(0) { return }
-        let outerStrides = rowMajorStrides(outer.sizes)
-        let innerStrides = rowMajorStrides(inner.sizes)
+        let outerStrides = rowMajorStrides(outer.sizes.array)
+        let innerStrides = rowMajorStrides(inner.sizes.array)
         // Merge axes from the innermost outwards while the box spans the axis fully in both.
         var firstMerged = rank - 1
         var runLength = box.sizes[rank - 1]
@@ -97,8 +97,8 @@ enum BoxGeometry {
     static func arithmeticRuns(of box: DCPChunk, outer: DCPChunk, inner: DCPChunk, elementSize: Int64) -> ArithmeticRuns? {
         let rank = box.sizes.count
         if rank == 0 { return ArithmeticRuns(source: 0, destination: 0, segment: elementSize, rows: 1, sourceStep: elementSize, destinationStep: elementSize) }
-        let outerStrides = rowMajorStrides(outer.sizes)
-        let innerStrides = rowMajorStrides(inner.sizes)
+        let outerStrides = rowMajorStrides(outer.sizes.array)
+        let innerStrides = rowMajorStrides(inner.sizes.array)
         var firstMerged = rank - 1
         var runLength = box.sizes[rank - 1]
         while firstMerged > 0, box.sizes[firstMerged] == outer.sizes[firstMerged], box.sizes[firstMerged] == inner.sizes[firstMerged] {

@@ -27,17 +27,17 @@ public final class ChunkedTensorSet: GlobalTensorSource {
                             && chunk.sizes[$0] <= tensor.size[$0] - chunk.offsets[$0]
                     }
                 guard inside else {
-                    throw MegatronCheckpointError.chunkOutOfBounds(file: data.dataFile, key: tensor.key, offsets: chunk.offsets, sizes: chunk.sizes, shape: tensor.size)
+                    throw MegatronCheckpointError.chunkOutOfBounds(file: data.dataFile, key: tensor.key, offsets: chunk.offsets.array, sizes: chunk.sizes.array, shape: tensor.size)
                 }
                 guard data.dtype == tensor.dtype else {
                     throw MegatronCheckpointError.dtypeMismatch(file: data.dataFile, key: tensor.key, expected: tensor.dtype, actual: data.dtype)
                 }
-                let expected = Int64(BoxGeometry.volume(chunk.sizes) * data.elementSize)
+                let expected = Int64(BoxGeometry.volume(chunk.sizes.array) * data.elementSize)
                 precondition(data.byteCount == expected, "chunk data of \(data.byteCount) bytes for a box of \(expected)")
-                chunks[DCPStorageKey(fqn: tensor.key, offsets: chunk.offsets)] = data
+                chunks[DCPStorageKey(fqn: tensor.key, offsets: chunk.offsets.array)] = data
             }
             if let (first, second) = BoxGeometry.firstOverlap(metadata.chunks) {
-                throw MegatronCheckpointError.overlappingChunks(file: path, key: tensor.key, first: first.offsets, second: second.offsets)
+                throw MegatronCheckpointError.overlappingChunks(file: path, key: tensor.key, first: first.offsets.array, second: second.offsets.array)
             }
             index[tensor.key] = global.count
             global.append((tensor.key, metadata))
@@ -53,8 +53,8 @@ public final class ChunkedTensorSet: GlobalTensorSource {
     }
 
     public func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData {
-        guard let data = chunks[DCPStorageKey(fqn: key, offsets: chunk.offsets)] else {
-            throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets)
+        guard let data = chunks[DCPStorageKey(fqn: key, offsets: chunk.offsets.array)] else {
+            throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets.array)
         }
         return data
     }

@@ -169,7 +169,7 @@ extension DCPMetadata {
                 .bool(false),
             ]))
             let chunks = PickleValue.list(tensor.chunks.map { chunk in
-                Self.dataclass(Self.metadataModule, "ChunkStorageMetadata", ["offsets": Self.size(chunk.offsets), "sizes": Self.size(chunk.sizes)])
+                Self.dataclass(Self.metadataModule, "ChunkStorageMetadata", ["offsets": Self.size(chunk.offsets.array), "sizes": Self.size(chunk.sizes.array)])
             })
             entries.append((.string(fqn), Self.dataclass(Self.metadataModule, "TensorStorageMetadata", [
                 "properties": properties, "size": Self.size(tensor.size), "chunks": chunks,
@@ -180,7 +180,7 @@ extension DCPMetadata {
         }
         // Tensor chunks first in tensor order, then bytes items: a deterministic file.
         var keys: [DCPStorageKey] = []
-        for (fqn, tensor) in tensors { keys.append(contentsOf: tensor.chunks.map { DCPStorageKey(fqn: fqn, offsets: $0.offsets) }) }
+        for (fqn, tensor) in tensors { keys.append(contentsOf: tensor.chunks.map { DCPStorageKey(fqn: fqn, offsets: $0.offsets.array) }) }
         keys.append(contentsOf: bytesItems.map { DCPStorageKey(fqn: $0, offsets: nil) })
         var storageEntries: [(key: PickleValue, value: PickleValue)] = []
         for key in keys {

@@ -2,13 +2,108 @@ import TensorCore
 import TorchPickle
 
 /// A chunk of a global tensor: a box at `offsets` with `sizes` (Python: `ChunkStorageMetadata`).
+///
+/// Held in 40 bytes: offsets and sizes inline as `Int32` when the rank is at most 4 and every
+/// value fits (every chunk of every Megatron tensor), else in one array. With two arrays a chunk
+/// took about 110 bytes of heap, 45 MB for the 409,000 chunks of a TP=8 EP=8 checkpoint.
 public struct DCPChunk: Sendable, Hashable {
-    public var offsets: [Int]
-    public var sizes: [Int]
+    /// Canonical: `.inline` whenever it can hold the values, so equal chunks are equal storage.
+    fileprivate enum Storage: Sendable, Hashable {
+        case inline(rank: UInt8, values: InlineValues)
+        /// Offsets, then sizes.
+        case array([Int])
+    }
 
-    public init(offsets: [Int], sizes: [Int]) {
-        self.offsets = offsets
-        self.sizes = sizes
+    fileprivate struct InlineValues: Sendable, Hashable {
+        var v0: Int32 = 0, v1: Int32 = 0, v2: Int32 = 0, v3: Int32 = 0, v4: Int32 = 0, v5: Int32 = 0, v6: Int32 = 0, v7: Int32 = 0
+
+        subscript(index: Int) -> Int32 {
+            get {
+                switch index {
+                case 0: v0
+                case 1: v1
+                case 2: v2
+                case 3: v3
+                case 4: v4
+                case 5: v5
+                case 6: v6
+                default: v7
+                }
+            }
+            set {
+                switch index {
+                case 0: v0 = newValue
+                case 1: v1 = newValue
+                case 2: v2 = newValue
+                case 3: v3 = newValue
+                case 4: v4 = newValue
+                case 5: v5 = newValue
+                case 6: v6 = newValue
+                default: v7 = newValue
+                }
+            }
+        }
+    }
+
+    fileprivate var storage: Storage
+
+    public init(offsets: some Collection<Int>, sizes: some Collection<Int>) {
+        precondition(offsets.count == sizes.count, "a chunk with \(offsets.count) offsets and \(sizes.count) sizes")
+        let rank = offsets.count
+        if rank <= 4, offsets.allSatisfy({ Int32(exactly: $0) != nil }), sizes.allSatisfy({ Int32(exactly: $0) != nil }) {
+            var values = InlineValues()
+            for (axis, value) in offsets.enumerated() { values[axis] = Int32(value) }
+            for (axis, value) in sizes.enumerated() { values[rank + axis] = Int32(value) }
+            storage = .inline(rank: UInt8(rank), values: values)
+        } else {
+            storage = .array(Array(offsets) + Array(sizes))
+        }
+    }
+
+    public var rank: Int {
+        switch storage {
+        case .inline(let rank, _): Int(rank)
+        case .array(let values): values.count / 2
+        }
+    }
+
+    /// The offsets (then sizes) as a collection over the chunk's values, without copying them.
+    public struct Dims: RandomAccessCollection, Sendable, Hashable, CustomStringConvertible {
+        fileprivate let storage: Storage
+        fileprivate let base: Int
+        public let count: Int
+
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { count }
+
+        public subscript(axis: Int) -> Int {
+            precondition(axis >= 0 && axis < count, "axis \(axis) of a rank-\(count) chunk")
+            switch storage {
+            case .inline(_, let values): return Int(values[base + axis])
+            case .array(let values): return values[base + axis]
+            }
+        }
+
+        public var array: [Int] { Array(self) }
+        public var description: String { array.description }
+
+        public static func == (a: Dims, b: Dims) -> Bool { a.elementsEqual(b) }
+        public func hash(into hasher: inout Hasher) {
+            hasher.combine(count)
+            for value in self { hasher.combine(value) }
+        }
+        public static func == (a: Dims, b: [Int]) -> Bool { a.elementsEqual(b) }
+        public static func == (a: [Int], b: Dims) -> Bool { a.elementsEqual(b) }
+    }
+
+    public var offsets: Dims {
+        get { Dims(storage: storage, base: 0, count: rank) }
+        set { self = DCPChunk(offsets: newValue, sizes: sizes) }
+    }
+
+    public var sizes: Dims {
+        get { Dims(storage: storage, base: rank, count: rank) }
+        set { self = DCPChunk(offsets: offsets, sizes: newValue) }
     }
 }
 
@@ -101,6 +196,15 @@ public struct DCPStorageTable: Sendable, Equatable {
     /// The entry of `fqn` with chunk `offsets` (nil for a bytes item).
     public func info(fqn: String, offsets: [Int]?) -> DCPStorageInfo? {
         find(fqn: fqn, offsets: offsets).map { info(records[$0]) }
+    }
+
+    /// The entry of the chunk of `fqn` at `offsets`, without an array for the key.
+    public func info(fqn: String, offsets: DCPChunk.Dims) -> DCPStorageInfo? {
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: offsets.count) { buffer in
+            for axis in 0..<offsets.count { buffer[axis] = offsets[axis] }
+            let key = UnsafeBufferPointer(buffer)
+            return find(fqn: fqn, offsets: key, isBytesItem: false, hash: Self.hash(fqn, key)).map { info(records[$0]) }
+        }
     }
 
     public subscript(key: DCPStorageKey) -> DCPStorageInfo? {

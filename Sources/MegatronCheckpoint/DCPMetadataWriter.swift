@@ -80,9 +80,9 @@ public enum DCPMetadataWriter {
                         try out.op(.emptyDict)
                         try out.op(.mark)
                         try out.memoizedString("offsets")
-                        try size(chunk.offsets, &out)
+                        try size(chunk.offsets.array, &out)
                         try out.memoizedString("sizes")
-                        try size(chunk.sizes, &out)
+                        try size(chunk.sizes.array, &out)
                         try out.op(.setItems)
                         try out.op(.build)
                     }
@@ -147,7 +147,7 @@ public enum DCPMetadataWriter {
         }
         for key in layout.keys {
             for item in key.items {
-                try storageEntry(fqn: key.fqn, offsets: layout.chunk(item: item).offsets,
+                try storageEntry(fqn: key.fqn, offsets: layout.chunk(item: item).offsets.array,
                                  info: storage?(item) ?? layout.storageInfo(item: item))
             }
         }

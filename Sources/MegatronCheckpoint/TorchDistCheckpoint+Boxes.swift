@@ -151,7 +151,7 @@ extension GlobalTensorSource {
         var covered = 0
         for chunk in try candidateChunks(key: key, box: box) {
             guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
-            covered += BoxGeometry.volume(overlap.sizes)
+            covered += BoxGeometry.volume(overlap.sizes.array)
             let data = try chunkData(key: key, chunk: chunk)
             BoxGeometry.forEachRun(of: overlap, outer: box, inner: chunk) { boxElement, chunkElement, count in
                 let sources = data.sources(from: Int64(chunkElement * elementSize), count: Int64(count * elementSize))
@@ -188,7 +188,7 @@ extension GlobalTensorSource {
         var covered = 0
         for chunk in try candidateChunks(key: key, box: box) {
             guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
-            covered += BoxGeometry.volume(overlap.sizes)
+            covered += BoxGeometry.volume(overlap.sizes.array)
             let data = try chunkData(key: key, chunk: chunk)
             // The move being extended: segments of one length, a fixed step apart in the chunk,
             // back to back in the box.
@@ -248,7 +248,7 @@ extension GlobalTensorSource {
         var covered = 0
         for chunk in try candidateChunks(key: key, box: box) {
             guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
-            covered += BoxGeometry.volume(overlap.sizes)
+            covered += BoxGeometry.volume(overlap.sizes.array)
             let data = try chunkData(key: key, chunk: chunk)
             guard let range = data.contiguousRange,
                 var run = BoxGeometry.arithmeticRuns(of: overlap, outer: box, inner: chunk, elementSize: Int64(elementSize))

@@ -129,15 +129,15 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
                 }
                 guard inside else {
                     throw MegatronCheckpointError.chunkOutOfBounds(
-                        file: metadataPath, key: fqn, offsets: chunk.offsets, sizes: chunk.sizes, shape: tensor.size)
+                        file: metadataPath, key: fqn, offsets: chunk.offsets.array, sizes: chunk.sizes.array, shape: tensor.size)
                 }
             }
             if let (first, second) = BoxGeometry.firstOverlap(tensor.chunks) {
-                throw MegatronCheckpointError.overlappingChunks(file: metadataPath, key: fqn, first: first.offsets, second: second.offsets)
+                throw MegatronCheckpointError.overlappingChunks(file: metadataPath, key: fqn, first: first.offsets.array, second: second.offsets.array)
             }
             for chunk in tensor.chunks {
                 guard let info = metadata.storage.info(fqn: fqn, offsets: chunk.offsets) else {
-                    throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: chunk.offsets)
+                    throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: chunk.offsets.array)
                 }
                 entries.append((fqn, info))
             }

@@ -111,7 +111,7 @@ public struct TorchDistLayout: Sendable {
         /// Adds explicit chunks of a key (a source's own chunking), one grid each.
         public mutating func add(key fqn: String, metadata: DCPTensorMetadata) {
             for chunk in metadata.chunks {
-                add(key: fqn, dtype: metadata.dtype, size: metadata.size, origin: chunk.offsets, extent: chunk.sizes)
+                add(key: fqn, dtype: metadata.dtype, size: metadata.size, origin: chunk.offsets.array, extent: chunk.sizes.array)
             }
         }
 
@@ -325,7 +325,7 @@ public struct TorchDistLayout: Sendable {
             for item in key.items {
                 let chunk = self.chunk(item: item)
                 chunks.append(chunk)
-                storage[DCPStorageKey(fqn: key.fqn, offsets: chunk.offsets)] = storageInfo(item: item)
+                storage[DCPStorageKey(fqn: key.fqn, offsets: chunk.offsets.array)] = storageInfo(item: item)
             }
             tensors.append((key.fqn, DCPTensorMetadata(dtype: key.dtype, size: key.size, chunks: chunks)))
         }

@@ -75,7 +75,7 @@ public enum CheckpointVerifier {
             for (key, tensor) in checkpoint.metadata.tensors {
                 for chunk in tensor.chunks {
                     let name = "\(key)\(chunk.offsets)"
-                    let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets)
+                    let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets.array)
                     let file = ((checkpoint.directory as NSString).lastPathComponent as NSString).appendingPathComponent(info.relativePath)
                     do {
                         // Parses the item's archive (or decodes its zstd frame): a damaged container fails here.

@@ -96,7 +96,7 @@ extension HFImport {
                 out.write("      chunks: ")
                 out.write(grid.parts)
                 out.write(" x ")
-                out.write(shape: layout.chunk(item: first).sizes)
+                out.write(shape: layout.chunk(item: first).sizes.array)
                 out.write(" along axis ")
                 out.write(grid.axis)
                 out.write(":")

@@ -10,8 +10,10 @@ import TorchPickle
 /// common state; never tensor data.
 public struct MegatronInspectReport: Sendable {
     public struct Chunk: Sendable, Equatable {
-        public let offsets: [Int]
-        public let sizes: [Int]
+        /// Offsets and sizes (compact: a 409,000-chunk report holds one per chunk).
+        public let box: DCPChunk
+        public var offsets: [Int] { box.offsets.array }
+        public var sizes: [Int] { box.sizes.array }
         /// `relative_path` of the data file.
         public let file: String
         /// The item's byte range in `file` (compressed bytes for zstd items).
@@ -71,8 +73,8 @@ public struct MegatronInspectReport: Sendable {
         let checkpoint = try TorchDistCheckpoint(folder: folder)
         let metadata = checkpoint.metadata
         func chunk(_ key: String, _ chunk: DCPChunk) throws -> Chunk {
-            let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets)
-            return Chunk(offsets: chunk.offsets, sizes: chunk.sizes, file: info.relativePath, offset: info.offset,
+            let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets.array)
+            return Chunk(box: chunk, file: info.relativePath, offset: info.offset,
                          length: info.length, transforms: info.transformDescriptors ?? [])
         }
         let tensors = try metadata.tensors.map { fqn, tensor in
@@ -137,7 +139,7 @@ public struct MegatronInspectReport: Sendable {
                 case .tensor(let tensor):
                     let bytes = tensor.runs.reduce(0) { $0 + $1.source.count }
                     let chunks = tensor.runs.map { run in
-                        Chunk(offsets: tensor.shape.map { _ in 0 }, sizes: tensor.shape, file: file, offset: run.source.offset,
+                        Chunk(box: DCPChunk(offsets: tensor.shape.map { _ in 0 }, sizes: tensor.shape), file: file, offset: run.source.offset,
                               length: run.source.count, transforms: [])
                     }
                     tensors.append(Tensor(key: "\(directory)/\(name)", dtype: tensor.dtype, shape: tensor.shape, bytes: bytes, chunks: chunks))
@@ -229,11 +231,14 @@ public struct MegatronInspectReport: Sendable {
 
     /// The human-readable form: a summary, a tensor table with each tensor's chunks (first
     /// `limit` tensors), objects, the common state and `args`.
-    public func text(limit: Int? = nil) -> String {
+    public func text(limit: Int? = nil) -> String { PlanTextOutput.collect { writeText(to: $0, limit: limit) } }
+
+    /// `text`, streamed line by line: a 409,000-chunk checkpoint's report is 38 MB, and its lines
+    /// held as strings were twice that.
+    public func writeText(to out: PlanTextOutput, limit: Int? = nil) {
         // Keys, file names, metadata and pickle strings come from the input: escaped, so a
         // hostile one cannot forge lines of this report.
         let q = { (text: String) in MessageText.quoted(text, limit: MessageText.pathLimit) }
-        var lines: [String] = []
         let formatName = switch format {
         case .torchDist: "Megatron-Core torch_dist checkpoint"
         case .dcp: "PyTorch DCP checkpoint"
@@ -242,18 +247,18 @@ public struct MegatronInspectReport: Sendable {
         var summary = "\(MessageText.path(path)): \(formatName)"
         if let iteration { summary += ", iteration \(iteration) (\(iteration.directoryName))" }
         summary += ", \(tensors.count) tensors, \(formatBytes(totalBytes)), \(objects.count) objects"
-        lines.append(summary)
+        out.line(summary)
         if let backend {
             let members = backend.document.objectMembers?.map { "\(q($0.key))=\(q(JSONWriter.compact($0.value)))" } ?? []
-            lines.append("metadata.json: " + members.joined(separator: ", "))
+            out.line("metadata.json: " + members.joined(separator: ", "))
         }
         if format == .legacyTorch {
             let layout = legacyLayout.map { "tp \($0.tensor), pp \($0.pipeline), ep \($0.expert)" } ?? "?"
-            lines.append("rank files (\(layout)): \(dataFiles.map(q).joined(separator: ", "))")
+            out.line("rank files (\(layout)): \(dataFiles.map(q).joined(separator: ", "))")
         } else {
-            lines.append(".metadata: \(q(rootClass))\(version.map { ", version \(q($0))" } ?? ""), data files \(dataFiles.map(q).joined(separator: ", "))")
+            out.line(".metadata: \(q(rootClass))\(version.map { ", version \(q($0))" } ?? ""), data files \(dataFiles.map(q).joined(separator: ", "))")
         }
-        lines.append("")
+        out.line("")
         let shown = limit.map { Array(tensors.prefix($0)) } ?? tensors
         let header = ["key", "dtype", "shape", "bytes", "chunks"]
         let cells = shown.map { tensor in
@@ -267,33 +272,48 @@ public struct MegatronInspectReport: Sendable {
                 return column >= 3 ? pad + text : text + pad
             }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
         }
-        lines.append(render(header))
+        var quotedFiles: [String: String] = [:]
+        out.line(render(header))
         for (tensor, cell) in zip(shown, cells) {
-            lines.append(render(cell))
+            out.line(render(cell))
             for chunk in tensor.chunks {
-                var line = "    at \(formatShape(chunk.offsets)) size \(formatShape(chunk.sizes)): \(q(chunk.file)) @\(chunk.offset) +\(chunk.length)"
-                if chunk.compressed { line += " compressed (\(chunk.transforms.map(q).joined(separator: ", ")))" }
-                lines.append(line)
+                out.write("    at ")
+                out.write(shape: chunk.box.offsets)
+                out.write(" size ")
+                out.write(shape: chunk.box.sizes)
+                out.write(": ")
+                if let known = quotedFiles[chunk.file] {
+                    out.write(known)
+                } else {
+                    let quoted = q(chunk.file)
+                    quotedFiles[chunk.file] = quoted
+                    out.write(quoted)
+                }
+                out.write(" @")
+                out.write(chunk.offset)
+                out.write(" +")
+                out.write(chunk.length)
+                if chunk.compressed { out.write(" compressed (\(chunk.transforms.map(q).joined(separator: ", ")))") }
+                out.endLine()
             }
         }
-        if shown.count < tensors.count { lines.append("… \(tensors.count - shown.count) more (use --limit or --json)") }
-        lines.append("")
-        lines.append("objects:")
+        if shown.count < tensors.count { out.line("… \(tensors.count - shown.count) more (use --limit or --json)") }
+        out.line("")
+        out.line("objects:")
         for object in objects {
             var place = "\(q(object.file)) @\(object.offset) +\(object.length)"
             if !object.transforms.isEmpty { place += " compressed" }
-            lines.append("  \(q(object.key)) (\(place)): \(q(object.value))")
+            out.line("  \(q(object.key)) (\(place)): \(q(object.value))")
         }
         if let commonStateSource {
-            lines.append("")
-            lines.append("common state (\(q(commonStateSource))):")
-            for (key, value) in commonState { lines.append("  \(q(key)) = \(q(value))") }
+            out.line("")
+            out.line("common state (\(q(commonStateSource))):")
+            for (key, value) in commonState { out.line("  \(q(key)) = \(q(value))") }
             if !args.isEmpty {
-                lines.append("args (\(args.count) fields):")
-                for (name, value) in args { lines.append("  \(q(name)) = \(q(value))") }
+                out.line("args (\(args.count) fields):")
+                for (name, value) in args { out.line("  \(q(name)) = \(q(value))") }
             }
         }
-        return lines.joined(separator: "\n")
     }
 }
 

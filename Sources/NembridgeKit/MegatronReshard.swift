@@ -356,7 +356,7 @@ public struct MegatronReshard: Sendable {
             plan.reserve(groups: layout.tensorItemCount, moves: layout.tensorItemCount)
             for item in layout.tensorItemIndices {
                 let chunk = layout.chunk(item: item)
-                try Self.appendBox(source.boxReads(key: layout.key(item: item), offsets: chunk.offsets, sizes: chunk.sizes), alone: true, to: &plan)
+                try Self.appendBox(source.boxReads(key: layout.key(item: item), offsets: chunk.offsets.array, sizes: chunk.sizes.array), alone: true, to: &plan)
                 plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item))
             }
             self.plan = plan
@@ -461,7 +461,7 @@ public struct MegatronReshard: Sendable {
             let rank = targetRank(item: item)
             let reader = rank?.description ?? "as in the source"
             let chunk = layout.chunk(item: item)
-            out.line("  \(layout.key(item: item)) chunk \(chunk.offsets) \(formatShape(chunk.sizes)) \(layout.dtype(item: item)) -> \(layout.fileNames[layout.file(item: item)])@\(layout.dataOffset(item: item)) <- \(plan.moveCount(group: item)) read(s); loaded by \(reader)")
+            out.line("  \(layout.key(item: item)) chunk \(chunk.offsets) \(formatShape(chunk.sizes.array)) \(layout.dtype(item: item)) -> \(layout.fileNames[layout.file(item: item)])@\(layout.dataOffset(item: item)) <- \(plan.moveCount(group: item)) read(s); loaded by \(reader)")
             perRank[rank, default: (0, 0)].chunks += 1
             perRank[rank, default: (0, 0)].bytes += layout.byteCount(item: item)
         }

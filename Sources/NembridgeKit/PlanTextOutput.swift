@@ -50,7 +50,7 @@ public final class PlanTextOutput {
     }
 
     /// `[2, 3]`, as `formatShape` writes it.
-    public func write(shape: [Int]) {
+    public func write(shape: some Collection<Int>) {
         buffer.append(UInt8(ascii: "["))
         for (index, dim) in shape.enumerated() {
             if index > 0 { buffer.append(contentsOf: ", ".utf8) }

@@ -102,7 +102,7 @@ enum PlannedWriting {
             let chunk = layout.chunk(item: item)
             return ChecksumManifest.Entry(name: "\(layout.key(item: item))\(chunk.offsets)", file: names[layout.file(item: item)],
                                           range: ByteRange(offset: layout.dataOffset(item: item), count: layout.byteCount(item: item)),
-                                          xxh3: digest, dtype: layout.dtype(item: item), shape: chunk.sizes)
+                                          xxh3: digest, dtype: layout.dtype(item: item), shape: chunk.sizes.array)
         }
         do {
             try executor.run(plan, sinks: writer.sinks, observer: { item in

@@ -27,7 +27,13 @@ struct Inspect: ParsableCommand {
             } || ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).contains { $0.hasPrefix("mp_rank_") }
             if isMegatron {
                 let report = try MegatronInspectReport.inspect(path: path)
-                writeStandardOutput(json ? JSONWriter.pythonIndented(report.json, sortKeys: false) : report.text(limit: limit))
+                if json {
+                    writeStandardOutput(JSONWriter.pythonIndented(report.json, sortKeys: false))
+                } else {
+                    let output = PlanTextOutput.standardOutput()
+                    report.writeText(to: output, limit: limit)
+                    output.flush()
+                }
             } else {
                 let report = try InspectReport.inspect(path: path)
                 writeStandardOutput(json ? JSONWriter.pythonIndented(report.json, sortKeys: false) : report.text(limit: limit))

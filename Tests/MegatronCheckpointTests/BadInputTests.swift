@@ -50,7 +50,7 @@ struct BadInputTests {
         let checkpoint = try TorchDistCheckpoint(directory: directory)
         let key = "output_layer.weight"
         let chunk = try checkpoint.tensor(key).chunks[0]
-        let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets)
+        let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets.array)
         // Zero the end records: the zip has no end of central directory any more.
         try overwrite(path(directory, info.relativePath), at: info.offset + info.length - 120, with: [UInt8](repeating: 0, count: 120))
         let reopened = try TorchDistCheckpoint(directory: directory)
@@ -86,8 +86,8 @@ struct BadInputTests {
     /// Moves chunk `index` of `key` (and its storage entry) to `offsets`.
     func moveChunk(_ metadata: inout DCPMetadata, key: String, index: Int, to offsets: [Int]) throws {
         let position = try #require(metadata.tensors.firstIndex { $0.fqn == key })
-        let old = metadata.tensors[position].metadata.chunks[index].offsets
-        metadata.tensors[position].metadata.chunks[index].offsets = offsets
+        let old = metadata.tensors[position].metadata.chunks[index].offsets.array
+        metadata.tensors[position].metadata.chunks[index] = DCPChunk(offsets: offsets, sizes: metadata.tensors[position].metadata.chunks[index].sizes)
         let info = metadata.storage.removeValue(forKey: DCPStorageKey(fqn: key, offsets: old))
         metadata.storage[DCPStorageKey(fqn: key, offsets: offsets)] = info
     }
@@ -140,7 +140,7 @@ struct BadInputTests {
         try rewriteMetadata(directory) { metadata in
             let position = try #require(metadata.tensors.firstIndex { $0.fqn == "output_layer.weight" })
             let dropped = metadata.tensors[position].metadata.chunks.removeLast()
-            metadata.storage.removeValue(forKey: DCPStorageKey(fqn: "output_layer.weight", offsets: dropped.offsets))
+            metadata.storage.removeValue(forKey: DCPStorageKey(fqn: "output_layer.weight", offsets: dropped.offsets.array))
         }
         let checkpoint = try TorchDistCheckpoint(directory: directory)
         let error = #expect(throws: MegatronCheckpointError.self) { try checkpoint.readTensor(key: "output_layer.weight") }

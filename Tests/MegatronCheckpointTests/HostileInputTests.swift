@@ -100,7 +100,7 @@ struct HostileInputTests {
         let key = "output_layer.weight"
         try rewriteMetadata(directory) { metadata in
             let position = metadata.tensors.firstIndex { $0.fqn == key }!
-            let old = metadata.tensors[position].metadata.chunks[0].offsets
+            let old = metadata.tensors[position].metadata.chunks[0].offsets.array
             let info = metadata.storage.removeValue(forKey: DCPStorageKey(fqn: key, offsets: old))
             metadata.tensors[position].metadata.size = size
             metadata.tensors[position].metadata.chunks = [DCPChunk(offsets: [0, 0], sizes: size)]

@@ -32,14 +32,14 @@ struct TorchDistCheckpointTests {
             for chunkEntry in chunks {
                 let chunk = DCPChunk(offsets: chunkEntry["offsets"]?.arrayValue?.compactMap(\.intValue) ?? [],
                                      sizes: chunkEntry["sizes"]?.arrayValue?.compactMap(\.intValue) ?? [])
-                let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets)
+                let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets.array)
                 #expect(info.relativePath == chunkEntry["file"]?.stringValue)
                 #expect(info.offset == Int64(chunkEntry["offset"]?.intValue ?? -1))
                 #expect(info.length == Int64(chunkEntry["length"]?.intValue ?? -1))
                 #expect(info.transformDescriptors == chunkEntry["transform_descriptors"]?.arrayValue?.compactMap(\.stringValue))
-                let count = Int(try checkpoint.boxByteCount(key: key, sizes: chunk.sizes))
+                let count = Int(try checkpoint.boxByteCount(key: key, sizes: chunk.sizes.array))
                 var box = [UInt8](repeating: 0, count: count)
-                try box.withUnsafeMutableBytes { try checkpoint.readBox(key: key, offsets: chunk.offsets, sizes: chunk.sizes, into: $0) }
+                try box.withUnsafeMutableBytes { try checkpoint.readBox(key: key, offsets: chunk.offsets.array, sizes: chunk.sizes.array, into: $0) }
                 #expect(SHA256.hex(box) == chunkEntry["sha256"]?.stringValue, "\(fixture) \(key) chunk \(chunk.offsets)")
                 let data = try checkpoint.chunkData(key: key, chunk: chunk)
                 #expect(data.byteCount == Int64(count))

@@ -21,7 +21,7 @@ struct CompressedBombExportTests {
         let metadataPath = iteration + "/.metadata"
         var metadata = try DCPMetadata(pickle: try TestCheckpoints.readFile(metadataPath), file: metadataPath)
         let (key, tensor) = metadata.tensors[0]
-        let storageKey = DCPStorageKey(fqn: key, offsets: tensor.chunks[0].offsets)
+        let storageKey = DCPStorageKey(fqn: key, offsets: tensor.chunks[0].offsets.array)
         let data = iteration + "/" + metadata.storage[storageKey]!.relativePath
         // A frame header stating 2^40 bytes, one RLE block, appended to the data file.
         let bomb: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD, 0xC0, 0x38] + (0..<8).map { UInt8(truncatingIfNeeded: (UInt64(1) << 40) >> (8 * $0)) }

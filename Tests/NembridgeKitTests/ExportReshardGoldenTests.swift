@@ -120,7 +120,7 @@ struct ExportReshardGoldenTests {
         #expect(plan.groupCount == layout.tensorItemCount)
         for item in layout.tensorItemIndices {
             let chunk = layout.chunk(item: item)
-            #expect(plan.byteCount(group: item) == Int64(ShapeArithmetic.byteCount(chunk.sizes, layout.dtype(item: item))!),
+            #expect(plan.byteCount(group: item) == Int64(ShapeArithmetic.byteCount(chunk.sizes.array, layout.dtype(item: item))!),
                     "\(layout.key(item: item))\(chunk.offsets)")
             #expect(plan.output(group: item) == layout.file(item: item) && plan.offset(group: item) == layout.dataOffset(item: item))
         }
@@ -137,7 +137,7 @@ struct ExportReshardGoldenTests {
         var text = reshard.planText()
         text += "\n" + Self.movesText(plan, checkpoint: scratch + "/mc") { item in
             let chunk = layout.chunk(item: item)
-            return "chunk \(layout.key(item: item)) \(chunk.offsets) \(formatShape(chunk.sizes)) -> \(layout.fileNames[layout.file(item: item)])@\(layout.dataOffset(item: item))"
+            return "chunk \(layout.key(item: item)) \(chunk.offsets) \(formatShape(chunk.sizes.array)) -> \(layout.fileNames[layout.file(item: item)])@\(layout.dataOffset(item: item))"
         } + "\n"
         try Self.compare(text.replacingOccurrences(of: scratch, with: "TMP"), golden: "\(test.name).reshard-\(test.layout)-to-tp1.plan.txt")
     }

@@ -141,7 +141,7 @@ struct ImportExportTests {
         let checkpoint = try TorchDistCheckpoint(path: scratch + "/mc")
         let fc1 = try checkpoint.tensor("decoder.layers.4.mlp.experts.experts.linear_fc1.weight")
         #expect(fc1.size == [8, 32, 64])
-        #expect(fc1.chunks.map(\.offsets).sorted { $0[0] < $1[0] } == (0..<8).map { [$0, 0, 0] })
+        #expect(fc1.chunks.map(\.offsets.array).sorted { $0[0] < $1[0] } == (0..<8).map { [$0, 0, 0] })
         #expect(try checkpoint.tensor("decoder.layers.4.mlp.router.expert_bias").dtype == .float32)
         // Expert 5 of layer 4 is HF's experts.5, read back independently of the plan.
         let hf = try HFCheckpointFolder(directory: TestCheckpoints.path("nemotron3-moe-tiny/hf"))
@@ -385,7 +385,7 @@ struct TensorParallelLayoutTests {
 struct MegatronReshardTests {
     /// The rank that saved a chunk of a real Megatron-Core checkpoint: rank r writes `__r_0.distcp`.
     static func savingRank(_ checkpoint: TorchDistCheckpoint, _ key: String, _ chunk: DCPChunk) throws -> Int {
-        let file = try #require(checkpoint.metadata.storage[DCPStorageKey(fqn: key, offsets: chunk.offsets)]?.relativePath)
+        let file = try #require(checkpoint.metadata.storage[DCPStorageKey(fqn: key, offsets: chunk.offsets.array)]?.relativePath)
         return try #require(Int(file.dropFirst(2).prefix { $0 != "_" }))
     }
 

@@ -35,7 +35,7 @@ enum PlanChecks {
         #expect(moves.groupCount == layout.tensorItemCount, sourceLocation: sourceLocation)
         for item in layout.tensorItemIndices {
             let chunk = layout.chunk(item: item)
-            let bytes = Int64(ShapeArithmetic.byteCount(chunk.sizes, layout.dtype(item: item))!)
+            let bytes = Int64(ShapeArithmetic.byteCount(chunk.sizes.array, layout.dtype(item: item))!)
             #expect(layout.byteCount(item: item) == bytes, "\(layout.key(item: item))\(chunk.offsets)", sourceLocation: sourceLocation)
             #expect(moves.byteCount(group: item) == bytes, "\(layout.key(item: item))\(chunk.offsets)", sourceLocation: sourceLocation)
             #expect(moves.output(group: item) == layout.file(item: item) && moves.offset(group: item) == layout.dataOffset(item: item),

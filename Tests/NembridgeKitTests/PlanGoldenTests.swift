@@ -44,7 +44,7 @@ struct PlanGoldenTests {
             output.line("moves:")
             plan.plan.writeMoves(to: output, group: { item in
                 let chunk = plan.layout.chunk(item: item)
-                return "chunk \(plan.layout.key(item: item)) \(chunk.offsets) \(formatShape(chunk.sizes)) -> \(plan.layout.fileNames[plan.layout.file(item: item)])@\(plan.layout.dataOffset(item: item))"
+                return "chunk \(plan.layout.key(item: item)) \(chunk.offsets) \(formatShape(chunk.sizes.array)) -> \(plan.layout.fileNames[plan.layout.file(item: item)])@\(plan.layout.dataOffset(item: item))"
             }, source: { fileNames[$0] })
         }
         out += "\n" + moves + "\n"

@@ -57,8 +57,8 @@ struct ReportTextTests {
             let old = metadata.tensors[0].fqn
             metadata.tensors[0].fqn = name + ".weight"
             for chunk in metadata.tensors[0].metadata.chunks {
-                let info = metadata.storage.removeValue(forKey: DCPStorageKey(fqn: old, offsets: chunk.offsets))!
-                metadata.storage[DCPStorageKey(fqn: name + ".weight", offsets: chunk.offsets)] = info
+                let info = metadata.storage.removeValue(forKey: DCPStorageKey(fqn: old, offsets: chunk.offsets.array))!
+                metadata.storage[DCPStorageKey(fqn: name + ".weight", offsets: chunk.offsets.array)] = info
             }
             let object = metadata.bytesItems.firstIndex { $0.contains("_extra_state") }!
             let info = metadata.storage.removeValue(forKey: DCPStorageKey(fqn: metadata.bytesItems[object], offsets: nil))!
