@@ -224,6 +224,12 @@ struct DCPMetadataReader {
     var freeDicts: [Int32] = []
     /// Objects already placed in the result (tensors, chunks): a second reference goes to the generic reader.
     var takenObjects: [Bool] = []
+    /// `storage_data`, read as SETITEMS adds its entries to the one dict whose pairs are all
+    /// `MetadataIndex` -> `_StorageInfo`: that dict never holds them as pairs (at 409,000 chunks
+    /// the pairs took 17 MB until the end). The root must name this dict as `storage_data`.
+    var eagerStorage = DCPStorageTable()
+    var eagerDict: (index: Int32, generation: Int32)?
+    var eagerScratch: [Int] = []
 
     init(input: Input, limits: PickleLimits = .default, globals: PickleGlobals) {
         self.input = input
@@ -674,7 +680,9 @@ struct DCPMetadataReader {
         case (.dict, .dict(let index, let generation)):
             let pairs = try self.pairs(from: start)
             guard isCurrent(index, generation), !dicts[Int(index)].consumed else { throw .unusual("a state dict changed after BUILD") }
-            dicts[Int(index)].pairs.append(contentsOf: pairs)
+            if try !takeStorageEntries(pairs, dict: index, generation: generation) {
+                dicts[Int(index)].pairs.append(contentsOf: pairs)
+            }
         case (.dict, .object):
             _ = try self.pairs(from: start)
         case (.set, .other(.set)), (_, .object):
@@ -686,6 +694,67 @@ struct DCPMetadataReader {
     }
 
     // MARK: - DCP objects
+
+    private func isEager(_ index: Int32, _ generation: Int32) -> Bool {
+        eagerDict.map { $0.index == index && $0.generation == generation } ?? false
+    }
+
+    /// Adds `pairs` to `eagerStorage` when they are storage entries for the eager dict (the first
+    /// dict given only such pairs); false when they are pairs of another dict.
+    private mutating func takeStorageEntries(_ pairs: [(key: Value, value: Value)], dict index: Int32, generation: Int32) throws(Stop) -> Bool {
+        guard !pairs.isEmpty else { return false }
+        let eager = isEager(index, generation)
+        if !eager {
+            guard eagerDict == nil, dicts[Int(index)].pairs.isEmpty else { return false }
+        }
+        for (key, value) in pairs {
+            guard case .object(let keyIndex) = key, case .index = objects[Int(keyIndex)],
+                case .object(let valueIndex) = value, case .storage = objects[Int(valueIndex)]
+            else {
+                if eager { throw .unusual("storage entries mixed with other pairs") }
+                return false
+            }
+        }
+        eagerDict = (index, generation)
+        // Moved out and back: the table stays uniquely referenced, so it is never copied.
+        var table = eagerStorage
+        eagerStorage = DCPStorageTable()
+        defer { eagerStorage = table }
+        for (key, value) in pairs { try insertStorageEntry(key, value, into: &table) }
+        return true
+    }
+
+    /// One `storage_data` entry (a `MetadataIndex` key, a `_StorageInfo` value) into `table`, with
+    /// the checks of the generic walk (anything it would refuse is `.unusual`, for it to word).
+    private mutating func insertStorageEntry(_ key: Value, _ value: Value, into table: inout DCPStorageTable) throws(Stop) {
+        guard case .object(let keyIndex) = key, case .index(let fqn, let offsets) = objects[Int(keyIndex)],
+            case .object(let valueIndex) = value, case .storage(let record) = objects[Int(valueIndex)],
+            case let (path, transforms, offset, length) = (storageRecords[Int(record)].path, storageRecords[Int(record)].transforms,
+                                                          storageRecords[Int(record)].offset, storageRecords[Int(record)].length),
+            offset >= 0, length >= 0
+        else { throw .unusual("a storage_data entry") }
+        let file = strings[Int(path)]
+        guard !file.utf8.contains(UInt8(ascii: "/")), !file.utf8.contains(0), file != "..", file != ".", !file.isEmpty else {
+            throw .unusual("a data file name")
+        }
+        var descriptors: [String]?
+        if transforms >= 0 {
+            var texts: [String] = []
+            for item in lists[Int(transforms)].items {
+                guard case .string(let text) = item else { throw .unusual("a transform descriptor") }
+                texts.append(strings[Int(text)])
+            }
+            descriptors = texts
+        }
+        let info = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
+        if offsets.count < 0 {
+            table.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(start: nil, count: 0), isBytesItem: true, info: info)
+        } else {
+            eagerScratch.removeAll(keepingCapacity: true)
+            for axis in 0..<Int(offsets.count) { eagerScratch.append(Int(ints[Int(offsets.start) + axis])) }
+            eagerScratch.withUnsafeBufferPointer { table.insert(fqn: strings[Int(fqn)], offsets: $0, isBytesItem: false, info: info) }
+        }
+    }
 
     /// BUILD: a DCP class with its usual state becomes its record; other objects stay opaque.
     private mutating func build(_ object: Int, state: Value) throws(Stop) {
@@ -767,6 +836,7 @@ struct DCPMetadataReader {
     private func stateFields(_ state: Value) throws(Stop) -> FieldValues? {
         guard case .dict(let index, let generation) = state else { return nil }
         guard isCurrent(index, generation), !dicts[Int(index)].consumed else { throw .unusual("one state dict for two objects") }
+        guard !isEager(index, generation) else { throw .unusual("storage entries as an object's state") }
         var fields = FieldValues()
         for (key, value) in dicts[Int(index)].pairs {
             guard case .string(let text) = key else { continue }
@@ -857,38 +927,18 @@ struct DCPMetadataReader {
                 throw .unusual("a state_dict_metadata entry")
             }
         }
-        var storage = DCPStorageTable()
+        guard stateDict < 0 || eagerDict?.index != stateDict else { throw .unusual("storage entries in state_dict_metadata") }
         let storageEntries = try takeDict(storageDict)
-        storage.reserveCapacity(storageEntries.count)
-        var scratch: [Int] = []
-        for (key, value) in storageEntries {
-            guard case .object(let keyIndex) = key, case .index(let fqn, let offsets) = objects[Int(keyIndex)],
-                case .object(let valueIndex) = value, case .storage(let record) = objects[Int(valueIndex)],
-                case let (path, transforms, offset, length) = (storageRecords[Int(record)].path, storageRecords[Int(record)].transforms,
-                                                              storageRecords[Int(record)].offset, storageRecords[Int(record)].length),
-                offset >= 0, length >= 0
-            else { throw .unusual("a storage_data entry") }
-            let file = strings[Int(path)]
-            guard !file.utf8.contains(UInt8(ascii: "/")), !file.utf8.contains(0), file != "..", file != ".", !file.isEmpty else {
-                throw .unusual("a data file name")
-            }
-            var descriptors: [String]?
-            if transforms >= 0 {
-                var texts: [String] = []
-                for item in lists[Int(transforms)].items {
-                    guard case .string(let text) = item else { throw .unusual("a transform descriptor") }
-                    texts.append(strings[Int(text)])
-                }
-                descriptors = texts
-            }
-            let info = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
-            if offsets.count < 0 {
-                storage.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(start: nil, count: 0), isBytesItem: true, info: info)
-            } else {
-                scratch.removeAll(keepingCapacity: true)
-                for axis in 0..<Int(offsets.count) { scratch.append(Int(ints[Int(offsets.start) + axis])) }
-                scratch.withUnsafeBufferPointer { storage.insert(fqn: strings[Int(fqn)], offsets: $0, isBytesItem: false, info: info) }
-            }
+        var storage: DCPStorageTable
+        if let eager = eagerDict {
+            // The root's storage_data is the dict BUILD found current, so the same generation.
+            guard eager.index == storageDict, storageEntries.isEmpty else { throw .unusual("storage entries outside storage_data") }
+            storage = eagerStorage
+            eagerStorage = DCPStorageTable()
+        } else {
+            storage = DCPStorageTable()
+            storage.reserveCapacity(storageEntries.count)
+            for (key, value) in storageEntries { try insertStorageEntry(key, value, into: &storage) }
         }
         return DCPMetadata(tensors: tensors, bytesItems: bytesItems, storageTable: storage,
                            version: version < 0 ? nil : strings[Int(version)], rootClass: className(callable))
