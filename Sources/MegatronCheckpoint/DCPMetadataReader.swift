@@ -155,6 +155,8 @@ struct DCPMetadataReader {
         case chunk(offsets: Dims, sizes: Dims)
         /// `MetadataIndex(fqn, offset)`; `offsets.count == -1` for None.
         case index(fqn: Int32, offsets: Dims)
+        /// `MetadataIndex` with up to three small offsets, held inline (no room taken in `ints`).
+        case smallIndex(fqn: Int32, offsets: SmallInts)
         /// `_StorageInfo`: an index into `storageRecords` (its 64-bit fields kept out of the record
         /// keep every record at 20 bytes).
         case storage(Int32)
@@ -224,6 +226,13 @@ struct DCPMetadataReader {
     var freeDicts: [Int32] = []
     /// Objects already placed in the result (tensors, chunks): a second reference goes to the generic reader.
     var takenObjects: [Bool] = []
+    /// Objects whose value was copied (memoized or duplicated): only an unshared object's slot is
+    /// reused once the reader is done with it, so no value can name a slot that changed.
+    var sharedObjects: [Bool] = []
+    /// Slots of objects read into `eagerStorage`, and of their `_StorageInfo` records, for reuse:
+    /// two of every three objects of a checkpoint are those.
+    var freeObjects: [Int32] = []
+    var freeStorageRecords: [Int32] = []
     /// `storage_data`, read as SETITEMS adds its entries to the one dict whose pairs are all
     /// `MetadataIndex` -> `_StorageInfo`: that dict never holds them as pairs (at 409,000 chunks
     /// the pairs took 17 MB until the end). The root must name this dict as `storage_data`.
@@ -344,7 +353,9 @@ struct DCPMetadataReader {
             let mark = try popMark()
             stack.removeSubrange(mark...)
         case .dup:
-            try push(try top())
+            let value = try top()
+            share(value)
+            try push(value)
         case .binPut, .longBinPut:
             let key = try readFixed(opcode == .binPut ? 1 : 4)
             try memoPut(key, try top())
@@ -511,6 +522,7 @@ struct DCPMetadataReader {
     }
 
     private mutating func memoPut(_ key: UInt64, _ value: Value) throws(Stop) {
+        share(value)
         if key < UInt64(memo.count) {
             memo[Int(key)] = value
         } else if key == UInt64(memo.count) && sparseMemo.isEmpty {
@@ -602,17 +614,31 @@ struct DCPMetadataReader {
                 let element = values[Int(tuples[Int(index)].start)]
                 if case .size(let small) = element { return .size(small) }
                 if let dims = tableDims(of: element) {
-                    objects.append(.size(dims))
-                    takenObjects.append(false)
-                    return .object(Int32(objects.count - 1))
+                    return .object(newObject(.size(dims)))
                 }
             default:
                 break
             }
         }
-        objects.append(.made(callable: global))
+        return .object(newObject(.made(callable: global)))
+    }
+
+    private mutating func newObject(_ record: ObjectRecord) -> Int32 {
+        if let slot = freeObjects.popLast() {
+            objects[Int(slot)] = record
+            takenObjects[Int(slot)] = false
+            sharedObjects[Int(slot)] = false
+            return slot
+        }
+        objects.append(record)
         takenObjects.append(false)
-        return .object(Int32(objects.count - 1))
+        sharedObjects.append(false)
+        return Int32(objects.count - 1)
+    }
+
+    /// Marks an object whose value is being copied (MEMOIZE, BINPUT, DUP).
+    private mutating func share(_ value: Value) {
+        if case .object(let index) = value { sharedObjects[Int(index)] = true }
     }
 
     /// The dims of a `torch.Size` or of a tuple of integers, as a range of `ints` (small ones are
@@ -708,7 +734,7 @@ struct DCPMetadataReader {
             guard eagerDict == nil, dicts[Int(index)].pairs.isEmpty else { return false }
         }
         for (key, value) in pairs {
-            guard case .object(let keyIndex) = key, case .index = objects[Int(keyIndex)],
+            guard case .object(let keyIndex) = key, objects[Int(keyIndex)].isIndex,
                 case .object(let valueIndex) = value, case .storage = objects[Int(valueIndex)]
             else {
                 if eager { throw .unusual("storage entries mixed with other pairs") }
@@ -720,14 +746,26 @@ struct DCPMetadataReader {
         var table = eagerStorage
         eagerStorage = DCPStorageTable()
         defer { eagerStorage = table }
-        for (key, value) in pairs { try insertStorageEntry(key, value, into: &table) }
+        for (key, value) in pairs {
+            try insertStorageEntry(key, value, into: &table)
+            // Done with both: their slots are reused unless some other value names them.
+            guard case .object(let keyIndex) = key, case .object(let valueIndex) = value,
+                !sharedObjects[Int(keyIndex)], !sharedObjects[Int(valueIndex)], keyIndex != valueIndex,
+                case .storage(let record) = objects[Int(valueIndex)]
+            else { continue }
+            objects[Int(keyIndex)] = .opaque(callable: -1)
+            objects[Int(valueIndex)] = .opaque(callable: -1)
+            freeObjects.append(keyIndex)
+            freeObjects.append(valueIndex)
+            freeStorageRecords.append(record)
+        }
         return true
     }
 
     /// One `storage_data` entry (a `MetadataIndex` key, a `_StorageInfo` value) into `table`, with
     /// the checks of the generic walk (anything it would refuse is `.unusual`, for it to word).
     private mutating func insertStorageEntry(_ key: Value, _ value: Value, into table: inout DCPStorageTable) throws(Stop) {
-        guard case .object(let keyIndex) = key, case .index(let fqn, let offsets) = objects[Int(keyIndex)],
+        guard case .object(let keyIndex) = key, objects[Int(keyIndex)].isIndex,
             case .object(let valueIndex) = value, case .storage(let record) = objects[Int(valueIndex)],
             case let (path, transforms, offset, length) = (storageRecords[Int(record)].path, storageRecords[Int(record)].transforms,
                                                           storageRecords[Int(record)].offset, storageRecords[Int(record)].length),
@@ -747,6 +785,14 @@ struct DCPMetadataReader {
             descriptors = texts
         }
         let info = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
+        if case .smallIndex(let fqn, let small) = objects[Int(keyIndex)] {
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: 3) { buffer in
+                for axis in 0..<Int(small.count) { buffer[axis] = Int(small[axis]) }
+                table.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(rebasing: buffer[0..<Int(small.count)]), isBytesItem: false, info: info)
+            }
+            return
+        }
+        guard case .index(let fqn, let offsets) = objects[Int(keyIndex)] else { throw .unusual("a storage_data key") }
         if offsets.count < 0 {
             table.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(start: nil, count: 0), isBytesItem: true, info: info)
         } else {
@@ -787,6 +833,10 @@ struct DCPMetadataReader {
             var offsets = Dims.absent
             switch fields[.offset] {
             case nil, .none?: break
+            case .ints(let small)?, .size(let small)?:
+                consume(state)
+                objects[object] = .smallIndex(fqn: fqn, offsets: small)
+                return
             case let value?:
                 guard let found = dims(of: value) else { return }
                 offsets = found
@@ -804,8 +854,14 @@ struct DCPMetadataReader {
             default: return
             }
             consume(state)
-            storageRecords.append(StorageRecord(path: path, transforms: transforms, offset: offset, length: length))
-            objects[object] = .storage(Int32(storageRecords.count - 1))
+            let record = StorageRecord(path: path, transforms: transforms, offset: offset, length: length)
+            if let slot = freeStorageRecords.popLast() {
+                storageRecords[Int(slot)] = record
+                objects[object] = .storage(slot)
+            } else {
+                storageRecords.append(record)
+                objects[object] = .storage(Int32(storageRecords.count - 1))
+            }
         case .tensor:
             guard let fields = try stateFields(state), case .object(let properties)? = fields[.properties],
                 let sizeValue = fields[.size], let size = dims(of: sizeValue), case .list(let chunks)? = fields[.chunks]
@@ -998,5 +1054,14 @@ struct DCPMetadataReader {
             throw .pickle(.invalidArgument(site, reason: "text is not valid UTF-8"))
         }
         return text
+    }
+}
+
+extension DCPMetadataReader.ObjectRecord {
+    var isIndex: Bool {
+        switch self {
+        case .index, .smallIndex: true
+        default: false
+        }
     }
 }
