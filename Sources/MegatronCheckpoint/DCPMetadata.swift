@@ -174,6 +174,8 @@ public struct DCPStorageTable: Sendable, Equatable {
     var dims: [Int] = []
     var paths: [String] = []
     var pathIndex: [String: Int32] = [:]
+    /// The data file of the last insert: entries come file by file, or alternating among a few.
+    var lastPath: (name: String, index: Int32)?
     var transformLists: [[String]] = []
     /// Record index per slot, -1 when empty; at most half full.
     var slots: [Int32] = []
@@ -199,11 +201,12 @@ public struct DCPStorageTable: Sendable, Equatable {
     }
 
     /// The entry of the chunk of `fqn` at `offsets`, without an array for the key.
-    public func info(fqn: String, offsets: DCPChunk.Dims) -> DCPStorageInfo? {
+    /// `fqnHash`: `fqn.hashValue`, for a caller looking up many chunks of one tensor.
+    public func info(fqn: String, fqnHash: Int? = nil, offsets: DCPChunk.Dims) -> DCPStorageInfo? {
         withUnsafeTemporaryAllocation(of: Int.self, capacity: offsets.count) { buffer in
             for axis in 0..<offsets.count { buffer[axis] = offsets[axis] }
             let key = UnsafeBufferPointer(buffer)
-            return find(fqn: fqn, offsets: key, isBytesItem: false, hash: Self.hash(fqn, key)).map { info(records[$0]) }
+            return find(fqn: fqn, offsets: key, isBytesItem: false, hash: Self.hash(fqnHash: fqnHash ?? fqn.hashValue, key)).map { info(records[$0]) }
         }
     }
 
@@ -256,14 +259,22 @@ public struct DCPStorageTable: Sendable, Equatable {
         }
     }
 
-    mutating func insert(fqn: String, offsets: UnsafeBufferPointer<Int>, isBytesItem: Bool, info: DCPStorageInfo) {
-        let hash = Self.hash(fqn, isBytesItem ? nil : offsets)
-        var path = pathIndex[info.relativePath] ?? -1
+    /// `fqnHash` is `fqn.hashValue` when the caller has it (the reader inserts each fqn's chunks
+    /// with one string hash, not one per chunk).
+    mutating func insert(fqn: String, fqnHash: Int? = nil, offsets: UnsafeBufferPointer<Int>, isBytesItem: Bool, info: DCPStorageInfo) {
+        let hash = Self.hash(fqnHash: fqnHash ?? fqn.hashValue, isBytesItem ? nil : offsets)
+        var path: Int32 = -1
+        if let last = lastPath, last.name == info.relativePath {
+            path = last.index
+        } else {
+            path = pathIndex[info.relativePath] ?? -1
+        }
         if path < 0 {
             paths.append(info.relativePath)
             path = Int32(paths.count - 1)
             pathIndex[info.relativePath] = path
         }
+        lastPath = (info.relativePath, path)
         var transforms: Int32 = -1
         if let descriptors = info.transformDescriptors {
             if let known = transformLists.firstIndex(of: descriptors) {
@@ -301,8 +312,12 @@ public struct DCPStorageTable: Sendable, Equatable {
     }
 
     private static func hash(_ fqn: String, _ offsets: UnsafeBufferPointer<Int>?) -> Int {
+        hash(fqnHash: fqn.hashValue, offsets)
+    }
+
+    private static func hash(fqnHash: Int, _ offsets: UnsafeBufferPointer<Int>?) -> Int {
         var hasher = Hasher()
-        hasher.combine(fqn)
+        hasher.combine(fqnHash)
         if let offsets {
             hasher.combine(offsets.count)
             for offset in offsets { hasher.combine(offset) }
@@ -351,11 +366,20 @@ public struct DCPStorageTable: Sendable, Equatable {
         var capacity = 16
         while capacity < minimum * 2 { capacity *= 2 }
         slots = [Int32](repeating: -1, count: capacity)
+        // A tensor's entries are consecutive: its name is hashed once, not once per chunk.
+        var last: (fqn: String, hash: Int)?
         for index in records.indices {
             let record = records[index]
+            let fqnHash: Int
+            if let last, last.fqn == record.fqn {
+                fqnHash = last.hash
+            } else {
+                fqnHash = record.fqn.hashValue
+                last = (record.fqn, fqnHash)
+            }
             let hash = record.dimCount < 0
-                ? Self.hash(record.fqn, nil)
-                : dims.withUnsafeBufferPointer { Self.hash(record.fqn, UnsafeBufferPointer(rebasing: $0[Int(record.dimStart)..<Int(record.dimStart + record.dimCount)])) }
+                ? Self.hash(fqnHash: fqnHash, nil)
+                : dims.withUnsafeBufferPointer { Self.hash(fqnHash: fqnHash, UnsafeBufferPointer(rebasing: $0[Int(record.dimStart)..<Int(record.dimStart + record.dimCount)])) }
             place(Int32(index), hash: hash)
         }
     }

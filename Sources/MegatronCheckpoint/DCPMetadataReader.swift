@@ -239,6 +239,8 @@ struct DCPMetadataReader {
     var eagerStorage = DCPStorageTable()
     var eagerDict: (index: Int32, generation: Int32)?
     var eagerScratch: [Int] = []
+    /// `hashValue` of the strings used as storage keys' fqns, by string index.
+    var fqnHashes: [Int32: Int] = [:]
 
     init(input: Input, limits: PickleLimits = .default, globals: PickleGlobals) {
         self.input = input
@@ -785,10 +787,18 @@ struct DCPMetadataReader {
             descriptors = texts
         }
         let info = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
+        func fqnHash(_ fqn: Int32) -> Int {
+            if let known = fqnHashes[fqn] { return known }
+            let hash = strings[Int(fqn)].hashValue
+            fqnHashes[fqn] = hash
+            return hash
+        }
         if case .smallIndex(let fqn, let small) = objects[Int(keyIndex)] {
+            let hash = fqnHash(fqn)
             withUnsafeTemporaryAllocation(of: Int.self, capacity: 3) { buffer in
                 for axis in 0..<Int(small.count) { buffer[axis] = Int(small[axis]) }
-                table.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(rebasing: buffer[0..<Int(small.count)]), isBytesItem: false, info: info)
+                table.insert(fqn: strings[Int(fqn)], fqnHash: hash, offsets: UnsafeBufferPointer(rebasing: buffer[0..<Int(small.count)]),
+                             isBytesItem: false, info: info)
             }
             return
         }

@@ -135,8 +135,9 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
             if let (first, second) = BoxGeometry.firstOverlap(tensor.chunks) {
                 throw MegatronCheckpointError.overlappingChunks(file: metadataPath, key: fqn, first: first.offsets.array, second: second.offsets.array)
             }
+            let fqnHash = fqn.hashValue
             for chunk in tensor.chunks {
-                guard let info = metadata.storage.info(fqn: fqn, offsets: chunk.offsets) else {
+                guard let info = metadata.storage.info(fqn: fqn, fqnHash: fqnHash, offsets: chunk.offsets) else {
                     throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: chunk.offsets.array)
                 }
                 entries.append((fqn, info))
