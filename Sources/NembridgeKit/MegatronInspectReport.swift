@@ -72,15 +72,18 @@ public struct MegatronInspectReport: Sendable {
         if folder.format == .legacyTorch { return try inspectLegacy(path: path, folder: folder, valueLength: valueLength) }
         let checkpoint = try TorchDistCheckpoint(folder: folder)
         let metadata = checkpoint.metadata
-        func chunk(_ key: String, _ chunk: DCPChunk) throws -> Chunk {
-            let info = try checkpoint.storageInfo(key: key, offsets: chunk.offsets.array)
+        func chunk(_ key: String, keyHash: Int, _ chunk: DCPChunk) throws -> Chunk {
+            guard let info = metadata.storage.info(fqn: key, fqnHash: keyHash, offsets: chunk.offsets) else {
+                throw MegatronCheckpointError.missingStorage(file: checkpoint.metadataPath, key: key, offsets: chunk.offsets.array)
+            }
             return Chunk(box: chunk, file: info.relativePath, offset: info.offset,
                          length: info.length, transforms: info.transformDescriptors ?? [])
         }
         let tensors = try metadata.tensors.map { fqn, tensor in
-            Tensor(key: fqn, dtype: tensor.dtype, shape: tensor.size,
-                   bytes: try checkpoint.boxByteCount(key: fqn, sizes: tensor.size),
-                   chunks: try tensor.chunks.map { try chunk(fqn, $0) })
+            let keyHash = fqn.hashValue
+            return Tensor(key: fqn, dtype: tensor.dtype, shape: tensor.size,
+                          bytes: try checkpoint.boxByteCount(key: fqn, sizes: tensor.size),
+                          chunks: try tensor.chunks.map { try chunk(fqn, keyHash: keyHash, $0) })
         }
         // An item's value depends on its bytes only: items of equal bytes (the 50,000 per-expert
         // `_extra_state` objects of an Ultra-sized checkpoint are one value) are read once.
