@@ -1,7 +1,8 @@
 """`nembridge export --quantize` (issue 15, export half) against torch and transformers 5.23.
 
 - like-source: each fixture of TestCheckpoints/quantized (block FP8 with ragged [48, 40]
-  blocks, ModelOpt FP8 with input / k / v scales, Super-shaped NVFP4 and MIXED_PRECISION)
+  blocks, ModelOpt FP8 with input / k / v scales, Super-shaped NVFP4 and MIXED_PRECISION,
+  Nano-shaped block FP8 and ModelOpt FP8 with NVIDIA's Nano selection)
   imported (TP 1, and chunked: Llama TP 2 so the export reads row-parallel chunks, the hybrids
   EP 2) and exported with `--quantize like-source` gives back every source tensor
   (names, dtypes, shapes, bytes, compared with the safetensors library), config.json's
@@ -44,11 +45,12 @@ from safetensors.torch import load_file, save_file
 from conftest import CHECKPOINTS
 
 QDIR = CHECKPOINTS / "quantized"
-FP8_FIXTURES = ["llama3-fp8-block", "llama3-modelopt-fp8"]
+NANO_FIXTURES = ["nano-fp8-block", "nano-modelopt-fp8"]
+FP8_FIXTURES = ["llama3-fp8-block", "llama3-modelopt-fp8"] + NANO_FIXTURES
 NVFP4_FIXTURES = ["super-nvfp4", "super-mixed"]
 # per fixture: import flags, and the chunked import (the export then reads chunks)
-LAYOUTS = {name: ([], ["--tp", "2"]) for name in FP8_FIXTURES} | {
-    name: (["--spec", "local"], ["--spec", "local", "--ep", "2", "--etp", "1"]) for name in NVFP4_FIXTURES}
+LAYOUTS = {name: ([], ["--tp", "2"]) for name in FP8_FIXTURES if name not in NANO_FIXTURES} | {
+    name: (["--spec", "local"], ["--spec", "local", "--ep", "2", "--etp", "1"]) for name in NVFP4_FIXTURES + NANO_FIXTURES}
 BF16 = {"llama3-tiny": CHECKPOINTS / "llama3-tiny" / "hf", "nemotron3-moe-tiny": CHECKPOINTS / "nemotron3-moe-tiny" / "hf"}
 HYBRID_FLAGS = {"nemotron3-moe-tiny": ["--spec", "local"]}
 
