@@ -252,14 +252,8 @@ extension MoveExecutor {
                             var row: Int64 = 0
                             while row < rows {
                                 if rowsPerBlock == 0 {
-                                    precondition(segment <= chunk, "a row segment larger than the buffer")
-                                    let piece = move.segment(Int(row))
-                                    if source.isHole(piece) {
-                                        try zeros(segment)
-                                    } else {
-                                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(segment)]), at: piece.offset)
-                                        try emit(Int(segment))
-                                    }
+                                    // A segment too long to share the buffer: alone, a buffer at a time.
+                                    try copy(move.segment(Int(row)), from: source)
                                     row += 1
                                     continue
                                 }
@@ -426,12 +420,15 @@ extension MoveExecutor {
     }
 
     /// Calls `body(firstElement, bytes)` for the group's elements in order, whole rows at a time
-    /// (as many as fit `buffer`), read from the group's segments (zeros filled in).
-    static func streamElements(group: Int, of plan: ConversionPlan, rowBytes: Int, elementBytes: Int, buffer: UnsafeMutableRawBufferPointer,
-                               _ body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws {
-        precondition(rowBytes <= buffer.count, "a row of \(rowBytes) bytes is larger than the buffer")
+    /// (as many as fit `buffer`), read from the group's segments (zeros filled in). A row larger
+    /// than the buffer comes in pieces of whole `unit`s of elements: the kernels take any run of
+    /// elements (a block's amax is a max over its pieces), NVFP4 an even one.
+    static func streamElements(group: Int, of plan: ConversionPlan, rowBytes: Int, elementBytes: Int, unit: Int = 1,
+                               buffer: UnsafeMutableRawBufferPointer, _ body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws {
+        let piece = rowBytes <= buffer.count ? rowBytes : unit * elementBytes
+        precondition(piece <= buffer.count, "a buffer of \(buffer.count) bytes holds no \(unit) elements")
         let sources = plan.sources
-        let step = (buffer.count / rowBytes) * rowBytes
+        let step = (buffer.count / piece) * piece
         var filled = 0
         var first: Int64 = 0
         func deliver() throws {
@@ -464,7 +461,7 @@ extension MoveExecutor {
     ) throws {
         let stream = { (body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws in
             try streamElements(group: group, of: plan, rowBytes: quantization.columns * quantization.elementBytes,
-                               elementBytes: quantization.elementBytes, buffer: buffer, body)
+                               elementBytes: quantization.elementBytes, unit: 2, buffer: buffer, body)
         }
         var recordedGroups: [UInt8]?
         if let record = quantization.recorded {
