@@ -503,7 +503,7 @@ extension MoveExecutor {
         }
         let stream = { (body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws in
             try streamElements(group: group, of: plan, rowBytes: quantization.columns * quantization.elementBytes,
-                               elementBytes: quantization.elementBytes, unit: 2, buffer: buffer, body)
+                               elementBytes: quantization.elementBytes, unit: quantization.group, buffer: buffer, body)
         }
         var recordedGroups: [UInt8]?
         if let record = quantization.recorded {

@@ -106,7 +106,59 @@ enum BF16Lanes {
     }
 }
 
+extension BF16Lanes {
+    /// The E2M1 codes of the 16 elements from `start` divided by `multiplier`, packed two a byte
+    /// (element 2j in the low nibble) into `output[0..<8]`.
+    @inline(__always)
+    static func e2m1Quantize(_ base: UnsafeRawPointer, start: Int, multiplier: Float, into output: UnsafeMutablePointer<UInt8>) {
+        let codes = Quantize.e2m1(values(bits(base, start)) / multiplier)
+        // Lanes 2j and 2j + 1 are the low and high halves of 64-bit lane j (little-endian).
+        let pairs = unsafeBitCast(codes, to: SIMD8<UInt64>.self)
+        let packed = (pairs & 0xF) | ((pairs &>> 28) & 0xF0)
+        UnsafeMutableRawPointer(output).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: packed), as: SIMD8<UInt8>.self)
+    }
+
+    /// Whether the 16 elements from `start` come back bit for bit as E2M1 codes of `multiplier`
+    /// (code value × multiplier, rounded to bf16).
+    @inline(__always)
+    static func e2m1RoundTrips(_ base: UnsafeRawPointer, start: Int, multiplier: Float) -> Bool {
+        let stored = bits(base, start)
+        let back = Quantize.e2m1Values(Quantize.e2m1(values(stored) / multiplier)) * multiplier
+        return (rounded(back) ^ stored).max() == 0
+    }
+}
+
 extension Quantize {
+    /// `e2m1(_:)` of 16 values (codes in 32-bit lanes): the number of midpoints the magnitude
+    /// passes, each tie to the even code (a magnitude at 0.25, 1.25, 2.5 or 5 stays below it, at
+    /// 0.75, 1.75 or 3.5 passes it), saturating at 7; NaN passes them all, as in the scalar chain.
+    @inline(__always)
+    static func e2m1(_ value: SIMD16<Float>) -> SIMD16<UInt32> {
+        let bits = unsafeBitCast(value, to: SIMD16<UInt32>.self)
+        let magnitude = bits & 0x7FFF_FFFF
+        func below(_ a: SIMD16<UInt32>, _ b: UInt32) -> SIMD16<UInt32> { (a &- SIMD16(repeating: b)) &>> 31 }
+        func above(_ a: SIMD16<UInt32>, _ b: UInt32) -> SIMD16<UInt32> { (SIMD16(repeating: b) &- a) &>> 31 }
+        var code = above(magnitude, 0x3E80_0000)  // > 0.25
+        code &+= 1 &- below(magnitude, 0x3F40_0000)  // >= 0.75
+        code &+= above(magnitude, 0x3FA0_0000)  // > 1.25
+        code &+= 1 &- below(magnitude, 0x3FE0_0000)  // >= 1.75
+        code &+= above(magnitude, 0x4020_0000)  // > 2.5
+        code &+= 1 &- below(magnitude, 0x4060_0000)  // >= 3.5
+        code &+= above(magnitude, 0x40A0_0000)  // > 5
+        return code | ((bits &>> 28) & 0x8)
+    }
+
+    /// The values of 16 E2M1 codes (as `Dequantize.e2m1Table`): 0 and 0.5, then (1 + m/2) * 2^(e-1)
+    /// for e = code >> 1 of 1...3, m = code & 1, as fp32 bits.
+    @inline(__always)
+    static func e2m1Values(_ code: SIMD16<UInt32>) -> SIMD16<Float> {
+        let magnitude = code & 0x7
+        let normal = ((magnitude &>> 1) &+ 126) &<< 23 | ((magnitude & 1) &<< 22)
+        let small = magnitude &* 0x3F00_0000  // codes 0 and 1: 0 and 0.5
+        let value = select(lanesBelow(magnitude, SIMD16(repeating: 2)), small, normal)
+        return unsafeBitCast(value | ((code & 0x8) &<< 28), to: SIMD16<Float>.self)
+    }
+
     /// `e4m3(_:)` of 16 values: clamp to ±448, nearest even, sign bit kept, NaN 0x7F.
     @inline(__always)
     static func e4m3(_ value: SIMD16<Float>) -> SIMD16<UInt8> {

@@ -354,16 +354,27 @@ public struct NVFP4Quantization: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// The first pass over elements `first..<first + count` (their bytes in `bytes`). With
-    /// recorded scales and `codes`, the codes of the recorded scale are written there for each
-    /// block that still round-trips: the codes of those blocks once the survey is complete, so a
-    /// band in the buffer needs a second quantizing pass only over the blocks that do not
-    /// (`quantize(..., skippingRoundTrips:)`).
-    public func survey(first: Int64, bytes: UnsafeRawBufferPointer, into survey: inout Survey, codes: UnsafeMutableRawBufferPointer? = nil) {
+    /// The first pass over elements `first..<first + count` (their bytes in `bytes`).
+    public func survey(first: Int64, bytes: UnsafeRawBufferPointer, into survey: inout Survey) {
         let count = bytes.count / elementBytes
-        let output = codes?.baseAddress?.assumingMemoryBound(to: UInt8.self)
-        precondition(codes == nil || codes!.count >= count, "codes shorter than the elements")
         let fp8 = self.fp8
+        // bf16 in whole groups (the executor delivers them so): 16 lanes a group.
+        if from == .bfloat16, group == BF16Lanes.width, first % Int64(group) == 0, count % group == 0, let base = bytes.baseAddress {
+            let firstGroup = Int(first / Int64(group))
+            Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
+                for index in 0..<(count / group) {
+                    let found = BF16Lanes.amax(base, start: index * group, count: group)
+                    if found.isNaN || survey.amax.isNaN { survey.amax = .nan } else if found > survey.amax { survey.amax = found }
+                    let groupAmax = survey.groupAmax[firstGroup + index]
+                    if found.isNaN || groupAmax.isNaN { survey.groupAmax[firstGroup + index] = .nan } else if found > groupAmax { survey.groupAmax[firstGroup + index] = found }
+                    if survey.roundTrips, let recorded = survey.recordedGroups {
+                        let multiplier = e4m3[Int(recorded[firstGroup + index])] * survey.recordedSecond
+                        if !BF16Lanes.e2m1RoundTrips(base, start: index * group, multiplier: multiplier) { survey.roundTrips = false }
+                    }
+                }
+            }
+            return
+        }
         Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
             Dequantize.e2m1Table.withUnsafeBufferPointer { e2m1 in
                 for index in 0..<count {
@@ -400,6 +411,16 @@ public struct NVFP4Quantization: Sendable, Hashable, CustomStringConvertible {
         precondition(first % 2 == 0 && count % 2 == 0 && codes.count >= count / 2, "NVFP4 codes inside a byte")
         let fp8 = self.fp8
         let output = codes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        if from == .bfloat16, group == BF16Lanes.width, first % Int64(group) == 0, count % group == 0, let base = bytes.baseAddress {
+            let firstGroup = Int(first / Int64(group))
+            Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
+                for index in 0..<(count / group) {
+                    let multiplier = e4m3[Int(scales.groups[firstGroup + index])] * scales.second
+                    BF16Lanes.e2m1Quantize(base, start: index * group, multiplier: multiplier, into: output + index * group / 2)
+                }
+            }
+            return
+        }
         Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
             for pair in 0..<(count / 2) {
                 let element = first + Int64(2 * pair)

@@ -259,6 +259,82 @@ struct QuantizationLaneTests {
     }
 }
 
+extension QuantizationLaneTests {
+    @Test func e2m1LanesEqualScalarCodes() {
+        var values = (0...0xFFFF).map { Float(bitPattern: UInt32($0) << 16) }  // every bf16
+        var random = SplitMix(seed: 4)
+        for _ in 0..<100_000 { values.append(Float(bitPattern: random.next32())) }
+        for tie: Float in [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 6, 7] { values += [tie, tie.nextUp, tie.nextDown, -tie] }
+        var mismatches = 0
+        for lane in Self.lanes(values) {
+            let codes = Quantize.e2m1(lane)
+            let back = Quantize.e2m1Values(codes)
+            for element in 0..<16 {
+                let want = Quantize.e2m1(lane[element])
+                if codes[element] != UInt32(want) || back[element].bitPattern != Dequantize.e2m1Table[Int(want)].bitPattern {
+                    mismatches += 1
+                    if mismatches < 5 { Issue.record("value \(lane[element]): \(codes[element]) != \(want)") }
+                }
+            }
+        }
+        #expect(mismatches == 0)
+    }
+
+    /// NVFP4 of a bf16 weight (the lanes) against the same values in fp32 (the scalar loops, the
+    /// conversion being exact): the same amaxes and codes; the round-trip verdict against the
+    /// scalar rule written here.
+    @Test func nvfp4LanesEqualScalar() {
+        var random = SplitMix(seed: 11)
+        let rows = 8, columns = 64
+        for trial in 0..<200 {
+            var values = (0..<(rows * columns)).map { _ in Float(bitPattern: random.next32() & 0xBFFF_0000 | 0x3000_0000) }
+            if trial % 5 == 0 { values[3] = -0.0; values[17] = .nan }
+            let bf16 = NVFP4Quantization(from: .bfloat16, rows: rows, columns: columns, part: .codes)
+            var fp32 = bf16
+            fp32.from = .float32
+            let recorded = (0..<bf16.groupCount).map { _ in UInt8(random.next32() % 0x7E) }
+            let second = Float(bitPattern: 0x3C00_0000 | (random.next32() & 0x007F_FFFF))
+            var a = NVFP4Quantization.Survey(groups: bf16.groupCount, recordedGroups: recorded, recordedSecond: second), b = a
+            let bytes16 = QuantizationLaneTests.bf16Bytes(values)
+            let bytes32 = values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }
+            var codes16 = [UInt8](repeating: 0, count: rows * columns / 2), codes32 = codes16
+            bytes16.withUnsafeBytes { input in
+                bf16.survey(first: 0, bytes: UnsafeRawBufferPointer(rebasing: input[0..<256]), into: &a)  // two deliveries
+                bf16.survey(first: 128, bytes: UnsafeRawBufferPointer(rebasing: input[256...]), into: &a)
+                codes16.withUnsafeMutableBytes { bf16.quantize(first: 0, bytes: input, scales: bf16.scales(a), into: $0) }
+            }
+            bytes32.withUnsafeBytes { input in
+                fp32.survey(first: 0, bytes: input, into: &b)
+                codes32.withUnsafeMutableBytes { fp32.quantize(first: 0, bytes: input, scales: bf16.scales(a), into: $0) }
+            }
+            #expect(a.amax.isNaN ? b.amax.isNaN : a.amax == b.amax)
+            #expect(zip(a.groupAmax, b.groupAmax).allSatisfy { $0.isNaN ? $1.isNaN : $0 == $1 })
+            #expect(codes16 == codes32, "trial \(trial)")
+            let rule = FP8Quantization(from: .bfloat16, rows: 1, columns: 16, blockRows: 1, blockColumns: 16, part: .codes)
+            let trips = values.indices.allSatisfy { index in
+                let multiplier = Dequantize.e4m3Table[Int(recorded[index / 16])] * second
+                let bits = values[index].bitPattern >> 16
+                return rule.storedBits(Dequantize.e2m1Table[Int(Quantize.e2m1(values[index] / multiplier))] * multiplier) == bits
+            }
+            #expect(a.roundTrips == trips, "trial \(trial)")
+        }
+    }
+
+    /// A weight whose values are E2M1 codes times their recorded scales round-trips in the lanes.
+    @Test func nvfp4RecordedScalesRoundTrip() {
+        let columns = 32
+        let recorded: [UInt8] = [0x38, 0x30]  // 1.0 and 0.5
+        let second: Float = 0.25
+        let codes: [UInt8] = (0..<columns).map { UInt8($0 % 16) }
+        let values = codes.indices.map { Dequantize.e2m1Table[Int(codes[$0])] * Dequantize.e4m3Table[Int(recorded[$0 / 16])] * second }
+        let quantization = NVFP4Quantization(from: .bfloat16, rows: 1, columns: columns, part: .codes)
+        var survey = NVFP4Quantization.Survey(groups: 2, recordedGroups: recorded, recordedSecond: second)
+        QuantizationLaneTests.bf16Bytes(values).withUnsafeBytes { quantization.survey(first: 0, bytes: $0, into: &survey) }
+        #expect(survey.roundTrips)
+        #expect(quantization.scales(survey).groups == recorded)
+    }
+}
+
 /// A small deterministic generator (the tests' own, so no seeding API is needed).
 struct SplitMix {
     var state: UInt64
