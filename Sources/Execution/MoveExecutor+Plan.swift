@@ -78,7 +78,10 @@ extension MoveExecutor {
         if let outputDone {
             for output in sinks.indices where groupsLeft[output] == 0 && !skipping.contains(output) { try outputDone(output) }
         }
-        let sizes = (0..<plan.groupCount).map { plan.byteCount(group: $0) }
+        // By output size: a weight's scale groups (a few bytes) then run after its codes group
+        // and take the scales it computed (ScaleBoard) instead of reading the weight again.
+        let sizes = (0..<plan.groupCount).map { plan.outputByteCount(group: $0) }
+        let board = ScaleBoard()
         for lane in lanes.indices {
             lanes[lane].sort { sizes[Int($0)] > sizes[Int($1)] }
         }
@@ -168,13 +171,13 @@ extension MoveExecutor {
                             continue
                         }
                         if case .quantize(let quantization) = transform {
-                            try Self.runQuantizing(group: group, of: plan, quantization, sink: sink, observer: observer,
+                            try Self.runQuantizing(group: group, of: plan, quantization, board: board, sink: sink, observer: observer,
                                                    buffer: buffer, scratch: pool.scratch(worker), progress: progress, start: destination)
                             try groupDone()
                             continue
                         }
                         if case .quantizeNVFP4(let quantization) = transform {
-                            try Self.runQuantizing(group: group, of: plan, quantization, sink: sink, observer: observer,
+                            try Self.runQuantizing(group: group, of: plan, quantization, board: board, sink: sink, observer: observer,
                                                    buffer: buffer, scratch: pool.scratch(worker), progress: progress, start: destination)
                             try groupDone()
                             continue
@@ -252,14 +255,8 @@ extension MoveExecutor {
                             var row: Int64 = 0
                             while row < rows {
                                 if rowsPerBlock == 0 {
-                                    precondition(segment <= chunk, "a row segment larger than the buffer")
-                                    let piece = move.segment(Int(row))
-                                    if source.isHole(piece) {
-                                        try zeros(segment)
-                                    } else {
-                                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(segment)]), at: piece.offset)
-                                        try emit(Int(segment))
-                                    }
+                                    // A segment too long to share the buffer: alone, a buffer at a time.
+                                    try copy(move.segment(Int(row)), from: source)
                                     row += 1
                                     continue
                                 }
@@ -392,12 +389,21 @@ extension MoveExecutor {
     /// A quantizing group: its weight's elements are read in order (the group's segments, whole
     /// rows at a time into `buffer`) once to survey every block's amax (and, reusing recorded
     /// scales, whether the block round-trips with its own), and for the codes once more to
-    /// quantize them into `scratch`. Only the scale grid is held (one value a block), never the weight.
+    /// quantize them into `scratch` (or both in one pass, band by band, when a band of block rows
+    /// fits the buffer). Only the scale grid is held (one value a block), never the weight; the
+    /// codes group posts it for the scale group, which then reads nothing.
     static func runQuantizing(
-        group: Int, of plan: ConversionPlan, _ quantization: FP8Quantization, sink: any ByteSink, observer: (any StreamObserver)?,
-        buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, progress: ProgressCounter?, start: Int64
+        group: Int, of plan: ConversionPlan, _ quantization: FP8Quantization, board: ScaleBoard, sink: any ByteSink,
+        observer: (any StreamObserver)?, buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer,
+        progress: ProgressCounter?, start: Int64
     ) throws {
         let sources = plan.sources
+        let key = ScaleBoard.key(group: group, of: plan)!
+        var output = GroupOutput(sink: sink, observer: observer, progress: progress, destination: start)
+        if quantization.part == .scales, case .fp8(let scales)? = board.take(key) {
+            try quantization.scaleBytes(scales).withUnsafeBytes { try output.write($0) }
+            return
+        }
         let stream = { (body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws in
             try streamElements(group: group, of: plan, rowBytes: quantization.columns * quantization.elementBytes,
                                elementBytes: quantization.elementBytes, buffer: buffer, body)
@@ -409,9 +415,27 @@ extension MoveExecutor {
             recorded = bytes.withUnsafeBytes { quantization.recordedScales($0) }
         }
         var survey = FP8Quantization.Survey(blocks: quantization.scaleCount, recorded: recorded)
+        // A block's scale needs only its own rows: when a band of whole block rows fits the
+        // buffer (block FP8; a per-tensor weight that fits), each band is surveyed and quantized
+        // while it is there, so the codes read the weight once instead of twice.
+        let bandBytes = quantization.blockRows * quantization.columns * quantization.elementBytes
+        if quantization.part == .codes, bandBytes <= buffer.count {
+            try streamElements(group: group, of: plan, rowBytes: bandBytes, elementBytes: quantization.elementBytes, buffer: buffer) { first, bytes in
+                let count = bytes.count / quantization.elementBytes
+                let codes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
+                // Reusing recorded scales, the survey writes their codes; only the blocks that
+                // do not round-trip are quantized again, with their fresh scales.
+                quantization.survey(first: first, bytes: bytes, into: &survey, codes: codes)
+                let scales = quantization.scales(survey)  // those of blocks not yet surveyed are unused
+                quantization.quantize(first: first, bytes: bytes, scales: scales, into: codes, skippingRoundTrips: survey)
+                try output.write(UnsafeRawBufferPointer(codes))
+            }
+            board.post(.fp8(quantization.scales(survey)), for: key, uses: 1)
+            return
+        }
         try stream { first, bytes in quantization.survey(first: first, bytes: bytes, into: &survey) }
         let scales = quantization.scales(survey)
-        var output = GroupOutput(sink: sink, observer: observer, progress: progress, destination: start)
+        if quantization.part == .codes { board.post(.fp8(scales), for: key, uses: 1) }
         switch quantization.part {
         case .scales:
             try quantization.scaleBytes(scales).withUnsafeBytes { try output.write($0) }
@@ -426,12 +450,15 @@ extension MoveExecutor {
     }
 
     /// Calls `body(firstElement, bytes)` for the group's elements in order, whole rows at a time
-    /// (as many as fit `buffer`), read from the group's segments (zeros filled in).
-    static func streamElements(group: Int, of plan: ConversionPlan, rowBytes: Int, elementBytes: Int, buffer: UnsafeMutableRawBufferPointer,
-                               _ body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws {
-        precondition(rowBytes <= buffer.count, "a row of \(rowBytes) bytes is larger than the buffer")
+    /// (as many as fit `buffer`), read from the group's segments (zeros filled in). A row larger
+    /// than the buffer comes in pieces of whole `unit`s of elements: the kernels take any run of
+    /// elements (a block's amax is a max over its pieces), NVFP4 an even one.
+    static func streamElements(group: Int, of plan: ConversionPlan, rowBytes: Int, elementBytes: Int, unit: Int = 1,
+                               buffer: UnsafeMutableRawBufferPointer, _ body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws {
+        let piece = rowBytes <= buffer.count ? rowBytes : unit * elementBytes
+        precondition(piece <= buffer.count, "a buffer of \(buffer.count) bytes holds no \(unit) elements")
         let sources = plan.sources
-        let step = (buffer.count / rowBytes) * rowBytes
+        let step = (buffer.count / piece) * piece
         var filled = 0
         var first: Int64 = 0
         func deliver() throws {
@@ -457,14 +484,26 @@ extension MoveExecutor {
         if filled > 0 { try deliver() }
     }
 
-    /// An NVFP4 quantizing group, as the FP8 one: a survey pass, then (for the codes) a quantizing pass.
+    /// An NVFP4 quantizing group, as the FP8 one: a survey pass, then (for the codes) a quantizing
+    /// pass; the scale groups take the codes group's scales when it posted them.
     static func runQuantizing(
-        group: Int, of plan: ConversionPlan, _ quantization: NVFP4Quantization, sink: any ByteSink, observer: (any StreamObserver)?,
-        buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, progress: ProgressCounter?, start: Int64
+        group: Int, of plan: ConversionPlan, _ quantization: NVFP4Quantization, board: ScaleBoard, sink: any ByteSink,
+        observer: (any StreamObserver)?, buffer: UnsafeMutableRawBufferPointer, scratch: UnsafeMutableRawBufferPointer,
+        progress: ProgressCounter?, start: Int64
     ) throws {
+        let key = ScaleBoard.key(group: group, of: plan)!
+        var output = GroupOutput(sink: sink, observer: observer, progress: progress, destination: start)
+        if quantization.part != .codes, case .nvfp4(let groups, let second)? = board.take(key) {
+            if quantization.part == .groupScales {
+                try groups.withUnsafeBytes { try output.write($0) }
+            } else {
+                try withUnsafeBytes(of: second.bitPattern.littleEndian) { try output.write($0) }
+            }
+            return
+        }
         let stream = { (body: (Int64, UnsafeRawBufferPointer) throws -> Void) throws in
             try streamElements(group: group, of: plan, rowBytes: quantization.columns * quantization.elementBytes,
-                               elementBytes: quantization.elementBytes, buffer: buffer, body)
+                               elementBytes: quantization.elementBytes, unit: quantization.group, buffer: buffer, body)
         }
         var recordedGroups: [UInt8]?
         if let record = quantization.recorded {
@@ -476,7 +515,7 @@ extension MoveExecutor {
                                               recordedSecond: quantization.recorded?.second ?? 1)
         try stream { first, bytes in quantization.survey(first: first, bytes: bytes, into: &survey) }
         let scales = quantization.scales(survey)
-        var output = GroupOutput(sink: sink, observer: observer, progress: progress, destination: start)
+        if quantization.part == .codes { board.post(.nvfp4(groups: scales.groups, second: scales.second), for: key, uses: 2) }
         switch quantization.part {
         case .groupScales:
             try scales.groups.withUnsafeBytes { try output.write($0) }

@@ -166,36 +166,62 @@ public struct FP8Quantization: Sendable, Hashable, CustomStringConvertible {
     /// elements of one block-row and block-column, elements `first..<first + count` of the weight.
     @inline(__always)
     func forEachRun(first: Int64, count: Int, _ body: (Int, Int, Int, Int) -> Void) {
+        var row = Int(first / Int64(columns)), column = Int(first % Int64(columns))
+        var blockEnd = min(columns, (column / blockColumns + 1) * blockColumns)
         var index = 0
         while index < count {
-            let element = first + Int64(index)
-            let row = Int(element / Int64(columns)), column = Int(element % Int64(columns))
-            let run = min(min(columns, (column / blockColumns + 1) * blockColumns) - column, count - index)
+            let run = min(blockEnd - column, count - index)
             body(row, column, run, index)
             index += run
+            column += run
+            if column == columns {
+                row += 1
+                column = 0
+                blockEnd = min(columns, blockColumns)
+            } else if column == blockEnd {
+                blockEnd = min(columns, blockEnd + blockColumns)
+            }
         }
     }
 
-    /// The first pass over elements `first..<first + count` (their bytes in `bytes`).
-    public func survey(first: Int64, bytes: UnsafeRawBufferPointer, into survey: inout Survey) {
+    /// The first pass over elements `first..<first + count` (their bytes in `bytes`). With
+    /// recorded scales and `codes`, the codes of the recorded scale are written there for each
+    /// block that still round-trips: the codes of those blocks once the survey is complete, so a
+    /// band in the buffer needs a second quantizing pass only over the blocks that do not
+    /// (`quantize(..., skippingRoundTrips:)`).
+    public func survey(first: Int64, bytes: UnsafeRawBufferPointer, into survey: inout Survey, codes: UnsafeMutableRawBufferPointer? = nil) {
         let count = bytes.count / elementBytes
+        let output = codes?.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        precondition(codes == nil || codes!.count >= count, "codes shorter than the elements")
         let gridColumns = self.gridColumns
+        let lanes = from == .bfloat16 ? bytes.baseAddress : nil
         Dequantize.e4m3Table.withUnsafeBufferPointer { table in
             forEachRun(first: first, count: count) { row, column, run, start in
                 let block = (row / blockRows) * gridColumns + column / blockColumns
                 var amax = survey.amax[block]
-                for index in start..<(start + run) {
-                    let magnitude = load(bytes, index).value.magnitude
-                    // amax propagates NaN, as torch's does.
-                    if magnitude.isNaN || amax.isNaN { amax = .nan } else if magnitude > amax { amax = magnitude }
+                if let lanes {
+                    let found = BF16Lanes.amax(lanes, start: start, count: run)
+                    if found.isNaN || amax.isNaN { amax = .nan } else if found > amax { amax = found }
+                } else {
+                    for index in start..<(start + run) {
+                        let magnitude = load(bytes, index).value.magnitude
+                        // amax propagates NaN, as torch's does.
+                        if magnitude.isNaN || amax.isNaN { amax = .nan } else if magnitude > amax { amax = magnitude }
+                    }
                 }
                 survey.amax[block] = amax
                 if let recorded = survey.recorded, survey.roundTrips[block] {
                     let scale = recorded[block]
                     var trips = true
-                    for index in start..<(start + run) {
-                        let (value, bits) = load(bytes, index)
-                        if storedBits(table[Int(Quantize.e4m3(value / scale))] * scale) != bits { trips = false; break }
+                    if let lanes {
+                        trips = BF16Lanes.roundTrips(lanes, start: start, count: run, scale: scale, table: table, codes: output)
+                    } else {
+                        for index in start..<(start + run) {
+                            let (value, bits) = load(bytes, index)
+                            let code = Quantize.e4m3(value / scale)
+                            output?[index] = code
+                            if storedBits(table[Int(code)] * scale) != bits { trips = false; break }
+                        }
                     }
                     survey.roundTrips[block] = trips
                 }
@@ -224,15 +250,25 @@ public struct FP8Quantization: Sendable, Hashable, CustomStringConvertible {
         return bytes
     }
 
-    /// The codes of elements `first..<first + count` (their bytes in `bytes`) into `codes`.
-    public func quantize(first: Int64, bytes: UnsafeRawBufferPointer, scales: [Float], into codes: UnsafeMutableRawBufferPointer) {
+    /// The codes of elements `first..<first + count` (their bytes in `bytes`) into `codes`, but
+    /// for the blocks `skippingRoundTrips` says keep their recorded scale (the survey wrote those).
+    public func quantize(first: Int64, bytes: UnsafeRawBufferPointer, scales: [Float], into codes: UnsafeMutableRawBufferPointer,
+                         skippingRoundTrips survey: Survey? = nil) {
         let count = bytes.count / elementBytes
         precondition(codes.count >= count, "codes shorter than the elements")
         let gridColumns = self.gridColumns
         let output = codes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let lanes = from == .bfloat16 ? bytes.baseAddress : nil
+        let kept = survey?.recorded != nil ? survey?.roundTrips : nil
         forEachRun(first: first, count: count) { row, column, run, start in
-            let scale = scales[(row / blockRows) * gridColumns + column / blockColumns]
-            for index in start..<(start + run) { output[index] = Quantize.e4m3(load(bytes, index).value / scale) }
+            let block = (row / blockRows) * gridColumns + column / blockColumns
+            if let kept, kept[block] { return }
+            let scale = scales[block]
+            if let lanes {
+                BF16Lanes.quantize(lanes, start: start, count: run, scale: scale, into: output)
+            } else {
+                for index in start..<(start + run) { output[index] = Quantize.e4m3(load(bytes, index).value / scale) }
+            }
         }
     }
 }
@@ -322,6 +358,23 @@ public struct NVFP4Quantization: Sendable, Hashable, CustomStringConvertible {
     public func survey(first: Int64, bytes: UnsafeRawBufferPointer, into survey: inout Survey) {
         let count = bytes.count / elementBytes
         let fp8 = self.fp8
+        // bf16 in whole groups (the executor delivers them so): 16 lanes a group.
+        if from == .bfloat16, group == BF16Lanes.width, first % Int64(group) == 0, count % group == 0, let base = bytes.baseAddress {
+            let firstGroup = Int(first / Int64(group))
+            Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
+                for index in 0..<(count / group) {
+                    let found = BF16Lanes.amax(base, start: index * group, count: group)
+                    if found.isNaN || survey.amax.isNaN { survey.amax = .nan } else if found > survey.amax { survey.amax = found }
+                    let groupAmax = survey.groupAmax[firstGroup + index]
+                    if found.isNaN || groupAmax.isNaN { survey.groupAmax[firstGroup + index] = .nan } else if found > groupAmax { survey.groupAmax[firstGroup + index] = found }
+                    if survey.roundTrips, let recorded = survey.recordedGroups {
+                        let multiplier = e4m3[Int(recorded[firstGroup + index])] * survey.recordedSecond
+                        if !BF16Lanes.e2m1RoundTrips(base, start: index * group, multiplier: multiplier) { survey.roundTrips = false }
+                    }
+                }
+            }
+            return
+        }
         Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
             Dequantize.e2m1Table.withUnsafeBufferPointer { e2m1 in
                 for index in 0..<count {
@@ -358,6 +411,16 @@ public struct NVFP4Quantization: Sendable, Hashable, CustomStringConvertible {
         precondition(first % 2 == 0 && count % 2 == 0 && codes.count >= count / 2, "NVFP4 codes inside a byte")
         let fp8 = self.fp8
         let output = codes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        if from == .bfloat16, group == BF16Lanes.width, first % Int64(group) == 0, count % group == 0, let base = bytes.baseAddress {
+            let firstGroup = Int(first / Int64(group))
+            Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
+                for index in 0..<(count / group) {
+                    let multiplier = e4m3[Int(scales.groups[firstGroup + index])] * scales.second
+                    BF16Lanes.e2m1Quantize(base, start: index * group, multiplier: multiplier, into: output + index * group / 2)
+                }
+            }
+            return
+        }
         Dequantize.e4m3Table.withUnsafeBufferPointer { e4m3 in
             for pair in 0..<(count / 2) {
                 let element = first + Int64(2 * pair)

@@ -170,6 +170,25 @@ extra_state:
     - {module: "decoder.layers.{layer}.mlp.linear_fc2", layer_when: {ffn_no_op: false, ffn_linear: false}}
     - {module: "decoder.layers.{layer}.mlp", layer_when: {ffn_linear: true}}
 
+# export --quantize: the weights stored quantized, the linear operators of the decoder layers as
+# NVIDIA's ModelOpt FP8 releases quantize them ("only the weights and activations of the linear
+# operators within transformers blocks are quantized", lm_head excluded: the model cards of the
+# FP8 Llama releases; nvidia/Llama-3_3-Nemotron-Super-49B-v1_5-FP8 and
+# Llama-3_1-Nemotron-Ultra-253B-v1-FP8 are published; their exact hf_quant_config.json was not
+# found): attention q/k/v/o, MLP gate/up/down, and the single linears that replace an attention
+# or an FFN. A layer whose attention or FFN is a no-op has none of these, so nothing to match.
+quantized_weights:
+  - "model.layers.{layer}.self_attn.q_proj.weight"
+  - "model.layers.{layer}.self_attn.k_proj.weight"
+  - "model.layers.{layer}.self_attn.v_proj.weight"
+  - "model.layers.{layer}.self_attn.o_proj.weight"
+  - "model.layers.{layer}.self_attn.linear_attn.weight"
+  - "model.layers.{layer}.mlp.gate_proj.weight"
+  - "model.layers.{layer}.mlp.up_proj.weight"
+  - "model.layers.{layer}.mlp.down_proj.weight"
+  - "model.layers.{layer}.mlp.linear_mlp.weight"
+quantization_excluded: ["lm_head"]
+
 # The LM head as Megatron-Core builds it, for legacy files: with tied embeddings (no `weight` key)
 # the last pipeline stage keeps its own copy of `tied_to` (Megatron-Core synchronises the two at
 # start-up), and as a column-parallel linear the module's state dict has an `_extra_state`.

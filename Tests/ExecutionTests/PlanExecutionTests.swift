@@ -162,3 +162,86 @@ struct DequantizingPlanTests {
         }
     }
 }
+
+/// Quantizing groups whose weight rows are larger than the executor's buffer (and a plain column
+/// slice whose segments are): the rows go through in pieces, and the codes and scales are, byte
+/// for byte, what the kernels give the weight read whole. (The kernels themselves are checked in
+/// TensorCoreTests and against torch in Tests/interop/test_quantized_export.py.)
+struct LongRowPlanTests {
+    static let rows = 3, columns = 48
+
+    /// bf16 bits of a deterministic weight with a -0.0, a zero block and a spread of magnitudes.
+    static func weight() -> [UInt8] {
+        var generator = SplitMix64(seed: 432)
+        var values = (0..<(rows * columns)).map { _ in Float(Int.random(in: -4000...4000, using: &generator)) / 512 }
+        values[1] = -0.0
+        for index in 0..<16 { values[2 * columns + index] = 0 }
+        return values.flatMap { value -> [UInt8] in
+            let bits = UInt16(value.bitPattern >> 16)  // exact: the values have few significant bits
+            return [UInt8(bits & 0xFF), UInt8(bits >> 8)]
+        }
+    }
+
+    @Test("FP8 and NVFP4 groups of rows longer than the buffer, and segments longer than it, are written whole",
+          arguments: [32, 40, 96, 1 << 20])
+    func longRows(_ chunk: Int) throws {
+        let scratch = try TestCheckpoints.scratchDirectory("long-rows")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let bytes = Self.weight()
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch + "/source"))
+        let file = try ReadOnlyFile(path: scratch + "/source")
+        let (rows, columns) = (Self.rows, Self.columns)
+        let codes = FP8Quantization(from: .bfloat16, rows: rows, columns: columns, blockRows: 2, blockColumns: 20, part: .codes)
+        var scalesPart = codes
+        scalesPart.part = .scales
+        let nvfp4 = [NVFP4Quantization.Part.codes, .groupScales, .secondScale].map {
+            NVFP4Quantization(from: .bfloat16, rows: rows, columns: columns, part: $0)
+        }
+        var plan = ConversionPlan()
+        let source = plan.source(file)
+        let whole = ByteRange(offset: 0, count: Int64(bytes.count))
+        var offset: Int64 = 0
+        var starts: [Int64] = []
+        for transform in [ElementTransform.quantize(codes), .quantize(scalesPart)] + nvfp4.map(ElementTransform.quantizeNVFP4) {
+            plan.append(.copy(source: source, range: whole))
+            plan.endGroup(output: 0, offset: offset, transform: transform)
+            starts.append(offset)
+            offset += transform.outputBytes(whole.count)
+        }
+        // Columns 4..<44 of each row: segments of 80 bytes, 96 apart.
+        plan.append(.strided(source: source, firstSegment: 8, stride: 96, segmentBytes: 80, rows: 3))
+        plan.endGroup(output: 0, offset: offset)
+        starts.append(offset)
+        let total = offset + 240
+
+        // The kernels on the weight whole.
+        var expected: [UInt8] = []
+        bytes.withUnsafeBytes { input in
+            var survey = FP8Quantization.Survey(blocks: codes.scaleCount, recorded: nil)
+            codes.survey(first: 0, bytes: input, into: &survey)
+            let scales = codes.scales(survey)
+            var out = [UInt8](repeating: 0, count: rows * columns)
+            out.withUnsafeMutableBytes { codes.quantize(first: 0, bytes: input, scales: scales, into: $0) }
+            expected += out + codes.scaleBytes(scales)
+            var groups = NVFP4Quantization.Survey(groups: nvfp4[0].groupCount, recordedGroups: nil, recordedSecond: 1)
+            nvfp4[0].survey(first: 0, bytes: input, into: &groups)
+            let fp4 = nvfp4[0].scales(groups)
+            var packed = [UInt8](repeating: 0, count: rows * columns / 2)
+            packed.withUnsafeMutableBytes { nvfp4[0].quantize(first: 0, bytes: input, scales: fp4, into: $0) }
+            expected += packed + fp4.groups + withUnsafeBytes(of: fp4.second.bitPattern.littleEndian, Array.init)
+        }
+        for row in 0..<rows { expected += bytes[(row * 96 + 8)..<(row * 96 + 88)] }
+        #expect(Int64(expected.count) == total)
+        #expect(expected[0..<(rows * columns)].contains(0x80), "the -0.0 keeps its sign")
+
+        let output = try AtomicOutputFile(path: scratch + "/out")
+        try MoveExecutor(workers: 2, chunkBytes: chunk, mode: .buffered).run(plan, sinks: [output])
+        try output.extend(to: total)
+        try output.publish()
+        let written = try TestCheckpoints.readFile(scratch + "/out")
+        for (index, start) in starts.enumerated() {
+            let end = index + 1 < starts.count ? starts[index + 1] : total
+            #expect(Array(written[Int(start)..<Int(end)]) == Array(expected[Int(start)..<Int(end)]), "group \(index), chunk \(chunk)")
+        }
+    }
+}

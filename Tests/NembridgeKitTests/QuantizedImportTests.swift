@@ -47,7 +47,7 @@ struct QuantizedImportTests {
 
     @Test("each quantized fixture plans every quantized weight with its scheme and logical shape",
           arguments: [("llama3-fp8-block", 14, QuantizedFormat.e4m3), ("llama3-modelopt-fp8", 7, .e4m3), ("super-nvfp4", 44, .e2m1),
-                      ("super-mixed", 48, .e2m1)])
+                      ("super-mixed", 48, .e2m1), ("nano-fp8-block", 44, .e4m3), ("nano-modelopt-fp8", 38, .e4m3)])
     func plans(_ fixture: String, weights: Int, format: QuantizedFormat) throws {
         let plan = try HFImport(source: TestCheckpoints.path("quantized/\(fixture)"), output: "/nonexistent/out")
         let declared = plan.plan.quantizedWeights

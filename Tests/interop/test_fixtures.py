@@ -35,8 +35,10 @@ def test_readme_hashes(folder):
 
 def test_total_size_small():
     total = sum(p.stat().st_size for p in CHECKPOINTS.rglob("*") if p.is_file())
-    # 5.4 MB with the published-dialect fixtures (dialects/, 0.47 MB)
-    assert total < 6 * 10**6, total
+    # 5.4 MB with the published-dialect fixtures (dialects/, 0.47 MB); 6.36 MB with the quantized
+    # Nemotron 3 Nano fixtures (quantized/nano-*, 0.44 MB: a Mamba layer feeding an attention layer
+    # and MoE layers are what NVIDIA's Nano selection needs, so they cannot be cut further)
+    assert total < 6.5 * 10**6, total
 
 
 def test_malformed_manifest_matches_reader():

@@ -1,13 +1,15 @@
 """`nembridge export --quantize` (issue 15, export half) against torch and transformers 5.23.
 
 - like-source: each fixture of TestCheckpoints/quantized (block FP8 with ragged [48, 40]
-  blocks, ModelOpt FP8 with input / k / v scales, Super-shaped NVFP4 and MIXED_PRECISION)
+  blocks, ModelOpt FP8 with input / k / v scales, Super-shaped NVFP4 and MIXED_PRECISION,
+  Nano-shaped block FP8 and ModelOpt FP8 with NVIDIA's Nano selection)
   imported (TP 1, and chunked: Llama TP 2 so the export reads row-parallel chunks, the hybrids
   EP 2) and exported with `--quantize like-source` gives back every source tensor
   (names, dtypes, shapes, bytes, compared with the safetensors library), config.json's
   quantization_config and hf_quant_config.json as the source has them.
 - fresh: `--quantize fp8-block` (128, and 32), `fp8-block:40` (ragged) and `fp8` of bf16 imports of
-  llama3-tiny and nemotron3-moe-tiny: each quantized tensor and scale equals torch's quantization
+  llama3-tiny, nemotron3-moe-tiny and decilm-tiny (layers without attention or FFN, linears in
+  their place): each quantized tensor and scale equals torch's quantization
   of the plain (bf16) export's weight by the rule, computed here: scale = amax / 448 in fp32 per
   block (1.0 for an all-zero block), q = (x.float() / scale).clamp(-448, 448).to(float8_e4m3fn);
   the quantized tensors are exactly the linear projections (a list written here); every other
@@ -44,19 +46,23 @@ from safetensors.torch import load_file, save_file
 from conftest import CHECKPOINTS
 
 QDIR = CHECKPOINTS / "quantized"
-FP8_FIXTURES = ["llama3-fp8-block", "llama3-modelopt-fp8"]
+NANO_FIXTURES = ["nano-fp8-block", "nano-modelopt-fp8"]
+FP8_FIXTURES = ["llama3-fp8-block", "llama3-modelopt-fp8"] + NANO_FIXTURES
 NVFP4_FIXTURES = ["super-nvfp4", "super-mixed"]
 # per fixture: import flags, and the chunked import (the export then reads chunks)
-LAYOUTS = {name: ([], ["--tp", "2"]) for name in FP8_FIXTURES} | {
-    name: (["--spec", "local"], ["--spec", "local", "--ep", "2", "--etp", "1"]) for name in NVFP4_FIXTURES}
-BF16 = {"llama3-tiny": CHECKPOINTS / "llama3-tiny" / "hf", "nemotron3-moe-tiny": CHECKPOINTS / "nemotron3-moe-tiny" / "hf"}
-HYBRID_FLAGS = {"nemotron3-moe-tiny": ["--spec", "local"]}
+LAYOUTS = {name: ([], ["--tp", "2"]) for name in FP8_FIXTURES if name not in NANO_FIXTURES} | {
+    name: (["--spec", "local"], ["--spec", "local", "--ep", "2", "--etp", "1"]) for name in NVFP4_FIXTURES + NANO_FIXTURES}
+BF16 = {"llama3-tiny": CHECKPOINTS / "llama3-tiny" / "hf", "nemotron3-moe-tiny": CHECKPOINTS / "nemotron3-moe-tiny" / "hf",
+        "decilm-tiny": CHECKPOINTS / "decilm-tiny" / "hf"}
+HYBRID_FLAGS = {"nemotron3-moe-tiny": ["--spec", "local"], "decilm-tiny": ["--spec", "local"]}
 
 # The linear projections NVIDIA's and DeepSeek's FP8 releases quantize, written here independently
 # of the tables: attention q/k/v/o, MLP / expert / shared-expert up / gate / down, Mamba
-# in_proj / out_proj, latent projections. Not: embeddings, norms, router, lm_head, conv1d, ...
+# in_proj / out_proj, latent projections, DeciLM's linears in place of an attention or an FFN.
+# Not: embeddings, norms, router, lm_head, conv1d, ...
 QUANTIZED = re.compile(r".*\.(self_attn|mixer|mlp)\.(experts\.\d+\.|shared_experts\.)?"
-                       r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|in_proj|out_proj|fc1_latent_proj|fc2_latent_proj)\.weight$")
+                       r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|in_proj|out_proj|fc1_latent_proj|fc2_latent_proj"
+                       r"|linear_attn|linear_mlp)\.weight$")
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -172,7 +178,10 @@ def test_fresh_quantization_equals_torch_rule(nembridge, work, bf16_imports, mod
     expected_names = set(bf16) | {k[:-len(".weight")] + scale_suffix for k in bf16 if QUANTIZED.match(k)}
     assert set(got) == expected_names
     quantized = [k for k in bf16 if QUANTIZED.match(k)]
-    assert quantized and any("experts" in k for k in quantized) == (model != "llama3-tiny")
+    assert quantized and any("experts" in k for k in quantized) == (model == "nemotron3-moe-tiny")
+    if model == "decilm-tiny":  # layers without attention (2) or FFN (4), linears in place of them (3, 5)
+        assert "model.layers.3.self_attn.linear_attn.weight" in quantized and "model.layers.5.mlp.linear_mlp.weight" in quantized
+        assert not any(k.startswith(("model.layers.2.self_attn.", "model.layers.4.mlp.")) for k in got)
     problems = []
     for k, x in bf16.items():
         if k not in quantized:
@@ -202,8 +211,12 @@ def test_fresh_quantization_equals_torch_rule(nembridge, work, bf16_imports, mod
         assert cfg["quant_method"] == "modelopt" and cfg["quant_algo"] == "FP8" and "lm_head" in cfg["exclude_modules"]
         hq = json.loads((out / "hf_quant_config.json").read_text())["quantization"]
         assert hq["quant_algo"] == "FP8" and hq["exclude_modules"] == cfg["exclude_modules"]
-    # nembridge's own import reads it back (the config and the stored tensors agree)
-    nembridge.run("import", "--hf", out, "--out", work / f"{out.name}.reimported", *HYBRID_FLAGS.get(model, []), "--dry-run").ok()
+    # the written bytes match the manifest's checksums; nembridge's own import reads it back (the
+    # config and the stored tensors agree), and verify finds the folder equal by value to it
+    assert "OK" in nembridge.run("verify", out).ok().stdout
+    back = work / f"{out.name}.reimported"
+    nembridge.run("import", "--hf", out, "--out", back, *HYBRID_FLAGS.get(model, [])).ok()
+    assert "compared by value" in nembridge.run("verify", out, back).ok().stdout
 
 
 def test_transformers_dequantizes_the_fp8_block_export(nembridge, work, bf16_imports):

@@ -4,7 +4,8 @@ transformers' own dequantization and real Megatron-Core (0.19.2, CPU, gloo).
 Fixtures: TestCheckpoints/quantized/ (tools/fixtures/make_quantized_fixtures.py): block FP8 Llama
 with ragged [48, 40] blocks, ModelOpt FP8 Llama (input/k/v scales), ModelOpt NVFP4 and
 MIXED_PRECISION (FP8 + NVFP4 + bf16) Nemotron-3-Super-shaped hybrids (LatentMoE experts, shared
-experts, latent projections, attention, MTP).
+experts, latent projections, attention, MTP), and Nemotron-3-Nano-shaped hybrids in block FP8
+and ModelOpt FP8 (NVIDIA's Nano selection: attention and the Mamba layer feeding it bf16).
 
 - The reference dequantization is computed here in torch from the fixture's bytes:
   `(q.float() * scale).to(bf16)` with block scales expanded per block (ragged edges cut), NVFP4
@@ -18,6 +19,8 @@ experts, latent projections, attention, MTP).
   and TP 2; hybrids: HybridModel, ws 1 and EP 2), and the loaded Llama parameters equal an
   independent Python Llama mapping of the reference tensors; the hybrids' loaded state equals the
   loaded state of the reference folder's import.
+- transformers loads the bf16 export of each Llama and Nano import, with its weights and its
+  logits bit for bit those of the reference-dequantized folder loaded alike.
 - Negative zeros stay 0x8000; the companions are consumed (nothing unmapped) and recorded.
 - Missing / misshaped / extra scales and exclusion lists disagreeing with the stored dtypes exit
   1 naming the tensor, leaving nothing behind.
@@ -44,7 +47,9 @@ from rank_tensors import raw_mismatch, tp_slice
 
 QDIR = CHECKPOINTS / "quantized"
 LLAMA = ["llama3-fp8-block", "llama3-modelopt-fp8"]
-HYBRID = ["super-nvfp4", "super-mixed"]
+HYBRID = ["super-nvfp4", "super-mixed", "nano-fp8-block", "nano-modelopt-fp8"]
+# the fixtures transformers 5.23 builds natively (Llama, Nemotron 3 Nano)
+TRANSFORMERS = LLAMA + ["nano-fp8-block", "nano-modelopt-fp8"]
 FIXTURES = LLAMA + HYBRID
 PYTHON = sys.executable
 GPT_FROM_ARGS = ROOT / "tools" / "megatron" / "gpt_from_args.py"
@@ -79,17 +84,17 @@ def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([E2M1[low], E2M1[high]], dim=-1).reshape(packed.shape[0], -1)
 
 
-def dequantize_one(t: dict, base: str, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_one(t: dict, base: str, dtype: torch.dtype, name: str) -> torch.Tensor:
     q = t[base + ".weight"]
     if q.dtype == torch.uint8:  # NVFP4: the two scales multiplied first, in fp32
         s = (t[base + ".weight_scale"].float() * t[base + ".weight_scale_2"]).repeat_interleave(16, 1)
         return (unpack_e2m1(q) * s).to(dtype)
     if base + ".weight_scale_inv" in t:
-        return (q.float() * expand_blocks(t[base + ".weight_scale_inv"], *q.shape, block=BLOCK)).to(dtype)
+        return (q.float() * expand_blocks(t[base + ".weight_scale_inv"], *q.shape, block=BLOCK[name])).to(dtype)
     return (q.float() * t[base + ".weight_scale"]).to(dtype)
 
 
-BLOCK = qconfig("llama3-fp8-block")["weight_block_size"]
+BLOCK = {name: qconfig(name).get("weight_block_size") for name in FIXTURES}
 
 
 def quantized_bases(t: dict) -> list[str]:
@@ -103,7 +108,7 @@ def reference(name: str, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch
     t = raw(name)
     out = {k: v for k, v in t.items() if not k.endswith(tuple("." + c for c in COMPANIONS))}
     for base in quantized_bases(t):
-        out[base + ".weight"] = dequantize_one(t, base, dtype)
+        out[base + ".weight"] = dequantize_one(t, base, dtype, name)
     return out
 
 
@@ -141,7 +146,7 @@ def test_reference_equals_transformers_dequantization(name):
             got = op._dequantize_one(q.view(torch.int8), s, output_dtype=torch.bfloat16)
         elif base + ".weight_scale_inv" in t:
             s = t[base + ".weight_scale_inv"]
-            rows, cols = s.shape[0] * BLOCK[0], s.shape[1] * BLOCK[1]
+            rows, cols = s.shape[0] * BLOCK[name][0], s.shape[1] * BLOCK[name][1]
             padded = torch.zeros(rows, cols, dtype=torch.float8_e4m3fn)
             padded[:q.shape[0], :q.shape[1]] = q
             got = op._dequantize_one(padded, s, output_dtype=torch.bfloat16)[:q.shape[0], :q.shape[1]]
@@ -157,15 +162,31 @@ def test_fixtures_exercise_the_edge_cases():
     """Ragged blocks, negative zeros (e4m3 0x80, E2M1 code 8) and an all-zero block are there."""
     t = raw("llama3-fp8-block")
     q = t["model.layers.0.self_attn.q_proj.weight"]
-    assert q.shape[0] % BLOCK[0] and q.shape[1] % BLOCK[1]
+    block = BLOCK["llama3-fp8-block"]
+    assert q.shape[0] % block[0] and q.shape[1] % block[1]
     assert (q.view(torch.uint8) == 0x80).any()
     for name in FIXTURES:  # nothing that is not a number (Megatron's load checks for NaN)
         assert all(torch.isfinite(v.float()).all() for v in reference(name).values())
     assert (t["model.layers.0.mlp.down_proj.weight_scale_inv"] == 1.0).any()
-    for name in HYBRID:
+    for name in ("super-nvfp4", "super-mixed"):
         assert any(((v & 0x0F) == 8).any() or ((v >> 4) == 8).any() for v in raw(name).values() if v.dtype == torch.uint8)
     ref = reference("llama3-fp8-block")["model.layers.0.self_attn.q_proj.weight"]
     assert (ref.view(torch.int16) == -32768).any()  # 0x8000
+    for name in ("nano-fp8-block", "nano-modelopt-fp8"):
+        t = raw(name)
+        fp8 = [v for v in t.values() if v.dtype == torch.float8_e4m3fn]
+        assert any((v.view(torch.uint8) == 0x80).any() for v in fp8)
+        assert any(b.endswith(".experts.0.up_proj") for b in quantized_bases(t))
+    # the Nano block fixture: ragged edge blocks and an all-zero block (scale 1.0)
+    t = raw("nano-fp8-block")
+    assert (t["backbone.layers.1.mixer.shared_experts.down_proj.weight_scale_inv"] == 1.0).any()
+    assert t["backbone.layers.0.mixer.in_proj.weight"].shape[0] % BLOCK["nano-fp8-block"][0]
+    # the Nano ModelOpt fixture keeps NVIDIA's selection: attention and the Mamba layer before it bf16
+    t = raw("nano-modelopt-fp8")
+    assert t["backbone.layers.0.mixer.in_proj.weight"].dtype == torch.float8_e4m3fn
+    for k in ("backbone.layers.2.mixer.in_proj.weight", "backbone.layers.3.mixer.q_proj.weight"):
+        assert t[k].dtype == torch.bfloat16, k
+    assert "backbone.layers.3.mixer.k_proj.k_scale" in t
 
 
 # ------------------------------------------------------------------------------------------------
@@ -472,13 +493,20 @@ def test_export_of_import_is_the_dequantized_model(nembridge, imports, work, nam
     del src["quantization_config"]
     assert cfg == src
     assert not (out / "hf_quant_config.json").exists() and not (out / "nembridge-hf-quantization.json").exists()
-    if name in LLAMA:
+    if name in TRANSFORMERS:
         import transformers
 
-        model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+        model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
         assert getattr(model.config, "quantization_config", None) is None
         sd = model.state_dict()
         assert all(torch.equal(sd[k].view(torch.int16), want[k].view(torch.int16)) for k in want if k in sd)
+        # the same logits as the reference-dequantized folder (torch's dequantization) loaded alike
+        ref = transformers.AutoModelForCausalLM.from_pretrained(reference_folder(name, work), dtype=torch.bfloat16).eval()
+        ids = torch.randint(0, cfg["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(15))
+        with torch.no_grad():
+            a, b = model(input_ids=ids, use_cache=False).logits, ref(input_ids=ids, use_cache=False).logits
+        assert torch.isfinite(a).all() and a.abs().max() > 0
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
 # ------------------------------------------------------------------------------------------------
