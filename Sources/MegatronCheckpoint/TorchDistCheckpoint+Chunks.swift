@@ -14,16 +14,16 @@ extension TorchDistCheckpoint {
     /// the metadata's dtype and the chunk's sizes and that its storage holds every element.
     /// Parses the item's zip directory and `data.pkl` (a few KiB); the last few thousand are remembered.
     public func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData {
-        let storageKey = DCPStorageKey(fqn: key, offsets: chunk.offsets.array)
-        if let cached = cache.withLock({ $0.chunks[storageKey] }) { return cached }
         let tensor = try self.tensor(key)
         // The few chunks meeting its axis-0 extent, not all of them: a tensor has up to thousands.
         guard try candidateChunks(key: key, box: chunk).contains(chunk) else {
             throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets.array)
         }
-        if itemOpening == .oncePerLayout, let assumed = try assumedLikeOpened(storageKey, tensor: tensor, chunk: chunk) {
+        if itemOpening == .oncePerLayout, let assumed = try assumedLikeOpened(key: key, tensor: tensor, chunk: chunk) {
             return assumed
         }
+        let storageKey = DCPStorageKey(fqn: key, offsets: chunk.offsets.array)
+        if let cached = cache.withLock({ $0.chunks[storageKey] }) { return cached }
         let (archive, info, decoded) = try itemArchive(storageKey)
         let path = dataFile(info).path
         func fail(_ reason: String) -> MegatronCheckpointError {
@@ -68,7 +68,7 @@ extension TorchDistCheckpoint {
         let data = ChunkData(file: archive.file, dataFile: path, key: key, chunk: chunk, dtype: saved.dtype,
                              elementSize: elementSize, runs: runs, isDecoded: decoded)
         if itemOpening == .oncePerLayout, !decoded {
-            let layout = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes.array, length: info.length)
+            let layout = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes, length: info.length)
             let relative = runs.map { ChunkData.Run(source: ByteRange(offset: $0.source.offset - info.offset, count: $0.source.count),
                                                     destinationOffset: $0.destinationOffset) }
             cache.withLock { $0.layouts[layout] = ItemLayout(elementSize: elementSize, runs: relative) }
@@ -85,12 +85,12 @@ extension TorchDistCheckpoint {
     /// from an opened item of the same dtype, sizes and length, whose `torch.save` archive has the
     /// same records at the same item-relative offsets when both come from one writer. Nil when no
     /// such item was opened yet, or the item is compressed.
-    func assumedLikeOpened(_ storageKey: DCPStorageKey, tensor: DCPTensorMetadata, chunk: DCPChunk) throws -> ChunkData? {
-        guard let info = metadata.storage[storageKey] else {
-            throw MegatronCheckpointError.missingStorage(file: metadataPath, key: storageKey.fqn, offsets: storageKey.offsets)
+    func assumedLikeOpened(key: String, tensor: DCPTensorMetadata, chunk: DCPChunk) throws -> ChunkData? {
+        guard let info = metadata.storage.info(fqn: key, offsets: chunk.offsets) else {
+            throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets.array)
         }
         guard info.transformDescriptors?.isEmpty ?? true else { return nil }
-        let layoutKey = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes.array, length: info.length)
+        let layoutKey = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes, length: info.length)
         let found: ItemLayout? = cache.withLock { cache in
             guard let layout = cache.layouts[layoutKey] else { return nil }
             cache.itemsAssumed += 1
@@ -100,7 +100,7 @@ extension TorchDistCheckpoint {
         let file = dataFile(info)
         let runs = layout.runs.map { ChunkData.Run(source: ByteRange(offset: $0.source.offset + info.offset, count: $0.source.count),
                                                    destinationOffset: $0.destinationOffset) }
-        return ChunkData(file: file, dataFile: file.path, key: storageKey.fqn, chunk: chunk, dtype: tensor.dtype,
+        return ChunkData(file: file, dataFile: file.path, key: key, chunk: chunk, dtype: tensor.dtype,
                          elementSize: layout.elementSize, runs: runs)
     }
 

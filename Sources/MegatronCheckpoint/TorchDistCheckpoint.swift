@@ -43,7 +43,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
 
     struct ItemLayoutKey: Hashable {
         var dtype: DType
-        var sizes: [Int]
+        var sizes: DCPChunk.Dims
         var length: Int64
     }
 
