@@ -235,8 +235,8 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo
     echo "## Export quantized (\`--quantize\`)"
     echo
-    echo "The same bf16 import exported as bf16 and as block FP8 ([128, 128] scales computed from two"
-    echo "streamed passes over each weight), and the block-FP8 model's import exported like-source."
+    echo "The same bf16 import exported as bf16 and as block FP8 ([128, 128] scales computed in the same"
+    echo "streamed pass as the codes), and the block-FP8 model's import exported like-source."
     printf '%s\n' "${QUANT_EXPORT_ROWS[@]}"
     echo
     if [[ -n "$KEPT" ]]; then echo; printf '%s\n' "$KEPT"; fi

@@ -142,6 +142,9 @@ struct DCPMetadataReader {
     struct ListRecord {
         var items: [Value] = []
         var taken = false
+        /// Read before the end (a transform list of a storage entry read as it is added): a later
+        /// change would make this reader's result differ from the generic reader's.
+        var frozen = false
     }
 
     /// What an object is, as far as `.metadata` needs to know.
@@ -704,6 +707,7 @@ struct DCPMetadataReader {
     private mutating func add(from start: Int, to target: Value, as addition: Addition) throws(Stop) {
         switch (addition, target) {
         case (.list, .list(let index)):
+            guard !lists[Int(index)].frozen else { throw .unusual("a transform list changed after its storage entry was read") }
             lists[Int(index)].items.append(contentsOf: stack[start...])
         case (.dict, .dict(let index, let generation)):
             let pairs = try self.pairs(from: start)
@@ -785,6 +789,7 @@ struct DCPMetadataReader {
                 texts.append(strings[Int(text)])
             }
             descriptors = texts
+            lists[Int(transforms)].frozen = true
         }
         let info = DCPStorageInfo(relativePath: file, offset: offset, length: length, transformDescriptors: descriptors)
         func fqnHash(_ fqn: Int32) -> Int {
