@@ -29,7 +29,59 @@ public struct MegatronInspectReport: Sendable {
         public let shape: [Int]
         /// Bytes of the global tensor.
         public let bytes: Int64
-        public let chunks: [Chunk]
+        let source: ChunkSource
+
+        init(key: String, dtype: DType, shape: [Int], bytes: Int64, chunks: [Chunk]) {
+            (self.key, self.dtype, self.shape, self.bytes, source) = (key, dtype, shape, bytes, .held(chunks))
+        }
+
+        init(key: String, dtype: DType, shape: [Int], bytes: Int64, metadata: MetadataChunks, index: Int) {
+            (self.key, self.dtype, self.shape, self.bytes, source) = (key, dtype, shape, bytes, .metadata(metadata, index))
+        }
+
+        /// The chunks with their items: held for a legacy checkpoint, made when asked for from the
+        /// torch_dist `.metadata` (409,000 chunks held as report rows took 33 MB more).
+        public var chunks: [Chunk] {
+            switch source {
+            case .held(let chunks): chunks
+            case .metadata(let metadata, let index): metadata.chunks(of: index)
+            }
+        }
+
+        public var chunkCount: Int {
+            switch source {
+            case .held(let chunks): chunks.count
+            case .metadata(let metadata, let index): metadata.metadata.tensors[index].metadata.chunks.count
+            }
+        }
+
+        public static func == (a: Tensor, b: Tensor) -> Bool {
+            a.key == b.key && a.dtype == b.dtype && a.shape == b.shape && a.bytes == b.bytes && a.chunks == b.chunks
+        }
+    }
+
+    enum ChunkSource: Sendable {
+        case held([Chunk])
+        case metadata(MetadataChunks, Int)
+    }
+
+    /// A checked `.metadata` (every chunk has a storage entry: `TorchDistCheckpoint` checks it on
+    /// opening), from which a tensor's report rows are made.
+    final class MetadataChunks: Sendable {
+        let metadata: DCPMetadata
+
+        init(_ metadata: DCPMetadata) { self.metadata = metadata }
+
+        func chunks(of index: Int) -> [Chunk] {
+            let (fqn, tensor) = metadata.tensors[index]
+            let fqnHash = fqn.hashValue
+            return tensor.chunks.map { chunk in
+                guard let info = metadata.storage.info(fqn: fqn, fqnHash: fqnHash, offsets: chunk.offsets) else {
+                    preconditionFailure("chunk \(chunk.offsets) of `\(fqn)` has no storage entry; TorchDistCheckpoint checks every one")
+                }
+                return Chunk(box: chunk, file: info.relativePath, offset: info.offset, length: info.length, transforms: info.transformDescriptors ?? [])
+            }
+        }
     }
 
     public struct Object: Sendable, Equatable {
@@ -72,18 +124,10 @@ public struct MegatronInspectReport: Sendable {
         if folder.format == .legacyTorch { return try inspectLegacy(path: path, folder: folder, valueLength: valueLength) }
         let checkpoint = try TorchDistCheckpoint(folder: folder)
         let metadata = checkpoint.metadata
-        func chunk(_ key: String, keyHash: Int, _ chunk: DCPChunk) throws -> Chunk {
-            guard let info = metadata.storage.info(fqn: key, fqnHash: keyHash, offsets: chunk.offsets) else {
-                throw MegatronCheckpointError.missingStorage(file: checkpoint.metadataPath, key: key, offsets: chunk.offsets.array)
-            }
-            return Chunk(box: chunk, file: info.relativePath, offset: info.offset,
-                         length: info.length, transforms: info.transformDescriptors ?? [])
-        }
-        let tensors = try metadata.tensors.map { fqn, tensor in
-            let keyHash = fqn.hashValue
-            return Tensor(key: fqn, dtype: tensor.dtype, shape: tensor.size,
-                          bytes: try checkpoint.boxByteCount(key: fqn, sizes: tensor.size),
-                          chunks: try tensor.chunks.map { try chunk(fqn, keyHash: keyHash, $0) })
+        let rows = MetadataChunks(metadata)
+        let tensors = try metadata.tensors.enumerated().map { index, entry in
+            Tensor(key: entry.fqn, dtype: entry.metadata.dtype, shape: entry.metadata.size,
+                   bytes: try checkpoint.boxByteCount(key: entry.fqn, sizes: entry.metadata.size), metadata: rows, index: index)
         }
         // An item's value depends on its bytes only: items of equal bytes (the 50,000 per-expert
         // `_extra_state` objects of an Ultra-sized checkpoint are one value) are read once.
@@ -265,7 +309,7 @@ public struct MegatronInspectReport: Sendable {
         let shown = limit.map { Array(tensors.prefix($0)) } ?? tensors
         let header = ["key", "dtype", "shape", "bytes", "chunks"]
         let cells = shown.map { tensor in
-            [q(tensor.key), tensor.dtype.torchName ?? tensor.dtype.safetensorsName, formatShape(tensor.shape), String(tensor.bytes), String(tensor.chunks.count)]
+            [q(tensor.key), tensor.dtype.torchName ?? tensor.dtype.safetensorsName, formatShape(tensor.shape), String(tensor.bytes), String(tensor.chunkCount)]
         }
         var widths = header.map(\.count)
         for cell in cells { for (column, text) in cell.enumerated() { widths[column] = max(widths[column], text.count) } }
