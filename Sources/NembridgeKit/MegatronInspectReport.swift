@@ -116,7 +116,14 @@ public struct MegatronInspectReport: Sendable {
     /// Tensor-, pipeline- and expert-parallel sizes of a legacy checkpoint's rank files.
     public var legacyLayout: (tensor: Int, pipeline: Int, expert: Int)?
 
-    public var totalBytes: Int64 { tensors.reduce(0) { $0 + $1.bytes } }
+    /// Each tensor's bytes fit `Int64` (the checkpoint checks that), their sum need not: a hostile
+    /// `.metadata` of several near-`Int64.max` tensors saturates instead of trapping.
+    public var totalBytes: Int64 {
+        tensors.reduce(0) { total, tensor in
+            let (sum, overflow) = total.addingReportingOverflow(tensor.bytes)
+            return overflow ? .max : sum
+        }
+    }
 
     /// Opens `path` (save directory, iteration directory or DCP directory) and describes it.
     public static func inspect(path: String, valueLength: Int = 200) throws -> MegatronInspectReport {
