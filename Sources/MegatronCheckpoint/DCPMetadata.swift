@@ -150,31 +150,45 @@ public struct DCPStorageKey: Sendable, Hashable {
     }
 }
 
-/// `storage_data` in a compact form: one 40-byte record per entry (the fqn and the data file as
-/// indices into their few names, the chunk offsets as a range of one flat `Int32` store), found
-/// through an open-addressing table of `Int32` slots. About 60 bytes an entry where a
-/// `[DCPStorageKey: DCPStorageInfo]` took about 200 (its 64-byte buckets at a 75 % load factor,
-/// plus an offsets array per key): 25 MB instead of 80 for a 409,000-chunk checkpoint.
+/// `storage_data` in a compact form: one 32-byte record per entry (the fqn, the data file and
+/// transform list as indices into their few values, the chunk offsets as one of the few distinct
+/// offset sequences), found through an open-addressing table of `Int32` slots. About 40 bytes an
+/// entry where a `[DCPStorageKey: DCPStorageInfo]` took about 200 (its 64-byte buckets at a 75 %
+/// load factor, plus an offsets array per key): 18 MB instead of 80 for a 409,000-chunk checkpoint.
 ///
 /// Iteration order is insertion order. Python: the `dict[MetadataIndex, _StorageInfo]`.
 public struct DCPStorageTable: Sendable, Equatable {
+    /// 32 bytes.
     struct Record: Sendable {
+        var offset: Int64
+        var length: Int64
         /// Index into `names`.
         var name: Int32
-        /// Range of `dims` (of `wideDims` when `wide`); `dimCount == -1` for no offsets (a bytes item).
+        /// Start of the offsets in `dims`, or, when some offset does not fit `Int32`, `-1 - start`
+        /// in `wideDims`.
         var dimStart: Int32
+        /// `-1` for no offsets (a bytes item).
         var dimCount: Int32
-        /// Some offset does not fit `Int32`.
-        var wide: Bool
+        /// Index into `locations`.
+        var location: Int32
+        var wide: Bool { dimStart < 0 }
+    }
+
+    /// A data file and transform list, as indices; the entries share a few of them.
+    struct Location: Sendable {
         var path: Int32
         /// Index into `transformLists`, or -1 for none.
         var transforms: Int32
-        var offset: Int64
-        var length: Int64
     }
 
     var records: [Record] = []
+    /// Offset sequences that fit `Int32`, each stored once: the chunks of different tensors share
+    /// their offsets (`[0, 0]`, `[0, 4096]`, …), so 460,000 entries hold a few thousand.
     var dims: [Int32] = []
+    /// Where each distinct sequence of `dims` starts, and its length.
+    var dimSequences: [DimSequence] = []
+    /// Index into `dimSequences` per slot, -1 when empty; at most half full.
+    var dimSlots: [Int32] = []
     var wideDims: [Int] = []
     var names: [String] = []
     var nameIndex: [String: Int32] = [:]
@@ -185,6 +199,9 @@ public struct DCPStorageTable: Sendable, Equatable {
     /// The data file of the last insert: entries come file by file, or alternating among a few.
     var lastPath: (name: String, index: Int32)?
     var transformLists: [[String]] = []
+    var locations: [Location] = []
+    /// `locations` index by `path << 32 | (transforms + 1)`.
+    var locationIndex: [Int64: Int32] = [:]
     /// Record index per slot, -1 when empty; at most half full.
     var slots: [Int32] = []
 
@@ -246,9 +263,11 @@ public struct DCPStorageTable: Sendable, Equatable {
     public var fileNames: [String] {
         var used = [Bool](repeating: false, count: paths.count)
         var names: [String] = []
-        for record in records where !used[Int(record.path)] {
-            used[Int(record.path)] = true
-            names.append(paths[Int(record.path)])
+        for record in records {
+            let path = Int(locations[Int(record.location)].path)
+            guard !used[path] else { continue }
+            used[path] = true
+            names.append(paths[path])
         }
         return names
     }
@@ -292,9 +311,17 @@ public struct DCPStorageTable: Sendable, Equatable {
                 transforms = Int32(transformLists.count - 1)
             }
         }
+        let locationKey = Int64(path) << 32 | Int64(transforms + 1)
+        let location: Int32
+        if let known = locationIndex[locationKey] {
+            location = known
+        } else {
+            location = Int32(locations.count)
+            locations.append(Location(path: path, transforms: transforms))
+            locationIndex[locationKey] = location
+        }
         if let existing = find(fqn: fqn, offsets: offsets, isBytesItem: isBytesItem, hash: hash) {
-            records[existing].path = path
-            records[existing].transforms = transforms
+            records[existing].location = location
             records[existing].offset = info.offset
             records[existing].length = info.length
             return
@@ -313,14 +340,15 @@ public struct DCPStorageTable: Sendable, Equatable {
         let wide = !offsets.allSatisfy { Int32(exactly: $0) != nil }
         let start: Int32
         if wide {
-            start = Int32(wideDims.count)
+            start = -1 - Int32(wideDims.count)
             wideDims.append(contentsOf: offsets)
+        } else if isBytesItem {
+            start = 0
         } else {
-            start = Int32(dims.count)
-            if !isBytesItem { for offset in offsets { dims.append(Int32(offset)) } }
+            start = internedDims(offsets)
         }
-        records.append(Record(name: name, dimStart: start, dimCount: isBytesItem ? -1 : Int32(offsets.count), wide: wide, path: path,
-                              transforms: transforms, offset: info.offset, length: info.length))
+        records.append(Record(offset: info.offset, length: info.length, name: name, dimStart: start,
+                              dimCount: isBytesItem ? -1 : Int32(offsets.count), location: location))
         if slots.count < records.count * 2 {
             rebuildSlots(minimum: records.count)
         } else {
@@ -328,17 +356,64 @@ public struct DCPStorageTable: Sendable, Equatable {
         }
     }
 
+    struct DimSequence: Sendable {
+        var start: Int32
+        var count: Int32
+    }
+
+    /// The start in `dims` of the sequence `offsets` (each fits `Int32`), stored if it is new.
+    private mutating func internedDims(_ offsets: UnsafeBufferPointer<Int>) -> Int32 {
+        if dimSlots.count < (dimSequences.count + 1) * 2 {
+            var capacity = 64
+            while capacity < (dimSequences.count + 1) * 4 { capacity *= 2 }
+            dimSlots = [Int32](repeating: -1, count: capacity)
+            for index in dimSequences.indices {
+                let sequence = dimSequences[index]
+                let hash = dims.withUnsafeBufferPointer { Self.dimsHash($0[Int(sequence.start)..<Int(sequence.start + sequence.count)].map { Int($0) }) }
+                var slot = hash & (capacity - 1)
+                while dimSlots[slot] >= 0 { slot = (slot + 1) & (capacity - 1) }
+                dimSlots[slot] = Int32(index)
+            }
+        }
+        let mask = dimSlots.count - 1
+        var slot = Self.dimsHash(offsets) & mask
+        while dimSlots[slot] >= 0 {
+            let sequence = dimSequences[Int(dimSlots[slot])]
+            if Int(sequence.count) == offsets.count,
+               offsets.indices.allSatisfy({ Int(dims[Int(sequence.start) + $0]) == offsets[$0] }) {
+                return sequence.start
+            }
+            slot = (slot + 1) & mask
+        }
+        let start = Int32(dims.count)
+        for offset in offsets { dims.append(Int32(offset)) }
+        dimSlots[slot] = Int32(dimSequences.count)
+        dimSequences.append(DimSequence(start: start, count: Int32(offsets.count)))
+        return start
+    }
+
+    /// A cheap mix of the offsets (the few thousand distinct sequences need no `Hasher`).
+    private static func dimsHash<C: Collection>(_ offsets: C) -> Int where C.Element == Int {
+        var hash: UInt64 = 0x9E37_79B9_7F4A_7C15 &+ UInt64(offsets.count)
+        for offset in offsets {
+            hash = (hash ^ UInt64(bitPattern: Int64(offset))) &* 0xBF58_476D_1CE4_E5B9
+            hash ^= hash >> 29
+        }
+        return Int(truncatingIfNeeded: hash)
+    }
+
     private func key(_ record: Record) -> DCPStorageKey {
         DCPStorageKey(fqn: names[Int(record.name)], offsets: record.dimCount < 0 ? nil : (0..<Int(record.dimCount)).map { offset(record, $0) })
     }
 
     private func offset(_ record: Record, _ axis: Int) -> Int {
-        record.wide ? wideDims[Int(record.dimStart) + axis] : Int(dims[Int(record.dimStart) + axis])
+        record.wide ? wideDims[Int(-1 - record.dimStart) + axis] : Int(dims[Int(record.dimStart) + axis])
     }
 
     private func info(_ record: Record) -> DCPStorageInfo {
-        DCPStorageInfo(relativePath: paths[Int(record.path)], offset: record.offset, length: record.length,
-                       transformDescriptors: record.transforms < 0 ? nil : transformLists[Int(record.transforms)])
+        let location = locations[Int(record.location)]
+        return DCPStorageInfo(relativePath: paths[Int(location.path)], offset: record.offset, length: record.length,
+                              transformDescriptors: location.transforms < 0 ? nil : transformLists[Int(location.transforms)])
     }
 
     private static func hash(_ fqn: String, _ offsets: UnsafeBufferPointer<Int>?) -> Int {

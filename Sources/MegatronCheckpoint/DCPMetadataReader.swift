@@ -388,7 +388,10 @@ struct DCPMetadataReader {
             guard count <= limits.maxBigIntBytes else {
                 throw .pickle(.limitExceeded(site, limit: .bigIntBytes, maximum: limits.maxBigIntBytes))
             }
-            try push(integer(at: try take(count), count: count))
+            // Two statements: in `integer(at: take(…))` the non-mutating call's `self` is read
+            // before `take` slides the window, and would see the old one.
+            let start = try take(count)
+            try push(integer(at: start, count: count))
         case .binFloat:
             _ = try readFixed(8)
             try push(.other(.float))

@@ -137,7 +137,13 @@ public struct MegatronExport: Sendable {
     /// The config written from the checkpoint's training args, when none was recorded or given.
     public let trainingConfig: TrainingConfig?
     public let shards: [(name: String, tensors: [TensorDeclaration])]
-    public let indexBytes: [UInt8]?
+    /// The index's `metadata` members, nil when no index is written (one shard, no recorded
+    /// index). The index itself (6 MB at Ultra's size) is made when it is written.
+    let indexMetadata: [(key: String, value: JSONValue)]?
+    /// `model.safetensors.index.json` as `run` writes it, or nil when there is none.
+    public var indexBytes: [UInt8]? {
+        indexMetadata.map { HFShardPlan(shards: shards.map { HFShardPlan.Shard(fileName: $0.name, tensors: $0.tensors) }).indexFileBytes(extraMetadata: $0) }
+    }
     public let companionFiles: [String]
     /// The checkpoint was imported from a quantized folder (its record is beside the config).
     public let dequantizedSource: Bool
@@ -160,18 +166,26 @@ public struct MegatronExport: Sendable {
     let quantizationConfig: (config: JSONValue, modelopt: JSONValue?)?
     /// `__metadata__` of each output file as the imported source had it (absent: not recorded).
     let shardMetadata: [String: [(key: String, value: String)]?]
-    /// Per HF tensor: the reads of each of its row blocks (at `base` bytes into the tensor).
-    let reads: [String: [(reads: BoxReads, base: Int64)]]
-
+    /// Per HF tensor (by its output name): the correspondences that fill it (indices into
+    /// `mapping.correspondences` and `mapping.megatronTensors`) and how many reads they make.
+    /// The reads are made again when the tensor is planned: held for 51,000 tensors they were
+    /// 21 MB of a 409,000-chunk checkpoint's export.
+    let blocks: [String: (parts: [(correspondence: Int32, spec: Int32, base: Int64)], readCount: Int)]
     /// Every source file the reads touch, once each (for the resume fingerprint and the final
     /// unchanged-source check).
-    static func sourceFiles(_ reads: [String: [(reads: BoxReads, base: Int64)]]) -> [ReadOnlyFile] {
-        var seen = Set<ObjectIdentifier>()
-        var files: [ReadOnlyFile] = []
-        for file in reads.values.joined().lazy.flatMap({ $0.reads.moves.lazy.map(\.file) }) where seen.insert(ObjectIdentifier(file)).inserted {
-            files.append(file)
+    let sourceFiles: [ReadOnlyFile]
+
+    /// The reads of each row block of HF tensor `name` (at `base` bytes into the tensor).
+    func reads(of name: String) throws -> [(reads: BoxReads, base: Int64)] {
+        try (blocks[name]?.parts ?? []).map { part in
+            (try Self.blockReads(mapping.correspondences[Int(part.correspondence)], spec: mapping.megatronTensors[Int(part.spec)], source: source),
+             part.base)
         }
-        return files
+    }
+
+    static func blockReads(_ item: RowCorrespondence, spec: MegatronTensorSpec, source: any GlobalTensorSource) throws -> BoxReads {
+        let (offsets, sizes) = spec.box(rows: item.megatron.rows)
+        return try source.boxReads(key: spec.key, offsets: offsets, sizes: sizes)
     }
 
     public init(checkpoint path: String, output: String, options: Options = Options()) throws {
@@ -216,20 +230,27 @@ public struct MegatronExport: Sendable {
             dialect = .identity
         }
 
-        let megatronSpecs = Dictionary(uniqueKeysWithValues: mapping.megatronTensors.map { ($0.name, $0) })
+        let megatronSpecs = Dictionary(uniqueKeysWithValues: mapping.megatronTensors.enumerated().map { ($1.name, Int32($0)) })
         var hfDType: [String: DType] = [:]
-        var reads: [String: [(reads: BoxReads, base: Int64)]] = [:]
+        // The reads are made here once (a missing chunk is an error now, not in the run), counted
+        // and their files noted, then dropped.
+        var blocks: [String: (parts: [(correspondence: Int32, spec: Int32, base: Int64)], readCount: Int)] = [:]
+        var sourceFiles: [ReadOnlyFile] = []
+        var seenFiles = Set<ObjectIdentifier>()
         let hfShapes = Dictionary(uniqueKeysWithValues: mapping.hfTensors.map { ($0.name, $0.shape) })
-        for item in mapping.correspondences {
-            let spec = megatronSpecs[item.megatron.tensor]!
+        for (index, item) in mapping.correspondences.enumerated() {
+            let specIndex = megatronSpecs[item.megatron.tensor]!
+            let spec = mapping.megatronTensors[Int(specIndex)]
             let dtype = dtypes[spec.key]!
             hfDType[item.hf.tensor] = dtype
             let trailing = Array(spec.shape.dropFirst())
             let rowBytes = Int64(ShapeArithmetic.byteCount(trailing, dtype) ?? 0)
-            let (offsets, sizes) = spec.box(rows: item.megatron.rows)
-            let base = Int64(item.hf.rows.lowerBound) * rowBytes
-            reads[item.hf.tensor, default: []].append((try source.boxReads(key: spec.key, offsets: offsets, sizes: sizes), base))
+            let reads = try Self.blockReads(item, spec: spec, source: source)
+            for move in reads.moves where seenFiles.insert(ObjectIdentifier(move.file)).inserted { sourceFiles.append(move.file) }
+            blocks[item.hf.tensor, default: ([], 0)].parts.append((Int32(index), specIndex, Int64(item.hf.rows.lowerBound) * rowBytes))
+            blocks[item.hf.tensor]!.readCount += reads.moves.count
         }
+        self.sourceFiles = sourceFiles
         let dialect = self.dialect
         var casts: [String: ElementCast] = [:]
         var kept: [String] = []
@@ -358,13 +379,13 @@ public struct MegatronExport: Sendable {
         }
         declarations += recordedOrder
         if dialect.prefix != dialect.source {
-            reads = Dictionary(uniqueKeysWithValues: reads.map { (dialect.toSource($0.key), $0.value) })
+            blocks = Dictionary(uniqueKeysWithValues: blocks.map { (dialect.toSource($0.key), $0.value) })
         }
 
         // The recorded source layout when there is one (same files, same tensors per file).
         let recordedIndex = (directory as NSString).appendingPathComponent(HFCheckpointFolder.indexFileName)
         var shards: [(name: String, tensors: [TensorDeclaration])] = []
-        var indexBytes: [UInt8]?
+        var indexMetadata: [(key: String, value: JSONValue)]?
         // The index is read once, and its document (51,000 names at Ultra's size) is released
         // before the new index is written.
         let recorded = try FileManager.default.fileExists(atPath: recordedIndex) ? { () throws -> (layout: [(name: String, tensors: [TensorDeclaration])], extra: [(key: String, value: JSONValue)])? in
@@ -374,20 +395,19 @@ public struct MegatronExport: Sendable {
         }() : nil
         if let recorded {
             shards = recorded.layout
-            let plan = HFShardPlan(shards: shards.map { HFShardPlan.Shard(fileName: $0.name, tensors: $0.tensors) })
-            indexBytes = plan.indexFileBytes(extraMetadata: recorded.extra)
+            indexMetadata = recorded.extra
         } else {
             let plan = HFShardPlan.greedy(declarations, maxShardSize: options.maxShardSize)
             shards = plan.shards.map { ($0.fileName, $0.tensors) }
             if plan.isSharded {
                 let parameters = declarations.reduce(0) { $0 + (ShapeArithmetic.elementCount($1.shape) ?? 0) }
-                indexBytes = plan.indexFileBytes(extraMetadata: [("total_parameters", .number(JSONNumber(parameters)))])
+                indexMetadata = [("total_parameters", .number(JSONNumber(parameters)))]
             }
         }
         self.shards = shards
-        self.indexBytes = indexBytes
+        self.indexMetadata = indexMetadata
         shardMetadata = try Self.recordedMetadata((directory as NSString).appendingPathComponent(HFImport.metadataFile))
-        self.reads = reads
+        self.blocks = blocks
         // An import of a quantized folder recorded its quantization: the export writes the
         // dequantized tensors, so the record, ModelOpt's hf_quant_config.json and config.json's
         // quantization_config are not carried over (config.json is written without it, or with
@@ -501,14 +521,13 @@ public struct MegatronExport: Sendable {
         for note in folder.notes { progress?.note(note) }
         // All shards at once, one lane per file: workers write different files (writes to one
         // file serialize on its inode lock).
-        let reads = self.reads
         let layout = shards.map { shard in
             "\(shard.name) \(String(describing: shardMetadata[shard.name])): "
                 + shard.tensors.map { "\($0.name) \($0.dtype) \($0.shape) \(casts[$0.name].map { "\($0)" } ?? "")" }.joined(separator: ", ")
         }
         let records = try StagingRecords(folder: folder, fingerprint: StagingRecords.fingerprint(
             command: "export", settings: layout.joined(separator: "\n") + "\nquantize \(quantization.map(String.init(describing:)) ?? "none")",
-            sources: Self.sourceFiles(reads)), workers: executor.workers)
+            sources: sourceFiles), workers: executor.workers)
         let quantized = self.quantized, scaleWeights = self.scaleWeights, recordedCopies = self.recordedCopies
         if folder.resumed { progress?.note(records.keptNote) }
         let entries = try PlannedWriting.writeSafetensors(
@@ -525,7 +544,7 @@ public struct MegatronExport: Sendable {
             }
             // A scale tensor reads its weight's elements, as the weight's codes do.
             let weightName = scaleWeights[tensor.name] ?? tensor.name
-            Self.appendMoves(of: weightName, reads: reads, to: &plan)
+            Self.appendMoves(of: weightName, reads: try reads(of: weightName), to: &plan)
             return quantized[weightName]?.transform(of: tensor.name, in: &plan)
         }
         if let indexBytes {
@@ -557,14 +576,14 @@ public struct MegatronExport: Sendable {
         // Last: the manifest covers every byte of every file written before it.
         try ChecksumManifest(kind: .hfSafetensors, entries: entries).writeCovering(root: folder.stagingPath)
         // A source written to during the run could have given mixed bytes: nothing is published.
-        try ReadOnlyFile.checkUnchanged(Self.sourceFiles(reads))
+        try ReadOnlyFile.checkUnchanged(sourceFiles)
         try folder.publish()
     }
 
     /// The moves that fill HF tensor `name`, in data order, into `plan`'s open group.
-    static func appendMoves(of name: String, reads: [String: [(reads: BoxReads, base: Int64)]], to plan: inout ConversionPlan) {
+    static func appendMoves(of name: String, reads: [(reads: BoxReads, base: Int64)], to plan: inout ConversionPlan) {
         // A tensor of one row block may be interleaved (a row-parallel weight from TP > 1).
-        let blocks = (reads[name] ?? []).sorted { $0.base < $1.base }
+        let blocks = reads.sorted { $0.base < $1.base }
         let interleaved = blocks.count == 1 && blocks[0].reads.interleaved
         if interleaved { plan.interleaveOpenGroup() }
         var filled: Int64 = 0
@@ -586,7 +605,7 @@ public struct MegatronExport: Sendable {
         for (index, shard) in shards.enumerated() {
             let layout = try SafetensorsLayout(tensors: shard.tensors, metadata: shardMetadata[shard.name] ?? [("format", "pt")], file: shard.name)
             for tensor in layout.tensors {
-                Self.appendMoves(of: tensor.name, reads: reads, to: &plan)
+                Self.appendMoves(of: tensor.name, reads: try reads(of: tensor.name), to: &plan)
                 plan.endGroup(output: index, offset: layout.dataStart + tensor.dataOffsets.offset, cast: casts[tensor.name])
                 tensors.append((shard.name, tensor))
             }
@@ -645,11 +664,11 @@ public struct MegatronExport: Sendable {
                 out.write(" ")
                 out.write(formatShape(tensor.shape))
                 out.write(" \(tensor.dtype) <- ")
-                out.write(reads[tensor.name]?.reduce(0) { $0 + $1.reads.moves.count } ?? 0)
+                out.write(blocks[tensor.name]?.readCount ?? 0)
                 out.line(" read(s)")
             }
         }
-        if indexBytes != nil { out.line("  \(HFCheckpointFolder.indexFileName)") }
+        if indexMetadata != nil { out.line("  \(HFCheckpointFolder.indexFileName)") }
         for name in companionFiles { out.line("  \(name) (" + (trainingConfig.map { _ in "written from the training args" } ?? "from \(configDirectory)") + ")") }
         if let trainingConfig {
             out.line(trainingConfig.tokenizerSource.map { "tokenizer files from \($0)" }
