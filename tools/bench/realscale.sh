@@ -65,12 +65,13 @@ measure llama31-405b "import --dry-run, TP=8 PP=16 (7 + 14 × 8 + 7 layers)" imp
 # run, the data holes stay holes), then planned from that checkpoint.
 ultra=nemotron3-ultra-550b-a55b
 # REALSCALE_SCRATCH: where the 1.1 TB (apparent) checkpoint goes, DATA by default. Some file
-# systems refuse it (ext4 without extents: ENOSPC at fsync with 78 GB free, the 3 GB of written
-# data scattered over 500 GB files); the run is then repeated on /dev/shm, and the row says so.
+# systems refuse it (one ext4 volume gave ENOSPC at fsync with 78 GB free: 3 GB of written data
+# scattered over 500 GB sparse files); the run is then repeated on /dev/shm. The row names the
+# file system written.
 scratch="${REALSCALE_SCRATCH:-$DATA}"
-where=""
 real_import() {
     mc="$1/$ultra-tp8-ep8"
+    used="$1"
     rm -rf "$mc"
     echo "bench: importing $ultra at TP=8 EP=8 into $mc (a real run)" >&2
     /usr/bin/time -o "$DATA/time.txt" -f "%e %M %U %S" "$BIN" import --hf "$DATA/$ultra" --out "$mc" --tp 8 --ep 8 \
@@ -81,13 +82,13 @@ if ! real_import "$scratch"; then
     if grep -q "No space left on device" "$DATA/stderr.txt" && [[ -d /dev/shm ]]; then
         rm -rf "$mc"
         echo "bench: $scratch refused the sparse checkpoint; repeating the real import on /dev/shm (tmpfs)" >&2
-        where=", on tmpfs"
         real_import /dev/shm || { cat "$DATA/stderr.txt" >&2; echo "bench: the real import failed" >&2; exit 1; }
     else
         echo "bench: the real import failed" >&2; exit 1
     fi
 fi
 read -r wall rss user system < <(tail -1 "$DATA/time.txt")
+where=", written to $(df -T "$used" | awk 'NR==2 {print $2}')"
 stored=$(du -sb --apparent-size "$mc" | cut -f1); written=$(du -sB1 "$mc" | cut -f1)
 IMPORT_ROW="| \`import --tp 8 --ep 8\` of $ultra (a real run, 1 run$where) | $wall | $(awk -v u="$user" -v s="$system" 'BEGIN { printf "%.1f", u + s }') | $((rss / 1024)) MiB | $(awk -v b="$stored" 'BEGIN { printf "%.1f GB", b / 1e9 }') ($(awk -v b="$written" 'BEGIN { printf "%.1f GB", b / 1e9 }') on disk) |"
 echo "bench: real import: ${wall}s, $((rss / 1024)) MiB" >&2
