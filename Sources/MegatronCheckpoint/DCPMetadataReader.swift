@@ -228,6 +228,9 @@ struct DCPMetadataReader {
     /// The chunks' boxes, held compact as they will be kept (their dims in `ints` took 48 bytes a
     /// chunk, 34 MB at 409,000 chunks).
     var chunkBoxes: [DCPChunk] = []
+    /// `BytesStorageMetadata` objects made: with `chunkBoxes`, the storage entries to expect
+    /// (`state_dict_metadata` comes first), so the table is sized once, not doubled past them.
+    var bytesItemObjects = 0
     /// Slots of consumed state dicts, for reuse: every chunk's three BUILD states would otherwise
     /// each keep a record.
     var freeDicts: [Int32] = []
@@ -632,6 +635,7 @@ struct DCPMetadataReader {
                 break
             }
         }
+        if global >= 0, globalKinds[Int(global)] == .bytesItem { bytesItemObjects += 1 }
         return .object(newObject(.made(callable: global)))
     }
 
@@ -784,6 +788,7 @@ struct DCPMetadataReader {
         var table = eagerStorage
         eagerStorage = DCPStorageTable()
         defer { eagerStorage = table }
+        if table.isEmpty { table.reserveCapacity(chunkBoxes.count + bytesItemObjects) }
         for (key, value) in pairs {
             try insertStorageEntry(key, value, into: &table)
             // Done with both: their slots are reused unless some other value names them.

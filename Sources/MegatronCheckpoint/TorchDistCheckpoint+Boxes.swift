@@ -65,26 +65,25 @@ extension GlobalTensorSource {
 /// Chunks of one tensor sorted by their start on axis 0, for finding the few that overlap a
 /// box without testing all of them (an expert key of 512 experts × 8 tensor-parallel parts has
 /// 4,096 chunks, and each of its 4,096 target boxes overlaps one).
+/// Holds only the order (4 bytes a chunk); the starts are read from the chunks themselves.
 struct AxisZeroIndex: Sendable {
     let order: [Int32]
-    let starts: [Int]
     let longest: Int
 
     init(_ chunks: [DCPChunk]) {
-        let order = chunks.indices.sorted { chunks[$0].offsets[0] < chunks[$1].offsets[0] }
-        self.order = order.map { Int32($0) }
-        starts = order.map { chunks[$0].offsets[0] }
+        order = chunks.indices.sorted { chunks[$0].offsets[0] < chunks[$1].offsets[0] }.map { Int32($0) }
         longest = chunks.map { $0.sizes[0] }.max() ?? 0
     }
 
-    /// Indices (into the chunk list, ascending) of chunks whose axis-0 extent meets `[low, high)`.
-    func candidates(low: Int, high: Int) -> [Int] {
+    /// Indices (into `chunks`, the list it was made from, ascending) of chunks whose axis-0
+    /// extent meets `[low, high)`.
+    func candidates(in chunks: [DCPChunk], low: Int, high: Int) -> [Int] {
         // Chunks starting in (low - longest, high) are the only ones that can reach into the range.
         func firstIndex(_ predicate: (Int) -> Bool) -> Int {
-            var lower = 0, upper = starts.count
+            var lower = 0, upper = order.count
             while lower < upper {
                 let middle = (lower + upper) / 2
-                if predicate(starts[middle]) { upper = middle } else { lower = middle + 1 }
+                if predicate(chunks[Int(order[middle])].offsets[0]) { upper = middle } else { lower = middle + 1 }
             }
             return lower
         }

@@ -213,7 +213,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
             cache.axisIndex[index] = built
             return built
         }
-        return axis.candidates(low: box.offsets[0], high: box.offsets[0] + max(box.sizes[0], 1)).map { chunks[$0] }
+        return axis.candidates(in: chunks, low: box.offsets[0], high: box.offsets[0] + max(box.sizes[0], 1)).map { chunks[$0] }
     }
 
     /// The storage entry of a chunk (`offsets`) or bytes item (nil).
