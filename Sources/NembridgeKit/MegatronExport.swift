@@ -484,18 +484,27 @@ public struct MegatronExport: Sendable {
         // The last entry of a name wins, as Python's json reads a repeated key. The recorded names
         // must be exactly the declared ones (declared names are distinct): no name or set copies
         // beside this one map, which at Ultra's 51,000 tensors cost 10 MB.
-        var fileOf: [String: String] = [:]
+        // Files as indices into the few names (4 bytes a tensor, not a 16-byte string).
+        var fileNames: [String] = []
+        var fileIndex: [String: Int32] = [:]
+        var fileOf: [String: Int32] = [:]
         fileOf.reserveCapacity(map.count)
-        for member in map { fileOf[member.key] = member.value.stringValue }
+        for member in map {
+            let file = member.value.stringValue!
+            let index = fileIndex[file] ?? {
+                fileNames.append(file)
+                fileIndex[file] = Int32(fileNames.count - 1)
+                return Int32(fileNames.count - 1)
+            }()
+            fileOf[member.key] = index
+        }
         guard fileOf.count == declarations.count else { return nil }
-        var files: [String] = []
-        var groups: [String: [TensorDeclaration]] = [:]
+        var groups = [[TensorDeclaration]](repeating: [], count: fileNames.count)
         for declaration in declarations {
             guard let file = fileOf[declaration.name] else { return nil }
-            if groups[file] == nil { files.append(file) }
-            groups[file, default: []].append(declaration)
+            groups[Int(file)].append(declaration)
         }
-        return files.sorted().map { ($0, groups[$0]!) }
+        return fileNames.indices.filter { !groups[$0].isEmpty }.sorted { fileNames[$0] < fileNames[$1] }.map { (fileNames[$0], groups[$0]) }
     }
 
     /// `cast N tensors: bfloat16 -> float32 (N), …; kept: …`, or nil without casts.
