@@ -13,6 +13,9 @@ import Glibc
 /// - `rank-K.alive`: rank K's heartbeat, its modification time renewed every second while the
 ///   process lives. Silence for longer than the part timeout means rank K is dead.
 /// - `rank-K.failed`: rank K stopped with an error (believed only when newer than this process).
+/// - `rank-K.share`: rank K's share is written and recorded, in this attempt (renewed while it
+///   waits for the output). Rank 0 believes a rank's records only after it: an earlier
+///   attempt's record may still be re-verified, and rewritten, by its owner.
 /// - `published`: rank 0 renamed the staging folder into place; `rank-K.done`: rank K saw it.
 ///   Rank 0 removes the folder once every live rank has said done.
 public final class JobCoordination: @unchecked Sendable {
@@ -72,6 +75,7 @@ public final class JobCoordination: @unchecked Sendable {
         if placement.publishes { unlink(path("published")) }
         unlink(path("rank-\(placement.rank).failed"))
         unlink(path("rank-\(placement.rank).done"))
+        unlink(path("rank-\(placement.rank).share"))
         heartbeat = open(path("rank-\(placement.rank).alive"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard heartbeat >= 0 else {
             throw OutputFolder.Failure.cannotCreate(path: outputPath, reason: "cannot create \(path("rank-\(placement.rank).alive")): \(String(cString: strerror(errno)))")
@@ -156,6 +160,8 @@ public final class JobCoordination: @unchecked Sendable {
     public func markFailed() { touch("rank-\(placement.rank).failed") }
     /// This rank saw the output published.
     func markDone() { touch("rank-\(placement.rank).done") }
+    /// Rank `rank` has written and recorded its share in this attempt.
+    public func shareWritten(rank: Int) -> Bool { current("rank-\(rank).share") != nil }
     /// Rank 0 published the output.
     func markPublished() { touch("published") }
     var isPublished: Bool {
@@ -214,7 +220,9 @@ public final class JobCoordination: @unchecked Sendable {
         // Every other rank is watched: all of them live until the output is published.
         let everyone = Array(0..<placement.worldSize)
         try wait(for: "rank 0 to publish the output", watching: { everyone }) {
-            isPublished && FileManager.default.fileExists(atPath: outputPath)
+            // Renewed: rank 0 counts it only once it is newer than rank 0's own start.
+            touch("rank-\(placement.rank).share")
+            return isPublished && FileManager.default.fileExists(atPath: outputPath)
         }
         markDone()
         stop()

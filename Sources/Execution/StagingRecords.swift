@@ -108,6 +108,9 @@ public final class StagingRecords: Sendable {
             progress?.status = "job: \(names.count - missing.count) of \(names.count) files, \(jobBytes - pending) of \(jobBytes) bytes done"
             for index in missing {
                 let name = names[index]
+                // Not before its owner is done with it: until then an earlier attempt's record may
+                // still fail its owner's check and be rewritten.
+                guard folder.coordination?.shareWritten(rank: owners[index]) ?? true else { continue }
                 guard let record = StagedFileRecord.read(path: StagedFileRecord.recordPath(stagingRoot: stagingRoot, name: name)),
                       record.name == name, record.planDigest == planDigest(name), record.entries.allSatisfy({ $0.file == name }),
                       let size = try? FileManager.default.attributesOfItem(atPath: (stagingRoot as NSString).appendingPathComponent(name))[.size] as? Int,

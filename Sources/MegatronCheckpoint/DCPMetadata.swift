@@ -199,6 +199,7 @@ public struct DCPStorageTable: Sendable, Equatable {
     /// The data file of the last insert: entries come file by file, or alternating among a few.
     var lastPath: (name: String, index: Int32)?
     var transformLists: [[String]] = []
+    var transformIndex: [[String]: Int32] = [:]
     var locations: [Location] = []
     /// `locations` index by `path << 32 | (transforms + 1)`.
     var locationIndex: [Int64: Int32] = [:]
@@ -304,11 +305,13 @@ public struct DCPStorageTable: Sendable, Equatable {
         lastPath = (info.relativePath, path)
         var transforms: Int32 = -1
         if let descriptors = info.transformDescriptors {
-            if let known = transformLists.firstIndex(of: descriptors) {
-                transforms = Int32(known)
+            // Found by hashing, not a scan: a hostile file may give every entry its own list.
+            if let known = transformIndex[descriptors] {
+                transforms = known
             } else {
                 transformLists.append(descriptors)
                 transforms = Int32(transformLists.count - 1)
+                transformIndex[descriptors] = transforms
             }
         }
         let locationKey = Int64(path) << 32 | Int64(transforms + 1)
