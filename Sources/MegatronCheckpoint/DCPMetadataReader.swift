@@ -286,7 +286,8 @@ struct DCPMetadataReader {
 
     private mutating func slide(_ count: Int) throws(Stop) {
         guard let file = input.file, var buffer = input.buffer else { preconditionFailure("a read past the input") }
-        let kept = input.start + input.window.count - position
+        // Negative after `skip` stepped past the window (bytes never read): nothing is kept.
+        let kept = max(0, input.start + input.window.count - position)
         if count > buffer.count {
             // A string longer than the window: grow it (bounded by the file's size).
             let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, buffer.count * 2), alignment: 16)

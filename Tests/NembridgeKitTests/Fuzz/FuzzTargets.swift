@@ -1,6 +1,6 @@
 import Execution
 import Foundation
-import MegatronCheckpoint
+@testable import MegatronCheckpoint
 import NembridgeKit
 import NembridgeTestSupport
 import SafetensorsFormat
@@ -227,6 +227,11 @@ struct DCPMetadataTarget: FuzzTarget {
         }
         guard case .success = prepared else { return [prepared] }
         var outcomes: [Result<Void, any Error>] = []
+        if file == ".metadata" {
+            // Read through a 61-byte sliding window (a 59 MB .metadata is read 1 MiB at a time),
+            // the bytes end as they do in memory: an argument across the window's edge reads the same.
+            outcomes.append(FuzzTargets.probe { try WindowedMetadataRead.check(bytes, path: (directory as NSString).appendingPathComponent(file)) })
+        }
         let opened = Result { try TorchDistCheckpoint(directory: directory) }
         guard case .success(let checkpoint) = opened else { return [opened.map { _ in }] }
         for (key, tensor) in checkpoint.metadata.tensors.prefix(64) {
@@ -273,6 +278,56 @@ struct DCPDataTarget: FuzzTarget {
         let parts = input.context.split(separator: "/", maxSplits: 1).map(String.init)
         guard parts.count == 2 else { return [.failure(FixtureMissing(context: input.context))] }
         return DCPMetadataTarget.run(input.bytes, as: parts[1], of: parts[0], scratch: scratch)
+    }
+}
+
+/// The fast `.metadata` reader over a file, through a small window, against the same reader over
+/// the bytes in memory: the same metadata, the same fault, or the same hand-over.
+enum WindowedMetadataRead {
+    /// Not an input error: the two reads disagree (reported by the fuzzer as a finding).
+    struct Disagreement: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    enum Outcome: Equatable {
+        case metadata(fqns: [String], tensors: [DCPTensorMetadata], bytesItems: [String], storage: DCPStorageTable, version: String?, root: String)
+        case fault(String)
+        case unusual(String)
+
+        init(_ read: () throws(DCPMetadataReader.Stop) -> DCPMetadata) {
+            do throws(DCPMetadataReader.Stop) {
+                let metadata = try read()
+                self = .metadata(fqns: metadata.tensors.map(\.fqn), tensors: metadata.tensors.map(\.metadata), bytesItems: metadata.bytesItems,
+                                 storage: metadata.storage, version: metadata.version, root: metadata.rootClass)
+            } catch {
+                switch error {
+                case .pickle(let fault): self = .fault("\(fault)")
+                case .unusual(let reason): self = .unusual(reason)
+                case .file(let error): self = .fault("\(error)")
+                }
+            }
+        }
+
+        var kind: String {
+            switch self {
+            case .metadata: "metadata"
+            case .fault(let text): "fault \(text)"
+            case .unusual(let reason): "hand-over (\(reason))"
+            }
+        }
+    }
+
+    static func check(_ bytes: [UInt8], path: String) throws {
+        let file = try ReadOnlyFile(path: path)
+        let windowed = Outcome { () throws(DCPMetadataReader.Stop) in
+            try DCPMetadataReader.read(file: file, globals: CheckpointGlobals.policy, windowSize: 61)
+        }
+        let inMemory = bytes.withUnsafeBytes { buffer in
+            Outcome { () throws(DCPMetadataReader.Stop) in try DCPMetadataReader.read(buffer, globals: CheckpointGlobals.policy) }
+        }
+        guard windowed == inMemory else {
+            throw Disagreement(description: "the windowed read ends in \(windowed.kind), the in-memory read in \(inMemory.kind)")
+        }
     }
 }
 
