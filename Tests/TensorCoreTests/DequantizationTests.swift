@@ -69,7 +69,7 @@ struct DequantizationTests {
     @Test("block FP8 with ragged edge blocks: bf16(float(q) × scale[r / 2][c / 3]), any element range")
     func blockFP8() {
         let rows = 5, columns = 7  // blocks [2, 3]: a 3 × 3 scale grid, the last row and column ragged
-        var generator = DequantizationSplitMix(seed: 15)
+        var generator = SplitMix(seed: 15)
         var codes = (0..<(rows * columns)).map { _ in UInt8.random(in: 0...0x7E, using: &generator) | (Bool.random(using: &generator) ? 0x80 : 0) }
         codes[0] = 0x80  // -0
         codes[1] = 0x00
@@ -106,7 +106,7 @@ struct DequantizationTests {
     @Test("NVFP4: low nibble first, scale per 16 elements = float(e4m3 scale) × weight_scale_2 in fp32, then × the code")
     func nvfp4() {
         let rows = 2, columns = 32  // two groups a row
-        var generator = DequantizationSplitMix(seed: 4)
+        var generator = SplitMix(seed: 4)
         var packed = (0..<(rows * columns / 2)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         packed[0] = 0x8A  // element 0: code 10 (-1), element 1: code 8 (-0)
         let scaleCodes: [UInt8] = [0x38, 0x41, 0x2A, 0xB9]  // 1.0, 2.25, … and a negative scale
@@ -143,18 +143,5 @@ struct DequantizationTests {
         #expect(ElementTransform.dequantize(.e2m1, to: .bfloat16).outputBytes(10) == 40)
         #expect(ElementTransform.dequantize(.e2m1, to: .float32).outputBytes(10) == 80)
         #expect(ElementTransform.cast(ElementCast(from: .bfloat16, to: .float32)).outputBytes(10) == 20)
-    }
-}
-
-/// Deterministic values (splitmix64; TensorCoreTests has no NembridgeTestSupport).
-private struct DequantizationSplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

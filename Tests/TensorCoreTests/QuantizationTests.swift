@@ -335,17 +335,20 @@ extension QuantizationLaneTests {
     }
 }
 
-/// A small deterministic generator (the tests' own, so no seeding API is needed).
-struct SplitMix {
+/// Deterministic values for the quantization and dequantization tests (splitmix64; this
+/// target has no NembridgeTestSupport).
+struct SplitMix: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
-    mutating func next32() -> UInt32 {
+    mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return UInt32(truncatingIfNeeded: z ^ (z >> 31))
+        return z ^ (z >> 31)
     }
+    /// The low 32 bits of `next()`.
+    mutating func next32() -> UInt32 { UInt32(truncatingIfNeeded: next()) }
 }
 
 enum DTypeCastProbe {
