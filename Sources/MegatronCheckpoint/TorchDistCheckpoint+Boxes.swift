@@ -56,10 +56,20 @@ public protocol GlobalTensorSource: Sendable {
     func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData
     /// The chunks of `key` that may overlap `box` (a superset, in chunk order); by default all.
     func candidateChunks(key: String, box: DCPChunk) throws -> [DCPChunk]
+    /// The chunks of `key` that overlap `box`, in chunk order, each with the overlap and where
+    /// its bytes are; by default `candidateChunks` and `chunkData` of each.
+    func overlappingChunks(key: String, box: DCPChunk) throws -> [(chunk: DCPChunk, overlap: DCPChunk, data: ChunkData)]
 }
 
 extension GlobalTensorSource {
     public func candidateChunks(key: String, box: DCPChunk) throws -> [DCPChunk] { try tensor(key).chunks }
+
+    public func overlappingChunks(key: String, box: DCPChunk) throws -> [(chunk: DCPChunk, overlap: DCPChunk, data: ChunkData)] {
+        try candidateChunks(key: key, box: box).compactMap { chunk in
+            guard let overlap = BoxGeometry.intersection(box, chunk) else { return nil }
+            return (chunk, overlap, try chunkData(key: key, chunk: chunk))
+        }
+    }
 }
 
 /// Chunks of one tensor sorted by their start on axis 0, for finding the few that overlap a
@@ -148,10 +158,8 @@ extension GlobalTensorSource {
         guard let (box, elementSize, total, notCovered) = try checkedBox(key: key, offsets: offsets, sizes: sizes) else { return [] }
         var pieces: [BoxPiece] = []
         var covered = 0
-        for chunk in try candidateChunks(key: key, box: box) {
-            guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
+        for (chunk, overlap, data) in try overlappingChunks(key: key, box: box) {
             covered += BoxGeometry.volume(overlap.sizes.array)
-            let data = try chunkData(key: key, chunk: chunk)
             BoxGeometry.forEachRun(of: overlap, outer: box, inner: chunk) { boxElement, chunkElement, count in
                 let sources = data.sources(from: Int64(chunkElement * elementSize), count: Int64(count * elementSize))
                 for (source, offset) in sources {
@@ -185,10 +193,8 @@ extension GlobalTensorSource {
         guard let (box, elementSize, total, notCovered) = try checkedBox(key: key, offsets: offsets, sizes: sizes) else { return [] }
         var moves: [TensorBoxMove] = []
         var covered = 0
-        for chunk in try candidateChunks(key: key, box: box) {
-            guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
+        for (chunk, overlap, data) in try overlappingChunks(key: key, box: box) {
             covered += BoxGeometry.volume(overlap.sizes.array)
-            let data = try chunkData(key: key, chunk: chunk)
             // The move being extended: segments of one length, a fixed step apart in the chunk,
             // back to back in the box.
             var open: (offset: Int64, segment: Int64, stride: Int64, rows: Int64, destination: Int64)?
@@ -245,10 +251,8 @@ extension GlobalTensorSource {
         }
         var pieces: [(file: ReadOnlyFile, run: BoxGeometry.ArithmeticRuns)] = []
         var covered = 0
-        for chunk in try candidateChunks(key: key, box: box) {
-            guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
+        for (chunk, overlap, data) in try overlappingChunks(key: key, box: box) {
             covered += BoxGeometry.volume(overlap.sizes.array)
-            let data = try chunkData(key: key, chunk: chunk)
             guard let range = data.contiguousRange,
                 var run = BoxGeometry.arithmeticRuns(of: overlap, outer: box, inner: chunk, elementSize: Int64(elementSize))
             else { return BoxReads(moves: try boxMoves(key: key, offsets: offsets, sizes: sizes), interleaved: false) }

@@ -14,12 +14,21 @@ extension TorchDistCheckpoint {
     /// the metadata's dtype and the chunk's sizes and that its storage holds every element.
     /// Parses the item's zip directory and `data.pkl` (a few KiB); the last few thousand are remembered.
     public func chunkData(key: String, chunk: DCPChunk) throws -> ChunkData {
-        let tensor = try self.tensor(key)
+        let index = try tensorPosition(key)
         // The few chunks meeting its axis-0 extent, not all of them: a tensor has up to thousands.
-        guard try candidateChunks(key: key, box: chunk).contains(chunk) else {
+        let chunks = metadata.tensors[index].metadata.chunks
+        guard let position = candidateChunkIndices(tensor: index, box: chunk).first(where: { chunks[$0] == chunk }) else {
             throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets.array)
         }
-        if itemOpening == .oncePerLayout, let assumed = try assumedLikeOpened(key: key, tensor: tensor, chunk: chunk) {
+        return try chunkData(tensor: index, chunk: position)
+    }
+
+    /// `chunkData` of chunk `position` of tensor `index` (of `metadata.tensors`).
+    func chunkData(tensor index: Int, chunk position: Int) throws -> ChunkData {
+        let (key, tensor) = metadata.tensors[index]
+        let chunk = tensor.chunks[position]
+        if itemOpening == .oncePerLayout,
+            let assumed = assumedLikeOpened(key: key, tensor: tensor, chunk: chunk, info: storageInfo(tensor: index, chunk: position)) {
             return assumed
         }
         let storageKey = DCPStorageKey(fqn: key, offsets: chunk.offsets.array)
@@ -85,10 +94,7 @@ extension TorchDistCheckpoint {
     /// from an opened item of the same dtype, sizes and length, whose `torch.save` archive has the
     /// same records at the same item-relative offsets when both come from one writer. Nil when no
     /// such item was opened yet, or the item is compressed.
-    func assumedLikeOpened(key: String, tensor: DCPTensorMetadata, chunk: DCPChunk) throws -> ChunkData? {
-        guard let info = metadata.storage.info(fqn: key, offsets: chunk.offsets) else {
-            throw MegatronCheckpointError.missingStorage(file: metadataPath, key: key, offsets: chunk.offsets.array)
-        }
+    func assumedLikeOpened(key: String, tensor: DCPTensorMetadata, chunk: DCPChunk, info: DCPStorageInfo) -> ChunkData? {
         guard info.transformDescriptors?.isEmpty ?? true else { return nil }
         let layoutKey = ItemLayoutKey(dtype: tensor.dtype, sizes: chunk.sizes, length: info.length)
         let found: ItemLayout? = cache.withLock { cache in

@@ -25,6 +25,11 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
     /// Data files by `relative_path`.
     let files: [String: ReadOnlyFile]
     let tensorIndex: [String: Int]
+    /// The `storage_data` entry of each chunk (`metadata.storage.info(record:)`), tensor by tensor
+    /// in `.metadata` order: chunk `c` of tensor `t` at `chunkRecords[chunkStarts[t] + c]`. Found
+    /// once when opening (4 bytes a chunk), not looked up by fqn and offsets at every use.
+    let chunkRecords: [Int32]
+    let chunkStarts: [Int]
     /// `metadata.bytesItems` as a set (42,000 per-expert `_extra_state` objects are looked up one by one).
     let bytesItemKeys: Set<String>
     let cache = Mutex(ItemCache())
@@ -108,13 +113,20 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         metadata = try DCPMetadata(file: file)
         tensorIndex = Dictionary(metadata.tensors.enumerated().map { ($0.element.fqn, $0.offset) }, uniquingKeysWith: { first, _ in first })
         bytesItemKeys = Set(metadata.bytesItems)
-        files = try Self.validate(metadata, metadataPath: metadataPath, directory: directory)
+        (files, chunkRecords, chunkStarts) = try Self.validate(metadata, metadataPath: metadataPath, directory: directory)
     }
 
     /// The checks of `init`, in order: per tensor, chunk bounds, overlaps and storage entries;
-    /// then bytes items; then data files (existence, item ranges inside the file).
-    static func validate(_ metadata: DCPMetadata, metadataPath: String, directory: String) throws -> [String: ReadOnlyFile] {
+    /// then bytes items; then data files (existence, item ranges inside the file). Returns the
+    /// data files and each chunk's storage entry (see `chunkRecords`).
+    static func validate(_ metadata: DCPMetadata, metadataPath: String, directory: String) throws
+        -> (files: [String: ReadOnlyFile], chunkRecords: [Int32], chunkStarts: [Int])
+    {
         var seen = Set<String>()
+        var chunkRecords: [Int32] = []
+        var chunkStarts: [Int] = []
+        chunkStarts.reserveCapacity(metadata.tensors.count + 1)
+        chunkRecords.reserveCapacity(metadata.tensors.reduce(0) { $0 + $1.metadata.chunks.count })
         for (fqn, tensor) in metadata.tensors {
             guard seen.insert(fqn).inserted else {
                 throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(MessageText.quoted(fqn))` is listed twice")
@@ -134,22 +146,27 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
                 throw MegatronCheckpointError.overlappingChunks(file: metadataPath, key: fqn, first: first.offsets.array, second: second.offsets.array)
             }
             let fqnHash = fqn.hashValue
+            chunkStarts.append(chunkRecords.count)
             for chunk in tensor.chunks {
-                guard metadata.storage.info(fqn: fqn, fqnHash: fqnHash, offsets: chunk.offsets) != nil else {
+                guard let record = metadata.storage.record(fqn: fqn, fqnHash: fqnHash, offsets: chunk.offsets) else {
                     throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: chunk.offsets.array)
                 }
+                chunkRecords.append(Int32(record))
             }
         }
+        chunkStarts.append(chunkRecords.count)
+        var bytesItemRecords: [Int32] = []
+        bytesItemRecords.reserveCapacity(metadata.bytesItems.count)
         for fqn in metadata.bytesItems {
             guard seen.insert(fqn).inserted else {
                 throw MegatronCheckpointError.invalidMetadata(file: metadataPath, reason: "key `\(MessageText.quoted(fqn))` is listed twice")
             }
-            guard metadata.storage.info(fqn: fqn, offsets: nil) != nil else {
+            guard let record = metadata.storage.record(bytesItem: fqn) else {
                 throw MegatronCheckpointError.missingStorage(file: metadataPath, key: fqn, offsets: nil)
             }
+            bytesItemRecords.append(Int32(record))
         }
-        // The entries again, in the same order, for their files: looked up twice rather than held
-        // (460,000 of them held took 44 MB).
+        // The entries again, in the same order, for their files.
         var files: [String: ReadOnlyFile] = [:]
         func checkFile(_ fqn: String, _ info: DCPStorageInfo) throws {
             let file: ReadOnlyFile
@@ -170,12 +187,19 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
                     reason: "the item's \(info.length) bytes at offset \(info.offset) run past the end of the file (\(file.size) bytes; truncated?)")
             }
         }
-        for (fqn, tensor) in metadata.tensors {
-            let fqnHash = fqn.hashValue
-            for chunk in tensor.chunks { try checkFile(fqn, metadata.storage.info(fqn: fqn, fqnHash: fqnHash, offsets: chunk.offsets)!) }
+        for (index, (fqn, _)) in metadata.tensors.enumerated() {
+            for record in chunkRecords[chunkStarts[index]..<chunkStarts[index + 1]] {
+                try checkFile(fqn, metadata.storage.info(record: Int(record)))
+            }
         }
-        for fqn in metadata.bytesItems { try checkFile(fqn, metadata.storage.info(fqn: fqn, offsets: nil)!) }
-        return files
+        for (fqn, record) in zip(metadata.bytesItems, bytesItemRecords) { try checkFile(fqn, metadata.storage.info(record: Int(record))) }
+        return (files, chunkRecords, chunkStarts)
+    }
+
+    /// The storage entry of chunk `chunk` (an index into the tensor's chunks) of tensor `tensor`
+    /// (an index into `metadata.tensors`).
+    public func storageInfo(tensor: Int, chunk: Int) -> DCPStorageInfo {
+        metadata.storage.info(record: Int(chunkRecords[chunkStarts[tensor] + chunk]))
     }
 
     /// A tensor's global size must be non-negative, and its bytes (counting a zero dimension as
@@ -204,16 +228,41 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
 
     /// The chunks of `key` whose axis-0 extent meets the box's (indexed for tensors of many chunks).
     public func candidateChunks(key: String, box: DCPChunk) throws -> [DCPChunk] {
-        guard let index = tensorIndex[key] else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
+        let index = try tensorPosition(key)
         let chunks = metadata.tensors[index].metadata.chunks
-        guard chunks.count > 16, !box.offsets.isEmpty else { return chunks }
+        return candidateChunkIndices(tensor: index, box: box).map { chunks[$0] }
+    }
+
+    /// The chunks meeting `box`, each with its data: one key lookup for the box, the chunks by
+    /// index and their storage entries from `chunkRecords`.
+    public func overlappingChunks(key: String, box: DCPChunk) throws -> [(chunk: DCPChunk, overlap: DCPChunk, data: ChunkData)] {
+        let index = try tensorPosition(key)
+        let tensor = metadata.tensors[index].metadata
+        var result: [(chunk: DCPChunk, overlap: DCPChunk, data: ChunkData)] = []
+        for position in candidateChunkIndices(tensor: index, box: box) {
+            let chunk = tensor.chunks[position]
+            guard let overlap = BoxGeometry.intersection(box, chunk) else { continue }
+            result.append((chunk, overlap, try chunkData(tensor: index, chunk: position)))
+        }
+        return result
+    }
+
+    func tensorPosition(_ key: String) throws -> Int {
+        guard let index = tensorIndex[key] else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
+        return index
+    }
+
+    /// Indices (ascending) of the chunks of tensor `index` whose axis-0 extent meets the box's.
+    func candidateChunkIndices(tensor index: Int, box: DCPChunk) -> [Int] {
+        let chunks = metadata.tensors[index].metadata.chunks
+        guard chunks.count > 16, !box.offsets.isEmpty else { return Array(chunks.indices) }
         let axis = cache.withLock { cache in
             if let known = cache.axisIndex[index] { return known }
             let built = AxisZeroIndex(chunks)
             cache.axisIndex[index] = built
             return built
         }
-        return axis.candidates(in: chunks, low: box.offsets[0], high: box.offsets[0] + max(box.sizes[0], 1)).map { chunks[$0] }
+        return axis.candidates(in: chunks, low: box.offsets[0], high: box.offsets[0] + max(box.sizes[0], 1))
     }
 
     /// The storage entry of a chunk (`offsets`) or bytes item (nil).

@@ -68,17 +68,14 @@ public struct MegatronInspectReport: Sendable {
     /// A checked `.metadata` (every chunk has a storage entry: `TorchDistCheckpoint` checks it on
     /// opening), from which a tensor's report rows are made.
     final class MetadataChunks: Sendable {
-        let metadata: DCPMetadata
+        let checkpoint: TorchDistCheckpoint
+        var metadata: DCPMetadata { checkpoint.metadata }
 
-        init(_ metadata: DCPMetadata) { self.metadata = metadata }
+        init(_ checkpoint: TorchDistCheckpoint) { self.checkpoint = checkpoint }
 
         func chunks(of index: Int) -> [Chunk] {
-            let (fqn, tensor) = metadata.tensors[index]
-            let fqnHash = fqn.hashValue
-            return tensor.chunks.map { chunk in
-                guard let info = metadata.storage.info(fqn: fqn, fqnHash: fqnHash, offsets: chunk.offsets) else {
-                    preconditionFailure("chunk \(chunk.offsets) of `\(fqn)` has no storage entry; TorchDistCheckpoint checks every one")
-                }
+            metadata.tensors[index].metadata.chunks.enumerated().map { position, chunk in
+                let info = checkpoint.storageInfo(tensor: index, chunk: position)
                 return Chunk(box: chunk, file: info.relativePath, offset: info.offset, length: info.length, transforms: info.transformDescriptors ?? [])
             }
         }
@@ -131,7 +128,7 @@ public struct MegatronInspectReport: Sendable {
         if folder.format == .legacyTorch { return try inspectLegacy(path: path, folder: folder, valueLength: valueLength) }
         let checkpoint = try TorchDistCheckpoint(folder: folder)
         let metadata = checkpoint.metadata
-        let rows = MetadataChunks(metadata)
+        let rows = MetadataChunks(checkpoint)
         let tensors = try metadata.tensors.enumerated().map { index, entry in
             Tensor(key: entry.fqn, dtype: entry.metadata.dtype, shape: entry.metadata.size,
                    bytes: try checkpoint.boxByteCount(key: entry.fqn, sizes: entry.metadata.size), metadata: rows, index: index)

@@ -372,17 +372,14 @@ public struct MappingPlan: Sendable {
                 }
                 guard let expression = check.value, let axis = check.axis else { continue }
                 let layer = placeholders["layer"]
-                func value(_ name: String) -> JSONValue? {
-                    layer.flatMap { model.layerValues.indices.contains($0) ? model.layerValues[$0][name] : nil } ?? model.argument(name)
-                }
                 for name in expression.names {
-                    if let found = value(name), !found.isNull, found.intValue == nil {
+                    if let found = statedValue(name, layer: layer, model), !found.isNull, found.intValue == nil {
                         throw MappingError.invalidConfigValue(
                             config: model.configPath, field: model.configField(of: name),
                             reason: "\(MessageText.quoted(JSONWriter.compact(found))) is not an integer (`\(tensor.name)` has shape \(tensor.shape))")
                     }
                 }
-                guard let expected = expression.evaluate({ value($0)?.intValue }) else { continue }
+                guard let expected = expression.evaluate({ statedValue($0, layer: layer, model)?.intValue }) else { continue }
                 guard axis < tensor.shape.count, tensor.shape[axis] == expected else {
                     throw MappingError.invalidConfigValue(
                         config: model.configPath, field: expression.names.map(model.configField(of:)).joined(separator: "`, `"),
@@ -390,6 +387,13 @@ public struct MappingPlan: Sendable {
                 }
             }
         }
+    }
+
+    /// A config value for a shape check, per layer when the layer states it. A function, not a
+    /// closure in the loop: capturing the model copied it once per checked tensor.
+    private static func statedValue(_ name: String, layer: Int?, _ model: ResolvedModel) -> JSONValue? {
+        if let layer, model.layerValues.indices.contains(layer), let value = model.layerValues[layer][name] { return value }
+        return model.argument(name)
     }
 
     /// Each Megatron tensor's rows must be filled exactly once. Its correspondences (and zero
