@@ -185,6 +185,14 @@ struct DCPMetadataReader {
         ]
     }
 
+    /// Opcodes by byte: a table lookup, not `PickleOpcode(rawValue:)`'s comparisons, for the 24
+    /// million opcodes of a 409,000-chunk `.metadata`.
+    static let opcodes: [PickleOpcode?] = {
+        var table = [PickleOpcode?](repeating: nil, count: 256)
+        for opcode in PickleOpcode.allCases { table[Int(opcode.rawValue)] = opcode }
+        return table
+    }()
+
     static let kinds: [String: GlobalKind] = {
         let module = DCPMetadata.metadataModule
         return [
@@ -249,6 +257,8 @@ struct DCPMetadataReader {
     var eagerStorage = DCPStorageTable()
     var eagerDict: (index: Int32, generation: Int32)?
     var eagerScratch: [Int] = []
+    /// The string index of the last data file name found valid.
+    var checkedPath: Int32 = -1
     /// `hashValue` of the strings used as storage keys' fqns, by string index.
     var fqnHashes: [Int32: Int] = [:]
 
@@ -321,10 +331,11 @@ struct DCPMetadataReader {
             try ensure(1)
             let byte = input[position]
             position += 1
-            guard let opcode = PickleOpcode(rawValue: byte) else {
+            guard let opcode = Self.opcodes[Int(byte)] else {
                 throw .pickle(.unknownOpcode(.init(offset: opcodeStart, opcode: "unknown"), byte: byte))
             }
             currentOpcode = opcode
+            if fastPath(opcode) { continue }
             if opcode == .stop {
                 let root = try pop()
                 let metadata = try finish(root)
@@ -336,6 +347,48 @@ struct DCPMetadataReader {
             try execute(opcode)
         }
         throw .pickle(.missingStop(.init(offset: input.count, opcode: "end of input")))
+    }
+
+    /// The opcodes that make up most of a `.metadata` (seven of ten: the integers, memo reads,
+    /// marks and small tuples of every chunk), done in the loop instead of through `execute`'s
+    /// large frame, when their argument is in the window and the stack has room. False when
+    /// `execute` must do it (also to word any fault): nothing was read or changed then.
+    @inline(__always)
+    private mutating func fastPath(_ opcode: PickleOpcode) -> Bool {
+        let windowEnd = input.start + input.window.count
+        let room = stack.count + marks.count < limits.maxStackSize
+        switch opcode {
+        case .binInt1:
+            guard room, position < windowEnd else { return false }
+            stack.append(.int(Int64(input[position])))
+            position += 1
+        case .binInt2:
+            guard room, position + 2 <= windowEnd else { return false }
+            stack.append(.int(Int64(input[position]) | Int64(input[position + 1]) << 8))
+            position += 2
+        case .binGet:
+            guard room, position < windowEnd, Int(input[position]) < memo.count else { return false }
+            stack.append(memo[Int(input[position])])
+            position += 1
+        case .mark:
+            guard room else { return false }
+            marks.append(stack.count)
+        case .emptyTuple:
+            guard room else { return false }
+            stack.append(.tuple(-1))
+        case .emptyDict:
+            guard room else { return false }
+            stack.append(newDict([]))
+        case .tuple1, .tuple2, .tuple3:
+            // The tuple replaces at least one value: never past the stack limit.
+            let count = opcode == .tuple1 ? 1 : opcode == .tuple2 ? 2 : 3
+            guard available >= count else { return false }
+            let tuple = makeTuple(from: stack.count - count)
+            stack.append(tuple)
+        default:
+            return false
+        }
+        return true
     }
 
     private mutating func execute(_ opcode: PickleOpcode) throws(Stop) {
@@ -497,12 +550,14 @@ struct DCPMetadataReader {
 
     // MARK: - Stack and memo
 
+    @inline(__always)
     private func checkStackRoom() throws(Stop) {
         guard stack.count + marks.count < limits.maxStackSize else {
             throw .pickle(.limitExceeded(site, limit: .stackSize, maximum: limits.maxStackSize))
         }
     }
 
+    @inline(__always)
     private mutating func push(_ value: Value) throws(Stop) {
         try checkStackRoom()
         stack.append(value)
@@ -510,15 +565,18 @@ struct DCPMetadataReader {
 
     private var available: Int { stack.count - (marks.last ?? 0) }
 
+    @inline(__always)
     private func need(_ count: Int) throws(Stop) {
         guard available >= count else { throw .pickle(.stackUnderflow(site, needed: count, available: available)) }
     }
 
+    @inline(__always)
     private mutating func pop() throws(Stop) -> Value {
         try need(1)
         return stack.removeLast()
     }
 
+    @inline(__always)
     private func top() throws(Stop) -> Value {
         try need(1)
         return stack[stack.count - 1]
@@ -716,7 +774,12 @@ struct DCPMetadataReader {
         while let slot = freeDicts.popLast() {
             guard !dicts[Int(slot)].pinned else { continue }  // consumed, then named by the root
             let generation = dicts[Int(slot)].generation + 1
-            dicts[Int(slot)] = DictRecord(pairs: pairs, generation: generation)
+            // The slot's emptied pairs array is kept: a chunk's state dicts allocate nothing.
+            var reused = DictRecord(generation: generation)
+            swap(&reused.pairs, &dicts[Int(slot)].pairs)
+            reused.pairs.removeAll(keepingCapacity: true)
+            reused.pairs.append(contentsOf: pairs)
+            dicts[Int(slot)] = reused
             return .dict(slot, generation: generation)
         }
         dicts.append(DictRecord(pairs: pairs))
@@ -726,11 +789,16 @@ struct DCPMetadataReader {
     /// Whether a dict value is its slot's current dict (not one consumed and replaced).
     private func isCurrent(_ index: Int32, _ generation: Int32) -> Bool { dicts[Int(index)].generation == generation }
 
-    private func pairs(from start: Int) throws(Stop) -> [(key: Value, value: Value)] {
+    private func checkPairs(from start: Int) throws(Stop) {
         let count = stack.count - start
         guard count % 2 == 0 else {
             throw .pickle(.invalidArgument(site, reason: "odd number of items (\(count)) for key/value pairs"))
         }
+    }
+
+    private func pairs(from start: Int) throws(Stop) -> [(key: Value, value: Value)] {
+        try checkPairs(from: start)
+        let count = stack.count - start
         var pairs: [(key: Value, value: Value)] = []
         pairs.reserveCapacity(count / 2)
         for index in stride(from: start, to: stack.count, by: 2) { pairs.append((stack[index], stack[index + 1])) }
@@ -747,13 +815,17 @@ struct DCPMetadataReader {
             guard !lists[Int(index)].frozen else { throw .unusual("a transform list changed after its storage entry was read") }
             lists[Int(index)].items.append(contentsOf: stack[start...])
         case (.dict, .dict(let index, let generation)):
-            let pairs = try self.pairs(from: start)
+            try checkPairs(from: start)
             guard isCurrent(index, generation), !dicts[Int(index)].consumed else { throw .unusual("a state dict changed after BUILD") }
-            if try !takeStorageEntries(pairs, dict: index, generation: generation) {
-                dicts[Int(index)].pairs.append(contentsOf: pairs)
+            // Straight from the stack: a temporary array of pairs per SETITEMS was two of every
+            // chunk's allocations.
+            if try !takeStorageEntries(from: start, dict: index, generation: generation) {
+                for position in stride(from: start, to: stack.count, by: 2) {
+                    dicts[Int(index)].pairs.append((stack[position], stack[position + 1]))
+                }
             }
         case (.dict, .object):
-            _ = try self.pairs(from: start)
+            try checkPairs(from: start)
         case (.set, .other(.set)), (_, .object):
             break
         default:
@@ -770,13 +842,14 @@ struct DCPMetadataReader {
 
     /// Adds `pairs` to `eagerStorage` when they are storage entries for the eager dict (the first
     /// dict given only such pairs); false when they are pairs of another dict.
-    private mutating func takeStorageEntries(_ pairs: [(key: Value, value: Value)], dict index: Int32, generation: Int32) throws(Stop) -> Bool {
-        guard !pairs.isEmpty else { return false }
+    private mutating func takeStorageEntries(from start: Int, dict index: Int32, generation: Int32) throws(Stop) -> Bool {
+        guard start < stack.count else { return false }
         let eager = isEager(index, generation)
         if !eager {
             guard eagerDict == nil, dicts[Int(index)].pairs.isEmpty else { return false }
         }
-        for (key, value) in pairs {
+        for position in stride(from: start, to: stack.count, by: 2) {
+            let (key, value) = (stack[position], stack[position + 1])
             guard case .object(let keyIndex) = key, objects[Int(keyIndex)].isIndex,
                 case .object(let valueIndex) = value, case .storage = objects[Int(valueIndex)]
             else {
@@ -790,7 +863,8 @@ struct DCPMetadataReader {
         eagerStorage = DCPStorageTable()
         defer { eagerStorage = table }
         if table.isEmpty { table.reserveCapacity(chunkBoxes.count + bytesItemObjects) }
-        for (key, value) in pairs {
+        for position in stride(from: start, to: stack.count, by: 2) {
+            let (key, value) = (stack[position], stack[position + 1])
             try insertStorageEntry(key, value, into: &table)
             // Done with both: their slots are reused unless some other value names them.
             guard case .object(let keyIndex) = key, case .object(let valueIndex) = value,
@@ -816,8 +890,12 @@ struct DCPMetadataReader {
             offset >= 0, length >= 0
         else { throw .unusual("a storage_data entry") }
         let file = strings[Int(path)]
-        guard !file.utf8.contains(UInt8(ascii: "/")), !file.utf8.contains(0), file != "..", file != ".", !file.isEmpty else {
-            throw .unusual("a data file name")
+        // Entries name a few files, each one memoized string: checked once per string.
+        if path != checkedPath {
+            guard !file.utf8.contains(UInt8(ascii: "/")), !file.utf8.contains(0), file != "..", file != ".", !file.isEmpty else {
+                throw .unusual("a data file name")
+            }
+            checkedPath = path
         }
         var descriptors: [String]?
         if transforms >= 0 {
@@ -958,7 +1036,7 @@ struct DCPMetadataReader {
 
     private mutating func consume(_ state: Value) {
         guard case .dict(let index, _) = state else { return }
-        dicts[Int(index)].pairs = []
+        dicts[Int(index)].pairs.removeAll(keepingCapacity: true)
         dicts[Int(index)].consumed = true
         if !dicts[Int(index)].pinned { freeDicts.append(index) }
     }
@@ -1056,6 +1134,7 @@ struct DCPMetadataReader {
 
     // MARK: - Reading arguments
 
+    @inline(__always)
     private mutating func readFixed(_ width: Int) throws(Stop) -> UInt64 {
         guard remaining >= width else { throw .pickle(.truncated(site, needed: UInt64(width), available: remaining)) }
         try ensure(width)

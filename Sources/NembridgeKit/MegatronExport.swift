@@ -238,18 +238,29 @@ public struct MegatronExport: Sendable {
         var sourceFiles: [ReadOnlyFile] = []
         var seenFiles = Set<ObjectIdentifier>()
         let hfShapes = Dictionary(uniqueKeysWithValues: mapping.hfTensors.map { ($0.name, $0.shape) })
-        for (index, item) in mapping.correspondences.enumerated() {
-            let specIndex = megatronSpecs[item.megatron.tensor]!
-            let spec = mapping.megatronTensors[Int(specIndex)]
+        let specIndices = mapping.correspondences.map { megatronSpecs[$0.megatron.tensor]! }
+        let (plannedMapping, plannedSource) = (mapping, source)
+        // Finding the reads is most of the plan's time, and independent per block: on every core.
+        try ConcurrentBatches.forEach(count: mapping.correspondences.count, { index in
+            let reads = try Self.blockReads(plannedMapping.correspondences[index], spec: plannedMapping.megatronTensors[Int(specIndices[index])],
+                                            source: plannedSource)
+            // The files in first-use order (a block reads one to a few).
+            var files: [ReadOnlyFile] = []
+            for move in reads.moves where !files.contains(where: { $0 === move.file }) { files.append(move.file) }
+            return (readCount: reads.moves.count, files: files)
+        }, consume: { index, result in
+            let (readCount, files) = result
+            for file in files where seenFiles.insert(ObjectIdentifier(file)).inserted { sourceFiles.append(file) }
+            let item = plannedMapping.correspondences[index]
+            let specIndex = specIndices[index]
+            let spec = plannedMapping.megatronTensors[Int(specIndex)]
             let dtype = dtypes[spec.key]!
             hfDType[item.hf.tensor] = dtype
             let trailing = Array(spec.shape.dropFirst())
             let rowBytes = Int64(ShapeArithmetic.byteCount(trailing, dtype) ?? 0)
-            let reads = try Self.blockReads(item, spec: spec, source: source)
-            for move in reads.moves where seenFiles.insert(ObjectIdentifier(move.file)).inserted { sourceFiles.append(move.file) }
             blocks[item.hf.tensor, default: ([], 0)].parts.append((Int32(index), specIndex, Int64(item.hf.rows.lowerBound) * rowBytes))
-            blocks[item.hf.tensor]!.readCount += reads.moves.count
-        }
+            blocks[item.hf.tensor]!.readCount += readCount
+        })
         self.sourceFiles = sourceFiles
         let dialect = self.dialect
         var casts: [String: ElementCast] = [:]

@@ -357,11 +357,15 @@ public struct MegatronReshard: Sendable {
             // EP8): sized for that, the moves are not doubled past it (a third more at the peak).
             let sourceChunks = layout.keys.reduce(0) { $0 + ((try? source.tensor($1.fqn).chunks.count) ?? 0) }
             plan.reserve(groups: layout.tensorItemCount, moves: max(layout.tensorItemCount, sourceChunks))
-            for item in layout.tensorItemIndices {
+            // The reads are found on every core, appended in item order.
+            let plannedSource = source
+            try ConcurrentBatches.forEach(count: layout.tensorItemIndices.count, { item in
                 let chunk = layout.chunk(item: item)
-                try Self.appendBox(source.boxReads(key: layout.key(item: item), offsets: chunk.offsets.array, sizes: chunk.sizes.array), alone: true, to: &plan)
+                return try plannedSource.boxReads(key: layout.key(item: item), offsets: chunk.offsets.array, sizes: chunk.sizes.array)
+            }, consume: { item, reads in
+                Self.appendBox(reads, alone: true, to: &plan)
                 plan.endGroup(output: layout.file(item: item), offset: layout.dataOffset(item: item))
-            }
+            })
             self.plan = plan
         }
     }

@@ -32,12 +32,33 @@ public final class PlanTextOutput {
     public func write(_ text: String) { buffer.append(contentsOf: text.utf8) }
 
     public func write<T: BinaryInteger>(_ number: T) {
-        var value = Int64(number)
-        if value < 0 {
-            buffer.append(UInt8(ascii: "-"))
-            value = -value
+        Self.appendDecimal(Int64(number), to: &buffer)
+    }
+
+    /// `[2, 3]`, as `formatShape` writes it. Formatted into one small array and appended once:
+    /// each access to the buffer of this class is checked for exclusivity.
+    public func write(shape: some Collection<Int>) {
+        var text: [UInt8] = []
+        text.reserveCapacity(48)
+        text.append(UInt8(ascii: "["))
+        var first = true
+        for dim in shape {
+            if !first {
+                text.append(UInt8(ascii: ","))
+                text.append(UInt8(ascii: " "))
+            }
+            first = false
+            Self.appendDecimal(Int64(dim), to: &text)
         }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 19 digits
+        text.append(UInt8(ascii: "]"))
+        buffer.append(contentsOf: text)
+    }
+
+    private static func appendDecimal(_ number: Int64, to bytes: inout [UInt8]) {
+        // Magnitude as UInt64: Int64.min has none as Int64.
+        var value = number.magnitude
+        if number < 0 { bytes.append(UInt8(ascii: "-")) }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 20 digits
         withUnsafeMutableBytes(of: &digits) { scratch in
             var index = scratch.count
             repeat {
@@ -45,18 +66,8 @@ public final class PlanTextOutput {
                 scratch[index] = UInt8(ascii: "0") + UInt8(value % 10)
                 value /= 10
             } while value > 0
-            buffer.append(contentsOf: scratch[index...])
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[index...]))
         }
-    }
-
-    /// `[2, 3]`, as `formatShape` writes it.
-    public func write(shape: some Collection<Int>) {
-        buffer.append(UInt8(ascii: "["))
-        for (index, dim) in shape.enumerated() {
-            if index > 0 { buffer.append(contentsOf: ", ".utf8) }
-            write(dim)
-        }
-        buffer.append(UInt8(ascii: "]"))
     }
 
     public func endLine() {

@@ -14,6 +14,18 @@ public enum MessageText {
 
     /// `text` escaped and capped at `limit` characters (nil: no cap).
     public static func quoted(_ text: some StringProtocol, limit: Int? = defaultLimit) -> String {
+        quoted(String(text), limit: limit)
+    }
+
+    /// `quoted` of a `String` (concrete: the generic form's byte scan went through witnesses).
+    public static func quoted(_ text: String, limit: Int? = defaultLimit) -> String {
+        // Printable ASCII within the cap (nearly every key, file name and value) is shown as it
+        // is: no scalar-by-scalar rebuild (an inspect report quotes 100,000 of them).
+        var text = text
+        let plain = text.withUTF8 { bytes in
+            (limit.map { bytes.count <= $0 } ?? true) && bytes.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
+        }
+        if plain { return text }
         var output = ""
         var length = 0
         for scalar in text.unicodeScalars {
