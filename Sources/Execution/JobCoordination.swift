@@ -24,6 +24,9 @@ public final class JobCoordination: @unchecked Sendable {
         case rankFailed(output: String, rank: Int, waitingFor: String)
         /// No heartbeat from `rank` for `seconds` (or none ever) while waiting for `waitingFor`.
         case rankSilent(output: String, rank: Int, seconds: Int, waitingFor: String)
+        /// Rank `rank` stopped this attempt because of rank `cause` (its failure's own cause), seen
+        /// while this one waited for `waitingFor`: the cause is named, not the rank that noticed it.
+        case rankLost(output: String, rank: Int, cause: Int, waitingFor: String)
         /// Another job (`job`) with live processes is writing the output.
         case otherJob(output: String, job: String)
 
@@ -33,6 +36,8 @@ public final class JobCoordination: @unchecked Sendable {
                 "\(MessageText.path(output)): rank \(rank) of the job stopped with an error while this process waited for \(what); nothing is published (re-run the job: finished parts are kept)"
             case .rankSilent(let output, let rank, let seconds, let what):
                 "\(MessageText.path(output)): no sign of life from rank \(rank) of the job for \(seconds) s (--part-timeout) while waiting for \(what); nothing is published (re-run the job: finished parts are kept)"
+            case .rankLost(let output, let rank, let cause, let what):
+                "\(MessageText.path(output)): rank \(cause) of the job stopped (rank \(rank) saw it and stopped too) while this process waited for \(what); nothing is published (re-run the job: finished parts are kept)"
             case .otherJob(let output, let job):
                 "\(MessageText.path(output)): job \(MessageText.quoted(job)) is writing this output; wait for it or choose another --out"
             }
@@ -114,10 +119,10 @@ public final class JobCoordination: @unchecked Sendable {
         return true
     }
 
-    private func touch(_ name: String) {
+    private func touch(_ name: String, extra: String = "") {
         let descriptor = open(path(name), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if descriptor >= 0 {
-            let bytes = Array("\(placement.jobID)\n".utf8)
+            let bytes = Array("\(placement.jobID)\n\(extra)".utf8)
             _ = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
             fsync(descriptor)
             close(descriptor)
@@ -157,7 +162,17 @@ public final class JobCoordination: @unchecked Sendable {
     }
 
     /// This rank stopped with an error: the others stop waiting for it.
-    public func markFailed() { touch("rank-\(placement.rank).failed") }
+    /// Its second line names the rank this one stopped waiting for, when that was the cause.
+    public func markFailed() {
+        touch("rank-\(placement.rank).failed", extra: causeRank.map { "\($0)\n" } ?? "")
+    }
+    /// The other rank this one's last wait ended on (silent or failed), if any.
+    private var causeRank: Int?
+    /// The rank that rank `rank`'s failure marker names as its cause.
+    private func cause(ofFailed rank: Int) -> Int? {
+        let lines = ((try? String(contentsOfFile: path("rank-\(rank).failed"), encoding: .utf8)) ?? "").split(separator: "\n")
+        return lines.count > 1 ? Int(lines[1]) : nil
+    }
     /// This rank saw the output published.
     func markDone() { touch("rank-\(placement.rank).done") }
     /// Rank `rank` has written and recorded its share in this attempt.
@@ -179,10 +194,18 @@ public final class JobCoordination: @unchecked Sendable {
             for rank in ranks {
                 let quiet = silence(rank) ?? now().timeIntervalSince(started)
                 if quiet > placement.partTimeout {
+                    causeRank = rank
                     throw Failure.rankSilent(output: outputPath, rank: rank, seconds: Int(quiet.rounded()), waitingFor: what)
                 }
             }
             for rank in ranks where current("rank-\(rank).failed") != nil {
+                // A rank that stopped because of a third one (dead before this one started
+                // watching it): the third is the cause.
+                if let cause = cause(ofFailed: rank), cause != rank, cause != placement.rank {
+                    causeRank = cause
+                    throw Failure.rankLost(output: outputPath, rank: rank, cause: cause, waitingFor: what)
+                }
+                causeRank = rank
                 throw Failure.rankFailed(output: outputPath, rank: rank, waitingFor: what)
             }
             usleep(100_000)
