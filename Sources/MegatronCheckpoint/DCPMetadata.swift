@@ -235,11 +235,7 @@ public struct DCPStorageTable: Sendable, Equatable {
     /// The entry of the chunk of `fqn` at `offsets`, without an array for the key.
     /// `fqnHash`: `fqn.hashValue`, for a caller looking up many chunks of one tensor.
     public func info(fqn: String, fqnHash: Int? = nil, offsets: DCPChunk.Dims) -> DCPStorageInfo? {
-        withUnsafeTemporaryAllocation(of: Int.self, capacity: offsets.count) { buffer in
-            for axis in 0..<offsets.count { buffer[axis] = offsets[axis] }
-            let key = UnsafeBufferPointer(buffer)
-            return find(fqn: fqn, offsets: key, isBytesItem: false, hash: Self.hash(fqnHash: fqnHash ?? fqn.hashValue, key)).map { info(records[$0]) }
-        }
+        record(fqn: fqn, fqnHash: fqnHash, offsets: offsets).map { info(records[$0]) }
     }
 
     /// The index of the entry of the chunk of `fqn` at `offsets`, for `info(record:)`: a caller

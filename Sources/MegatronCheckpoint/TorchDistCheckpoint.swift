@@ -240,8 +240,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
 
     /// The metadata of tensor `key`.
     public func tensor(_ key: String) throws -> DCPTensorMetadata {
-        guard let index = tensorIndex[key] else { throw MegatronCheckpointError.keyNotFound(file: metadataPath, key: key) }
-        return metadata.tensors[index].metadata
+        metadata.tensors[try tensorPosition(key)].metadata
     }
 
     /// The chunks of `key` whose axis-0 extent meets the box's (indexed for tensors of many chunks).
