@@ -254,7 +254,8 @@ struct DCPMetadataReader {
     /// `storage_data`, read as SETITEMS adds its entries to the one dict whose pairs are all
     /// `MetadataIndex` -> `_StorageInfo`: that dict never holds them as pairs (at 409,000 chunks
     /// the pairs took 17 MB until the end). The root must name this dict as `storage_data`.
-    var eagerStorage = DCPStorageTable()
+    /// Made with the first entries (sized by the chunks and bytes items seen before them).
+    var eagerStorage: DCPStorageTableBuilder?
     var eagerDict: (index: Int32, generation: Int32)?
     var eagerScratch: [Int] = []
     /// The string index of the last data file name found valid.
@@ -858,14 +859,11 @@ struct DCPMetadataReader {
             }
         }
         eagerDict = (index, generation)
-        // Moved out and back: the table stays uniquely referenced, so it is never copied.
-        var table = eagerStorage
-        eagerStorage = DCPStorageTable()
-        defer { eagerStorage = table }
-        if table.isEmpty { table.reserveCapacity(chunkBoxes.count + bytesItemObjects) }
+        let table = eagerStorage ?? DCPStorageTableBuilder(expectedCount: chunkBoxes.count + bytesItemObjects)
+        eagerStorage = table
         for position in stride(from: start, to: stack.count, by: 2) {
             let (key, value) = (stack[position], stack[position + 1])
-            try insertStorageEntry(key, value, into: &table)
+            try addStorageEntry(key, value, to: table)
             // Done with both: their slots are reused unless some other value names them.
             guard case .object(let keyIndex) = key, case .object(let valueIndex) = value,
                 !sharedObjects[Int(keyIndex)], !sharedObjects[Int(valueIndex)], keyIndex != valueIndex,
@@ -882,7 +880,7 @@ struct DCPMetadataReader {
 
     /// One `storage_data` entry (a `MetadataIndex` key, a `_StorageInfo` value) into `table`, with
     /// the checks of the generic walk (anything it would refuse is `.unusual`, for it to word).
-    private mutating func insertStorageEntry(_ key: Value, _ value: Value, into table: inout DCPStorageTable) throws(Stop) {
+    private mutating func addStorageEntry(_ key: Value, _ value: Value, to table: DCPStorageTableBuilder) throws(Stop) {
         guard case .object(let keyIndex) = key, objects[Int(keyIndex)].isIndex,
             case .object(let valueIndex) = value, case .storage(let record) = objects[Int(valueIndex)],
             case let (path, transforms, offset, length) = (storageRecords[Int(record)].path, storageRecords[Int(record)].transforms,
@@ -918,18 +916,17 @@ struct DCPMetadataReader {
             let hash = fqnHash(fqn)
             withUnsafeTemporaryAllocation(of: Int.self, capacity: 3) { buffer in
                 for axis in 0..<Int(small.count) { buffer[axis] = Int(small[axis]) }
-                table.insert(fqn: strings[Int(fqn)], fqnHash: hash, offsets: UnsafeBufferPointer(rebasing: buffer[0..<Int(small.count)]),
-                             isBytesItem: false, info: info)
+                table.add(fqn: strings[Int(fqn)], fqnHash: hash, offsets: UnsafeBufferPointer(rebasing: buffer[0..<Int(small.count)]), info: info)
             }
             return
         }
         guard case .index(let fqn, let offsets) = objects[Int(keyIndex)] else { throw .unusual("a storage_data key") }
         if offsets.count < 0 {
-            table.insert(fqn: strings[Int(fqn)], offsets: UnsafeBufferPointer(start: nil, count: 0), isBytesItem: true, info: info)
+            table.add(fqn: strings[Int(fqn)], fqnHash: nil, offsets: nil, info: info)
         } else {
             eagerScratch.removeAll(keepingCapacity: true)
             for axis in 0..<Int(offsets.count) { eagerScratch.append(Int(ints[Int(offsets.start) + axis])) }
-            eagerScratch.withUnsafeBufferPointer { table.insert(fqn: strings[Int(fqn)], offsets: $0, isBytesItem: false, info: info) }
+            eagerScratch.withUnsafeBufferPointer { table.add(fqn: strings[Int(fqn)], fqnHash: nil, offsets: $0, info: info) }
         }
     }
 
@@ -1117,16 +1114,16 @@ struct DCPMetadataReader {
         }
         guard stateDict < 0 || eagerDict?.index != stateDict else { throw .unusual("storage entries in state_dict_metadata") }
         let storageEntries = try takeDict(storageDict)
-        var storage: DCPStorageTable
-        if let eager = eagerDict {
+        let storage: DCPStorageTable
+        if let eager = eagerDict, let table = eagerStorage {
             // The root's storage_data is the dict BUILD found current, so the same generation.
             guard eager.index == storageDict, storageEntries.isEmpty else { throw .unusual("storage entries outside storage_data") }
-            storage = eagerStorage
-            eagerStorage = DCPStorageTable()
+            storage = table.finish()
+            eagerStorage = nil
         } else {
-            storage = DCPStorageTable()
-            storage.reserveCapacity(storageEntries.count)
-            for (key, value) in storageEntries { try insertStorageEntry(key, value, into: &storage) }
+            let table = DCPStorageTableBuilder(expectedCount: storageEntries.count)
+            for (key, value) in storageEntries { try addStorageEntry(key, value, to: table) }
+            storage = table.finish()
         }
         return DCPMetadata(tensors: tensors, bytesItems: bytesItems, storageTable: storage,
                            version: version < 0 ? nil : strings[Int(version)], rootClass: className(callable))
