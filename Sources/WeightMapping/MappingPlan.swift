@@ -138,18 +138,19 @@ public struct MappingPlan: Sendable {
                 reason: "\(layerCount) layers, but the checkpoint has only \(tensorBound) tensors")
         }
         let expertArgument = model.table.expertCountArgument ?? "num_moe_experts"
-        var expertCount: Int?
-        func count(_ placeholder: String) throws -> Int {
-            guard placeholder != "layer" else { return layerCount }
-            if let expertCount { return expertCount }
+        // Read once, its fault thrown only where a rule needs the count (a dense model has none).
+        // `count` captures this and not the model: passing it as a closure per tensor copied the model.
+        let expertCount = Result { () throws -> Int in
             let experts = try model.int(expertArgument)
             guard experts >= 1, experts <= min(tensorBound ?? Int.max, ResolvedModel.largestLayerCount) else {
                 throw MappingError.invalidConfigValue(
                     config: model.configPath, field: model.configField(of: expertArgument),
                     reason: "\(experts) experts per layer" + (tensorBound.map { ", but the checkpoint has only \($0) tensors" } ?? " is more than any model has"))
             }
-            expertCount = experts
             return experts
+        }
+        func count(_ placeholder: String) throws -> Int {
+            placeholder == "layer" ? layerCount : try expertCount.get()
         }
 
         // Layer-major model order: rules before the first layered rule, then every layer's
@@ -328,6 +329,22 @@ public struct MappingPlan: Sendable {
         extraState = extra
     }
 
+    /// This plan without its Hugging Face side (no HF tensors, correspondences or zero fills):
+    /// what a Megatron-to-Megatron reshard keeps, for at Ultra's 51,000 tensors that side is
+    /// ~10 MB of names and rows held through the whole plan.
+    public var megatronSide: MappingPlan {
+        MappingPlan(model: model, megatronTensors: megatronTensors, extraState: extraState, paddedVocabSize: paddedVocabSize)
+    }
+
+    private init(model: ResolvedModel, megatronTensors: [MegatronTensorSpec],
+                 extraState: [(module: String, key: String, prefix: [Int], prefixSizes: [Int])], paddedVocabSize: Int?) {
+        self.model = model
+        self.megatronTensors = megatronTensors
+        self.extraState = extraState
+        self.paddedVocabSize = paddedVocabSize
+        (hfTensors, correspondences, correspondenceHFTensors, zeroFills) = ([], [], [], [])
+    }
+
     /// Optimizer and scheduler state in a training checkpoint: not model weights, never exported.
     public static func isTrainingState(_ key: String) -> Bool {
         key.hasPrefix("optimizer.") || key.hasPrefix("rng_state") || key.hasPrefix("opt_param_scheduler")
@@ -364,6 +381,9 @@ public struct MappingPlan: Sendable {
     /// The table's `shape_checks`: sizes the config states must be the tensors' sizes.
     private static func checkStatedSizes(_ model: ResolvedModel, _ tensors: [HFTensorSpec]) throws {
         for check in model.table.shapeChecks {
+            // The stated value depends on the layer only: evaluated once per layer, not once per
+            // expert of it (the config's arguments are found by a scan).
+            var expectedByLayer: [Int: Int?] = [:]
             for tensor in tensors {
                 guard let placeholders = check.tensor.match(tensor.name) else { continue }
                 if let rank = check.rank, tensor.shape.count != rank {
@@ -372,14 +392,21 @@ public struct MappingPlan: Sendable {
                 }
                 guard let expression = check.value, let axis = check.axis else { continue }
                 let layer = placeholders["layer"]
-                for name in expression.names {
-                    if let found = statedValue(name, layer: layer, model), !found.isNull, found.intValue == nil {
-                        throw MappingError.invalidConfigValue(
-                            config: model.configPath, field: model.configField(of: name),
-                            reason: "\(MessageText.quoted(JSONWriter.compact(found))) is not an integer (`\(tensor.name)` has shape \(tensor.shape))")
+                let stated: Int?
+                if let known = expectedByLayer[layer ?? -1] {
+                    stated = known
+                } else {
+                    for name in expression.names {
+                        if let found = statedValue(name, layer: layer, model), !found.isNull, found.intValue == nil {
+                            throw MappingError.invalidConfigValue(
+                                config: model.configPath, field: model.configField(of: name),
+                                reason: "\(MessageText.quoted(JSONWriter.compact(found))) is not an integer (`\(tensor.name)` has shape \(tensor.shape))")
+                        }
                     }
+                    stated = expression.evaluate({ statedValue($0, layer: layer, model)?.intValue })
+                    expectedByLayer[layer ?? -1] = stated
                 }
-                guard let expected = expression.evaluate({ statedValue($0, layer: layer, model)?.intValue }) else { continue }
+                guard let expected = stated else { continue }
                 guard axis < tensor.shape.count, tensor.shape[axis] == expected else {
                     throw MappingError.invalidConfigValue(
                         config: model.configPath, field: expression.names.map(model.configField(of:)).joined(separator: "`, `"),
