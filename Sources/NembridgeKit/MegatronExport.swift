@@ -198,6 +198,11 @@ public struct MegatronExport: Sendable {
                                                                      tables: tables, tokenizer: options.tokenizerDirectory)
         let config = try HFConfig(path: (configDirectory as NSString).appendingPathComponent("config.json"))
         let model = try ResolvedModel.resolve(tables: tables, config: config.document, configPath: config.path)
+        // Read before the checkpoint: its document (51,000 names at Ultra's size, 15 MB parsed)
+        // is gone by the time the plan's tables exist, and only a compact map is kept.
+        let recordedIndexPath = (configDirectory as NSString).appendingPathComponent(HFCheckpointFolder.indexFileName)
+        var recordedIndex = try FileManager.default.fileExists(atPath: recordedIndexPath)
+            ? RecordedShardIndex(document: try HFConfig(path: recordedIndexPath).document, path: recordedIndexPath) : nil
         var dtypes: [String: DType] = [:]
         if folder.format == .legacyTorch {
             let legacy = try LegacyCheckpointSource(checkpoint: try LegacyTorchCheckpoint(directory: folder.directory, folder: folder),
@@ -235,6 +240,8 @@ public struct MegatronExport: Sendable {
         // The reads are made here once (a missing chunk is an error now, not in the run), counted
         // and their files noted, then dropped.
         var blocks: [String: (parts: [(correspondence: Int32, spec: Int32, base: Int64)], readCount: Int)] = [:]
+        hfDType.reserveCapacity(mapping.hfTensors.count)
+        blocks.reserveCapacity(mapping.hfTensors.count)
         var sourceFiles: [ReadOnlyFile] = []
         var seenFiles = Set<ObjectIdentifier>()
         let hfShapes = Dictionary(uniqueKeysWithValues: mapping.hfTensors.map { ($0.name, $0.shape) })
@@ -394,16 +401,10 @@ public struct MegatronExport: Sendable {
         }
 
         // The recorded source layout when there is one (same files, same tensors per file).
-        let recordedIndex = (directory as NSString).appendingPathComponent(HFCheckpointFolder.indexFileName)
         var shards: [(name: String, tensors: [TensorDeclaration])] = []
         var indexMetadata: [(key: String, value: JSONValue)]?
-        // The index is read once, and its document (51,000 names at Ultra's size) is released
-        // before the new index is written.
-        let recorded = try FileManager.default.fileExists(atPath: recordedIndex) ? { () throws -> (layout: [(name: String, tensors: [TensorDeclaration])], extra: [(key: String, value: JSONValue)])? in
-            let index = try HFConfig(path: recordedIndex).document
-            guard let layout = try Self.recordedLayout(index, path: recordedIndex, declarations) else { return nil }
-            return (layout, index["metadata"]?.objectMembers?.filter { $0.key != "total_size" } ?? [])
-        }() : nil
+        let recorded = recordedIndex.flatMap { index in index.layout(declarations).map { (layout: $0, extra: index.metadata) } }
+        recordedIndex = nil
         if let recorded {
             shards = recorded.layout
             indexMetadata = recorded.extra
@@ -483,39 +484,58 @@ public struct MegatronExport: Sendable {
         return directory
     }
 
-    /// The recorded index's grouping, if it lists exactly the tensors being written. An index
-    /// that is not valid JSON or names a file outside the output folder is an error.
-    static func recordedLayout(_ document: JSONValue, path: String, _ declarations: [TensorDeclaration]) throws -> [(name: String, tensors: [TensorDeclaration])]? {
-        guard let map = document["weight_map"]?.objectMembers else { return nil }
-        for member in map {
-            guard let file = member.value.stringValue, !file.utf8.contains(UInt8(ascii: "/")), file != ".", file != "..", !file.isEmpty else {
-                throw HFFolderError.invalidIndex(file: path, reason: "weight_map value for `\(member.key)` is not a plain file name")
+    /// The `weight_map` of the source's recorded index, as indices into its few file names: its
+    /// grouping is reused when it lists exactly the tensors being written. An index that is not
+    /// valid JSON or names a file outside the output folder is an error.
+    struct RecordedShardIndex {
+        var fileNames: [String] = []
+        /// Per tensor, by the 64-bit XXH3 of its name, its index in `fileNames`: 12 bytes a tensor,
+        /// where the names themselves held 7 MB through the whole plan at Ultra's size. Two
+        /// recorded names of one hash make the count short (the layout is then not reused); a
+        /// declared name taken for a recorded one would only move a tensor to another file.
+        var fileOf: [UInt64: Int32] = [:]
+        /// The index's `metadata` members other than `total_size`.
+        var metadata: [(key: String, value: JSONValue)]
+
+        /// Nil when the document has no `weight_map`.
+        init?(document: JSONValue, path: String) throws {
+            guard let map = document["weight_map"]?.objectMembers else { return nil }
+            for member in map {
+                guard let file = member.value.stringValue, !file.utf8.contains(UInt8(ascii: "/")), file != ".", file != "..", !file.isEmpty else {
+                    throw HFFolderError.invalidIndex(file: path, reason: "weight_map value for `\(member.key)` is not a plain file name")
+                }
+            }
+            metadata = document["metadata"]?.objectMembers?.filter { $0.key != "total_size" } ?? []
+            // The last entry of a name wins, as Python's json reads a repeated key.
+            var fileIndex: [String: Int32] = [:]
+            fileOf.reserveCapacity(map.count)
+            for member in map {
+                let file = member.value.stringValue!
+                let index = fileIndex[file] ?? {
+                    fileNames.append(file)
+                    fileIndex[file] = Int32(fileNames.count - 1)
+                    return Int32(fileNames.count - 1)
+                }()
+                fileOf[Self.nameHash(member.key)] = index
             }
         }
-        // The last entry of a name wins, as Python's json reads a repeated key. The recorded names
-        // must be exactly the declared ones (declared names are distinct): no name or set copies
-        // beside this one map, which at Ultra's 51,000 tensors cost 10 MB.
-        // Files as indices into the few names (4 bytes a tensor, not a 16-byte string).
-        var fileNames: [String] = []
-        var fileIndex: [String: Int32] = [:]
-        var fileOf: [String: Int32] = [:]
-        fileOf.reserveCapacity(map.count)
-        for member in map {
-            let file = member.value.stringValue!
-            let index = fileIndex[file] ?? {
-                fileNames.append(file)
-                fileIndex[file] = Int32(fileNames.count - 1)
-                return Int32(fileNames.count - 1)
-            }()
-            fileOf[member.key] = index
+
+        static func nameHash(_ name: String) -> UInt64 {
+            var name = name
+            return name.withUTF8 { XXH3Hasher.hash(UnsafeRawBufferPointer($0)) }
         }
-        guard fileOf.count == declarations.count else { return nil }
-        var groups = [[TensorDeclaration]](repeating: [], count: fileNames.count)
-        for declaration in declarations {
-            guard let file = fileOf[declaration.name] else { return nil }
-            groups[Int(file)].append(declaration)
+
+        /// The files with their tensors in declaration order, sorted by file name; nil unless the
+        /// recorded names are exactly the declared ones (declared names are distinct).
+        func layout(_ declarations: [TensorDeclaration]) -> [(name: String, tensors: [TensorDeclaration])]? {
+            guard fileOf.count == declarations.count else { return nil }
+            var groups = [[TensorDeclaration]](repeating: [], count: fileNames.count)
+            for declaration in declarations {
+                guard let file = fileOf[Self.nameHash(declaration.name)] else { return nil }
+                groups[Int(file)].append(declaration)
+            }
+            return fileNames.indices.filter { !groups[$0].isEmpty }.sorted { fileNames[$0] < fileNames[$1] }.map { (fileNames[$0], groups[$0]) }
         }
-        return fileNames.indices.filter { !groups[$0].isEmpty }.sorted { fileNames[$0] < fileNames[$1] }.map { (fileNames[$0], groups[$0]) }
     }
 
     /// `cast N tensors: bfloat16 -> float32 (N), …; kept: …`, or nil without casts.
