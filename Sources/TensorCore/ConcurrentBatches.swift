@@ -9,10 +9,10 @@ import Synchronization
 ///
 /// Errors surface as a sequential loop's would: the first failing index in order, after every
 /// earlier index was consumed.
-enum ConcurrentBatches {
-    static let defaultWorkers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+public enum ConcurrentBatches {
+    public static let defaultWorkers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
 
-    static func forEach<T>(count: Int, batchSize: Int = 4096, workers: Int = defaultWorkers,
+    public static func forEach<T>(count: Int, batchSize: Int = 4096, workers: Int = defaultWorkers,
                            _ transform: @Sendable (Int) throws -> T, consume: (Int, T) throws -> Void) throws {
         guard workers > 1, count >= 256 else {
             for index in 0..<count { try consume(index, try transform(index)) }
