@@ -69,7 +69,7 @@ public struct MegatronReshard: Sendable {
     /// The legacy files written instead of `layout`, for `--ckpt-format torch`.
     public let legacyPlan: LegacyCheckpointPlan?
     public let options: Options
-    /// The model's mapping; from a torch_dist source only its Megatron side (`megatronSide`).
+    /// The model's mapping; from a torch_dist source only its Megatron side (`megatronSide(keepingExtraState:)`).
     public let mapping: MappingPlan
     /// Source entries a conversion drops (optimizer, RNG, scheduler state), by name.
     public let droppedState: [String]
@@ -196,8 +196,10 @@ public struct MegatronReshard: Sendable {
             }
             var keyShapes: [String: [Int]] = [:]
             for (key, tensor) in checkpoint.metadata.tensors { keyShapes[key] = tensor.size }
-            // Checked both ways, then only the Megatron side kept: nothing here writes HF tensors.
-            mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes)).megatronSide
+            // Checked both ways, then only the Megatron side kept: nothing here writes HF tensors,
+            // and only the legacy format's layout lists the extra-state modules.
+            mapping = try MappingPlan(model: model, direction: .fromMegatron(keyShapes: keyShapes))
+                .megatronSide(keepingExtraState: options.format == .torch)
             droppedState = options.format == .torch ? keyShapes.keys.filter(MappingPlan.isTrainingState).sorted() : []
         }
         try HFImport.checkExpertParallel(mapping, options.expertParallel)

@@ -329,11 +329,14 @@ public struct MappingPlan: Sendable {
         extraState = extra
     }
 
-    /// This plan without its Hugging Face side (no HF tensors, correspondences or zero fills):
-    /// what a Megatron-to-Megatron reshard keeps, for at Ultra's 51,000 tensors that side is
-    /// ~10 MB of names and rows held through the whole plan.
-    public var megatronSide: MappingPlan {
-        MappingPlan(model: model, megatronTensors: megatronTensors, extraState: extraState, paddedVocabSize: paddedVocabSize)
+    /// This plan without its Hugging Face side (no HF tensors, correspondences or zero fills)
+    /// and, unless `keepingExtraState`, without `extraState`: what a Megatron-to-Megatron reshard
+    /// keeps, for at Ultra's 51,000 tensors that side is ~10 MB of names and rows held through
+    /// the whole plan (the extra-state list another 5 MB; a torch_dist target carries the
+    /// source's objects instead).
+    public func megatronSide(keepingExtraState: Bool) -> MappingPlan {
+        MappingPlan(model: model, megatronTensors: megatronTensors, extraState: keepingExtraState ? extraState : [],
+                    paddedVocabSize: paddedVocabSize)
     }
 
     private init(model: ResolvedModel, megatronTensors: [MegatronTensorSpec],
