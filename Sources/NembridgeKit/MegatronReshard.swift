@@ -467,18 +467,20 @@ public struct MegatronReshard: Sendable {
             out.flush()
             return
         }
-        var perRank: [TargetRank?: (chunks: Int, bytes: Int64)] = [:]
+        // Per reading rank, in first-seen order: its text and totals, found by one lookup a line.
+        var rankSlots: [TargetRank?: Int] = [:]
+        var ranks: [(reader: String, chunks: Int, bytes: Int64)] = []
         // Written piece by piece (a line per target chunk, 400,000 at Ultra's size): interpolating
         // the offsets went through `Array.description` and its dynamic casts, a fifth of the run.
-        var readers: [TargetRank?: String] = [:]
         for item in layout.tensorItemIndices {
             let rank = targetRank(item: item)
-            let reader: String
-            if let known = readers[rank] {
-                reader = known
+            let slot: Int
+            if let known = rankSlots[rank] {
+                slot = known
             } else {
-                reader = rank?.description ?? "as in the source"
-                readers[rank] = reader
+                slot = ranks.count
+                rankSlots[rank] = slot
+                ranks.append((rank?.description ?? "as in the source", 0, 0))
             }
             let chunk = layout.chunk(item: item)
             out.write("  ")
@@ -496,14 +498,14 @@ public struct MegatronReshard: Sendable {
             out.write(" <- ")
             out.write(plan.moveCount(group: item))
             out.write(" read(s); loaded by ")
-            out.write(reader)
+            out.write(ranks[slot].reader)
             out.endLine()
-            perRank[rank, default: (0, 0)].chunks += 1
-            perRank[rank, default: (0, 0)].bytes += layout.byteCount(item: item)
+            ranks[slot].chunks += 1
+            ranks[slot].bytes += layout.byteCount(item: item)
         }
         out.line("per target rank (a rank also loads every chunk marked `every tp rank`, and its experts' `every etp rank` chunks):")
-        for (reader, totals) in perRank.map({ ($0.key?.description ?? "as in the source", $0.value) }).sorted(by: { $0.0 < $1.0 }) {
-            out.line("  \(reader): \(totals.chunks) chunk(s), \(formatBytes(totals.bytes))")
+        for totals in ranks.sorted(by: { $0.reader < $1.reader }) {
+            out.line("  \(totals.reader): \(totals.chunks) chunk(s), \(formatBytes(totals.bytes))")
         }
         out.line("objects: \(layout.objectItems.count); \(plan.summary); total \(formatBytes(totalBytes))")
         out.flush()
