@@ -32,7 +32,6 @@ final class DCPStorageTableBuilder: @unchecked Sendable {
     private let worker = DispatchGroup()
     /// The entry count to size the table for, when the caller knows it.
     private let expectedCount: Int
-    private(set) var count = 0
 
     init(expectedCount: Int = 0) {
         self.expectedCount = expectedCount
@@ -45,7 +44,6 @@ final class DCPStorageTableBuilder: @unchecked Sendable {
         if let offsets { pending.offsets.append(contentsOf: offsets) }
         pending.entries.append(Entry(fqn: fqn, fqnHash: fqnHash, offsetStart: start,
                                      offsetCount: offsets.map { Int32($0.count) } ?? -1, info: info))
-        count += 1
         guard pending.entries.count >= Self.batchSize else { return }
         worker.wait()
         let batch = pending

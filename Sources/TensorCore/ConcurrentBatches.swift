@@ -13,7 +13,7 @@ public enum ConcurrentBatches {
     public static let defaultWorkers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
 
     public static func forEach<T>(count: Int, batchSize: Int = 4096, workers: Int = defaultWorkers,
-                           _ transform: @Sendable (Int) throws -> T, consume: (Int, T) throws -> Void) throws {
+                                  _ transform: @Sendable (Int) throws -> T, consume: (Int, T) throws -> Void) throws {
         guard workers > 1, count >= 256 else {
             for index in 0..<count { try consume(index, try transform(index)) }
             return
