@@ -88,6 +88,10 @@ struct DCPMetadataReader {
         var first: Int32, second: Int32, third: Int32
         var count: UInt8
 
+        init(first: Int32, second: Int32, third: Int32, count: UInt8) {
+            (self.first, self.second, self.third, self.count) = (first, second, third, count)
+        }
+
         init?(_ values: ArraySlice<Value>) {
             guard (1...3).contains(values.count) else { return nil }
             var items: (Int32, Int32, Int32) = (0, 0, 0)
@@ -262,6 +266,12 @@ struct DCPMetadataReader {
     var checkedPath: Int32 = -1
     /// `hashValue` of the strings used as storage keys' fqns, by string index.
     var fqnHashes: [Int32: Int] = [:]
+    /// The memo entries of the record `builtRecord` is reading (kept for its capacity).
+    var storedScratch: [Value] = []
+    /// The slot of the dict `deadDictValue` names.
+    var deadDict: Int32?
+    /// Records `builtRecord` made (for tests: real files take the one-step path).
+    var recordsInOneStep = 0
 
     init(input: Input, limits: PickleLimits = .default, globals: PickleGlobals) {
         self.input = input
@@ -275,6 +285,13 @@ struct DCPMetadataReader {
         guard bytes.count < Int(Int32.max) else { throw .unusual("larger than 2 GiB") }
         var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals)
         return try reader.run()
+    }
+
+    /// `read`, and how many records it made in one step (`builtRecord`).
+    static func readCountingOneStep(_ bytes: UnsafeRawBufferPointer, globals: PickleGlobals) throws(Stop) -> (DCPMetadata, Int) {
+        var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals)
+        let metadata = try reader.run()
+        return (metadata, reader.recordsInOneStep)
     }
 
     /// `read` of a file through a sliding window instead of all its bytes.
@@ -336,6 +353,7 @@ struct DCPMetadataReader {
                 throw .pickle(.unknownOpcode(.init(offset: opcodeStart, opcode: "unknown"), byte: byte))
             }
             currentOpcode = opcode
+            if opcode == .binGet || opcode == .longBinGet, builtRecord() { continue }
             if fastPath(opcode) { continue }
             if opcode == .stop {
                 let root = try pop()
@@ -390,6 +408,222 @@ struct DCPMetadataReader {
             return false
         }
         return true
+    }
+
+    // MARK: - Records in one step
+
+    /// A chunk, storage key or storage entry whose whole pickle is the usual run of opcodes —
+    /// `GET cls, EMPTY_TUPLE, NEWOBJ, EMPTY_DICT, MARK, (GET field, value)…, SETITEMS, BUILD`,
+    /// each value None, an integer, `torch.Size` of one to three dims or a memo read, with the
+    /// MEMOIZEs torch's pickler puts after the object, the dict and each tuple — made in one step:
+    /// the record BUILD would make, pushed as the object, and the memo entries the run stores.
+    /// These runs are nearly all of a 409,000-chunk `.metadata` (24 million opcodes; about 1 µs
+    /// a record step by step).
+    ///
+    /// Only when the outcome is sure: every byte of the run in the window, the memo keys read
+    /// stored before it, the stack and memo with room for what the steps add, and the state one
+    /// BUILD turns into a recognized record. Nothing in such a run can fault. Its state dict
+    /// exists only as a memo entry, if at all: that entry is a dict consumed by its BUILD, as
+    /// the steps would leave it (`deadDict`). Anything else returns false with nothing read or
+    /// changed, and the opcodes are done one by one.
+    private mutating func builtRecord() -> Bool {
+        let end = input.start + input.window.count
+        guard stack.count + marks.count + 16 < limits.maxStackSize, sparseMemo.isEmpty else { return false }
+        var cursor = opcodeStart
+        guard case .global(let callable)? = memoValue(&cursor, end: end) else { return false }
+        let kind = globalKinds[Int(callable)]
+        guard kind == .chunk || kind == .index || kind == .storage, cursor + 2 <= end,
+            input[cursor] == PickleOpcode.emptyTuple.rawValue, input[cursor + 1] == PickleOpcode.newObj.rawValue
+        else { return false }
+        cursor += 2
+        // The run's memo entries in order; `.none` stands for the object (made only at the end).
+        var stored = storedScratch
+        defer { storedScratch = stored }
+        stored.removeAll(keepingCapacity: true)
+        let objectStored = memoized(&cursor, end: end)
+        if objectStored { stored.append(Value.none) }
+        guard cursor + 1 <= end, input[cursor] == PickleOpcode.emptyDict.rawValue else { return false }
+        cursor += 1
+        if memoized(&cursor, end: end) { stored.append(deadDictValue()) }
+        guard cursor + 1 <= end, input[cursor] == PickleOpcode.mark.rawValue else { return false }
+        cursor += 1
+        var fields = FieldValues()
+        var pairs = 0
+        while true {
+            guard cursor < end else { return false }
+            if input[cursor] == PickleOpcode.setItems.rawValue { break }
+            // Four pairs at most: FieldValues keeps them inline.
+            guard pairs < 4, case .string(let text)? = memoValue(&cursor, end: end),
+                let value = stateValue(&cursor, end: end, storing: &stored)
+            else { return false }
+            pairs += 1
+            let field = stringFields[Int(text)]
+            if field != .none { fields[field] = value }
+        }
+        guard cursor + 2 <= end, input[cursor + 1] == PickleOpcode.build.rawValue,
+            memo.count + stored.count <= limits.maxMemoEntries
+        else { return false }
+        cursor += 2
+        // What `build` makes of these fields; where it would leave the object opaque, it decides.
+        let record: ObjectRecord
+        switch kind {
+        case .chunk:
+            guard let offsets = fields[.offsets], let sizes = fields[.sizes], let box = chunkBox(offsets: offsets, sizes: sizes) else { return false }
+            chunkBoxes.append(box)
+            record = .chunk(Int32(chunkBoxes.count - 1))
+        case .index:
+            guard case .string(let fqn)? = fields[.fqn] else { return false }
+            switch fields[.offset] {
+            case nil, .none?: record = .index(fqn: fqn, offsets: .absent)
+            case .ints(let small)?, .size(let small)?: record = .smallIndex(fqn: fqn, offsets: small)
+            default: return false
+            }
+        default:
+            guard case .string(let path)? = fields[.relativePath], case .int(let offset)? = fields[.offset],
+                case .int(let length)? = fields[.length]
+            else { return false }
+            switch fields[.transformDescriptors] {
+            case nil, .none?: break
+            default: return false
+            }
+            let entry = StorageRecord(path: path, transforms: -1, offset: offset, length: length)
+            if let slot = freeStorageRecords.popLast() {
+                storageRecords[Int(slot)] = entry
+                record = .storage(slot)
+            } else {
+                storageRecords.append(entry)
+                record = .storage(Int32(storageRecords.count - 1))
+            }
+        }
+        let object = newObject(record)
+        if objectStored {
+            // Memoized as the steps would: shared, so its slot is never reused.
+            sharedObjects[Int(object)] = true
+            stored[0] = .object(object)
+        }
+        memo.append(contentsOf: stored)
+        stack.append(.object(object))
+        position = cursor
+        recordsInOneStep += 1
+        return true
+    }
+
+    /// Steps over a MEMOIZE at `cursor`; whether there was one.
+    @inline(__always)
+    private func memoized(_ cursor: inout Int, end: Int) -> Bool {
+        guard cursor < end, input[cursor] == PickleOpcode.memoize.rawValue else { return false }
+        cursor += 1
+        return true
+    }
+
+    /// A dict consumed by its BUILD and never reused: what a memo entry of a record's state dict
+    /// is once the record is built (any use as a container or a state goes to the generic reader).
+    private mutating func deadDictValue() -> Value {
+        if let deadDict { return .dict(deadDict, generation: 0) }
+        dicts.append(DictRecord(generation: 0, pinned: true, consumed: true))
+        deadDict = Int32(dicts.count - 1)
+        return .dict(deadDict!, generation: 0)
+    }
+
+    /// The value of a BINGET or LONG_BINGET at `cursor` (advanced past it); nil when it is not
+    /// one, runs past `end`, or reads a key not in `memo`.
+    @inline(__always)
+    private func memoValue(_ cursor: inout Int, end: Int) -> Value? {
+        guard cursor + 2 <= end else { return nil }
+        let key: Int
+        switch input[cursor] {
+        case PickleOpcode.binGet.rawValue:
+            key = Int(input[cursor + 1])
+            guard key < memo.count else { return nil }
+            cursor += 2
+        case PickleOpcode.longBinGet.rawValue:
+            guard cursor + 5 <= end else { return nil }
+            key = Int(input[cursor + 1]) | Int(input[cursor + 2]) << 8 | Int(input[cursor + 3]) << 16 | Int(input[cursor + 4]) << 24
+            guard key < memo.count else { return nil }
+            cursor += 5
+        default:
+            return nil
+        }
+        return memo[key]
+    }
+
+    /// BININT1, BININT2, BININT or a LONG1 of up to eight bytes at `cursor`, as `execute` reads it.
+    @inline(__always)
+    private func smallInteger(_ cursor: inout Int, end: Int) -> Int64? {
+        guard cursor + 2 <= end else { return nil }
+        switch input[cursor] {
+        case PickleOpcode.binInt1.rawValue:
+            defer { cursor += 2 }
+            return Int64(input[cursor + 1])
+        case PickleOpcode.binInt2.rawValue:
+            guard cursor + 3 <= end else { return nil }
+            defer { cursor += 3 }
+            return Int64(input[cursor + 1]) | Int64(input[cursor + 2]) << 8
+        case PickleOpcode.binInt.rawValue:
+            guard cursor + 5 <= end else { return nil }
+            defer { cursor += 5 }
+            let bits = UInt32(input[cursor + 1]) | UInt32(input[cursor + 2]) << 8 | UInt32(input[cursor + 3]) << 16 | UInt32(input[cursor + 4]) << 24
+            return Int64(Int32(bitPattern: bits))
+        case PickleOpcode.long1.rawValue:
+            let count = Int(input[cursor + 1])
+            guard count <= 8, count <= limits.maxBigIntBytes, cursor + 2 + count <= end,
+                case .int(let value) = integer(at: cursor + 2, count: count)
+            else { return nil }
+            cursor += 2 + count
+            return value
+        default:
+            return nil
+        }
+    }
+
+    /// A state dict value in a record run: None, an integer, `torch.Size` of one to three Int32
+    /// dims (`GET torch.Size, INT…, TUPLEn, TUPLE1, REDUCE`, each result perhaps memoized: added
+    /// to `stored`), or a memo read.
+    private func stateValue(_ cursor: inout Int, end: Int, storing stored: inout [Value]) -> Value? {
+        guard cursor < end else { return nil }
+        if input[cursor] == PickleOpcode.none.rawValue {
+            cursor += 1
+            return Value.none
+        }
+        if let number = smallInteger(&cursor, end: end) { return .int(number) }
+        var sizeCursor = cursor
+        if case .global(let global)? = memoValue(&sizeCursor, end: end), globalKinds[Int(global)] == .size {
+            var dims: (Int32, Int32, Int32) = (0, 0, 0)
+            var count = 0
+            while count <= 3, let number = smallInteger(&sizeCursor, end: end) {
+                guard let small = Int32(exactly: number) else { return nil }
+                switch count {
+                case 0: dims.0 = small
+                case 1: dims.1 = small
+                case 2: dims.2 = small
+                default: break
+                }
+                count += 1
+            }
+            // TUPLE1, TUPLE2 and TUPLE3 are consecutive bytes.
+            guard (1...3).contains(count), sizeCursor < end, input[sizeCursor] == PickleOpcode.tuple1.rawValue + UInt8(count - 1) else {
+                return memoValue(&cursor, end: end)
+            }
+            let small = SmallInts(first: dims.0, second: dims.1, third: dims.2, count: UInt8(count))
+            let mark = stored.count
+            sizeCursor += 1
+            if memoized(&sizeCursor, end: end) { stored.append(.ints(small)) }
+            guard sizeCursor < end, input[sizeCursor] == PickleOpcode.tuple1.rawValue else {
+                stored.removeSubrange(mark...)
+                return memoValue(&cursor, end: end)
+            }
+            sizeCursor += 1
+            if memoized(&sizeCursor, end: end) { stored.append(.wrappedInts(small)) }
+            guard sizeCursor < end, input[sizeCursor] == PickleOpcode.reduce.rawValue else {
+                stored.removeSubrange(mark...)
+                return memoValue(&cursor, end: end)
+            }
+            sizeCursor += 1
+            if memoized(&sizeCursor, end: end) { stored.append(.size(small)) }
+            cursor = sizeCursor
+            return .size(small)
+        }
+        return memoValue(&cursor, end: end)
     }
 
     private mutating func execute(_ opcode: PickleOpcode) throws(Stop) {
