@@ -2,6 +2,7 @@
 /// contiguous byte runs a sub-box occupies inside a larger box.
 enum BoxGeometry {
     static func volume(_ sizes: [Int]) -> Int { sizes.reduce(1, *) }
+    static func volume(_ sizes: DCPChunk.Dims) -> Int { sizes.reduce(1, *) }
 
     /// The intersection of two boxes, or nil when it is empty.
     static func intersection(_ a: DCPChunk, _ b: DCPChunk) -> DCPChunk? {
@@ -108,31 +109,42 @@ enum BoxGeometry {
     }
 
     static func arithmeticRuns(of box: DCPChunk, outer: DCPChunk, inner: DCPChunk, elementSize: Int64) -> ArithmeticRuns? {
-        let rank = box.sizes.count
+        let (boxOffsets, boxSizes) = (box.offsets, box.sizes)
+        let (outerOffsets, outerSizes) = (outer.offsets, outer.sizes)
+        let (innerOffsets, innerSizes) = (inner.offsets, inner.sizes)
+        let rank = boxSizes.count
         if rank == 0 { return ArithmeticRuns(source: 0, destination: 0, segment: elementSize, rows: 1, sourceStep: elementSize, destinationStep: elementSize) }
-        let outerStrides = rowMajorStrides(outer.sizes.array)
-        let innerStrides = rowMajorStrides(inner.sizes.array)
         var firstMerged = rank - 1
-        var runLength = box.sizes[rank - 1]
-        while firstMerged > 0, box.sizes[firstMerged] == outer.sizes[firstMerged], box.sizes[firstMerged] == inner.sizes[firstMerged] {
+        var runLength = boxSizes[rank - 1]
+        while firstMerged > 0, boxSizes[firstMerged] == outerSizes[firstMerged], boxSizes[firstMerged] == innerSizes[firstMerged] {
             firstMerged -= 1
-            runLength *= box.sizes[firstMerged]
+            runLength *= boxSizes[firstMerged]
         }
-        let stepping = (0..<firstMerged).filter { box.sizes[$0] > 1 }
-        guard stepping.count <= 1 else { return nil }
+        // At most one axis outside the merged run may step.
+        var stepping = -1
+        for axis in 0..<firstMerged where boxSizes[axis] > 1 {
+            guard stepping < 0 else { return nil }
+            stepping = axis
+        }
+        // Row-major strides, innermost first (no arrays: a 400,000-chunk plan asks for a run per chunk).
         var sourceElement = 0, destinationElement = 0
-        for axis in 0..<rank {
-            sourceElement += (box.offsets[axis] - inner.offsets[axis]) * innerStrides[axis]
-            destinationElement += (box.offsets[axis] - outer.offsets[axis]) * outerStrides[axis]
+        var innerStride = 1, outerStride = 1
+        var innerStep = 0, outerStep = 0
+        for axis in (0..<rank).reversed() {
+            sourceElement += (boxOffsets[axis] - innerOffsets[axis]) * innerStride
+            destinationElement += (boxOffsets[axis] - outerOffsets[axis]) * outerStride
+            if axis == stepping { (innerStep, outerStep) = (innerStride, outerStride) }
+            innerStride *= innerSizes[axis]
+            outerStride *= outerSizes[axis]
         }
         let segment = Int64(runLength) * elementSize
-        guard let axis = stepping.first else {
+        guard stepping >= 0 else {
             return ArithmeticRuns(source: Int64(sourceElement) * elementSize, destination: Int64(destinationElement) * elementSize,
                                   segment: segment, rows: 1, sourceStep: segment, destinationStep: segment)
         }
         return ArithmeticRuns(source: Int64(sourceElement) * elementSize, destination: Int64(destinationElement) * elementSize,
-                              segment: segment, rows: Int64(box.sizes[axis]),
-                              sourceStep: Int64(innerStrides[axis]) * elementSize, destinationStep: Int64(outerStrides[axis]) * elementSize)
+                              segment: segment, rows: Int64(boxSizes[stepping]),
+                              sourceStep: Int64(innerStep) * elementSize, destinationStep: Int64(outerStep) * elementSize)
     }
 
     static func rowMajorStrides(_ sizes: [Int]) -> [Int] {

@@ -254,6 +254,14 @@ public struct DCPStorageTable: Sendable, Equatable {
     /// The entry at `record` (from `record(fqn:…)`), valid until the table changes.
     public func info(record: Int) -> DCPStorageInfo { info(records[record]) }
 
+    /// Where a record's item is, as indices (`paths`), and whether it is stored as it is (no
+    /// transform): `info(record:)` without its strings, for a plan asking 400,000 times.
+    func place(record: Int) -> (path: Int32, offset: Int64, length: Int64, untransformed: Bool) {
+        let entry = records[record]
+        let location = locations[Int(entry.location)]
+        return (location.path, entry.offset, entry.length, location.transforms < 0 || transformLists[Int(location.transforms)].isEmpty)
+    }
+
     public subscript(key: DCPStorageKey) -> DCPStorageInfo? {
         get { info(fqn: key.fqn, offsets: key.offsets) }
         set {

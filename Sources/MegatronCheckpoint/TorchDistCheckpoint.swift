@@ -24,6 +24,8 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
     public let folder: MegatronCheckpointFolder?
     /// Data files by `relative_path`.
     let files: [String: ReadOnlyFile]
+    /// `files` by the storage table's path index (`DCPStorageTable.paths`).
+    let filesByPath: [ReadOnlyFile?]
     let tensorIndex: [String: Int]
     /// The `storage_data` entry of each chunk (`metadata.storage.info(record:)`), tensor by tensor
     /// in `.metadata` order: chunk `c` of tensor `t` at `chunkRecords[chunkStarts[t] + c]`. Found
@@ -127,6 +129,7 @@ public final class TorchDistCheckpoint: GlobalTensorSource {
         tensorIndex = Dictionary(metadata.tensors.enumerated().map { ($0.element.fqn, $0.offset) }, uniquingKeysWith: { first, _ in first })
         bytesItemKeys = Set(metadata.bytesItems)
         (files, chunkRecords, chunkStarts) = try Self.validate(metadata, tensorIndex: tensorIndex, bytesItemKeys: bytesItemKeys, metadataPath: metadataPath, directory: directory)
+        filesByPath = metadata.storage.paths.map { [files] in files[$0] }
     }
 
     /// The checks of `init`, in order: per tensor, chunk bounds, overlaps and storage entries;
