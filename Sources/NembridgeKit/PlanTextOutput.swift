@@ -70,6 +70,21 @@ public final class PlanTextOutput {
         }
     }
 
+    /// Text made elsewhere (a batch of lines formatted on another core), as it is.
+    public func write(bytes: [UInt8]) {
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= 1 << 16 { flush() }
+    }
+
+    /// The bytes `write` produces.
+    public static func bytes(_ write: (PlanTextOutput) throws -> Void) rethrows -> [UInt8] {
+        var bytes: [UInt8] = []
+        let output = PlanTextOutput { bytes.append(contentsOf: $0) }
+        try write(output)
+        output.flush()
+        return bytes
+    }
+
     public func endLine() {
         buffer.append(0x0A)
         if buffer.count >= 1 << 16 { flush() }
