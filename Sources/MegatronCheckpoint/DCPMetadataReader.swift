@@ -424,8 +424,9 @@ struct DCPMetadataReader {
     /// stored before it, the stack and memo with room for what the steps add, and the state one
     /// BUILD turns into a recognized record. Nothing in such a run can fault. Its state dict
     /// exists only as a memo entry, if at all: that entry is a dict consumed by its BUILD, as
-    /// the steps would leave it (`deadDict`). Anything else returns false with nothing read or
-    /// changed, and the opcodes are done one by one.
+    /// the steps would leave it (`deadDict`, made once, never named unless a run succeeds).
+    /// Anything else returns false with nothing else read or changed, and the opcodes are done
+    /// one by one.
     private mutating func builtRecord() -> Bool {
         let end = input.start + input.window.count
         guard stack.count + marks.count + 16 < limits.maxStackSize, sparseMemo.isEmpty else { return false }
@@ -437,8 +438,9 @@ struct DCPMetadataReader {
         else { return false }
         cursor += 2
         // The run's memo entries in order; `.none` stands for the object (made only at the end).
-        var stored = storedScratch
-        defer { storedScratch = stored }
+        var stored: [Value] = []
+        swap(&stored, &storedScratch)  // its buffer, uniquely held
+        defer { swap(&stored, &storedScratch) }
         stored.removeAll(keepingCapacity: true)
         let objectStored = memoized(&cursor, end: end)
         if objectStored { stored.append(Value.none) }
