@@ -728,6 +728,7 @@ struct DCPMetadataReader {
         case .dict:
             let mark = try popMark()
             let pairs = try self.pairs(from: mark)
+            try checkHashableKeys(from: mark)
             stack.removeSubrange(mark...)
             try push(newDict(pairs))
         case .emptySet: try push(.other(.set))
@@ -1033,6 +1034,18 @@ struct DCPMetadataReader {
         }
     }
 
+    /// Python refuses a list, dict, set or bytearray as a dict key (unhashable), in fields this
+    /// reader never keeps too: such a file goes to the generic reader. (A tuple holding one is
+    /// not looked into.)
+    private func checkHashableKeys(from start: Int) throws(Stop) {
+        for position in stride(from: start, to: stack.count, by: 2) {
+            switch stack[position] {
+            case .list, .dict, .other(.set), .other(.byteArray): throw .unusual("an unhashable dict key")
+            default: continue
+            }
+        }
+    }
+
     private func pairs(from start: Int) throws(Stop) -> [(key: Value, value: Value)] {
         try checkPairs(from: start)
         let count = stack.count - start
@@ -1053,6 +1066,7 @@ struct DCPMetadataReader {
             lists[Int(index)].items.append(contentsOf: stack[start...])
         case (.dict, .dict(let index, let generation)):
             try checkPairs(from: start)
+            try checkHashableKeys(from: start)
             guard isCurrent(index, generation), !dicts[Int(index)].consumed else { throw .unusual("a state dict changed after BUILD") }
             // Straight from the stack: a temporary array of pairs per SETITEMS was two of every
             // chunk's allocations.
