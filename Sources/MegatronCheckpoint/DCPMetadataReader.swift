@@ -488,14 +488,7 @@ struct DCPMetadataReader {
             case nil, .none?: break
             default: return false
             }
-            let entry = StorageRecord(path: path, transforms: -1, offset: offset, length: length)
-            if let slot = freeStorageRecords.popLast() {
-                storageRecords[Int(slot)] = entry
-                record = .storage(slot)
-            } else {
-                storageRecords.append(entry)
-                record = .storage(Int32(storageRecords.count - 1))
-            }
+            record = .storage(newStorageRecord(StorageRecord(path: path, transforms: -1, offset: offset, length: length)))
         }
         let object = newObject(record)
         if objectStored {
@@ -949,6 +942,16 @@ struct DCPMetadataReader {
         return Int32(objects.count - 1)
     }
 
+    /// A `_StorageInfo` record, in a freed one's slot when there is one.
+    private mutating func newStorageRecord(_ record: StorageRecord) -> Int32 {
+        if let slot = freeStorageRecords.popLast() {
+            storageRecords[Int(slot)] = record
+            return slot
+        }
+        storageRecords.append(record)
+        return Int32(storageRecords.count - 1)
+    }
+
     /// Marks an object whose value is being copied (MEMOIZE, BINPUT, DUP).
     private mutating func share(_ value: Value) {
         if case .object(let index) = value { sharedObjects[Int(index)] = true }
@@ -1233,14 +1236,7 @@ struct DCPMetadataReader {
             default: return
             }
             consume(state)
-            let record = StorageRecord(path: path, transforms: transforms, offset: offset, length: length)
-            if let slot = freeStorageRecords.popLast() {
-                storageRecords[Int(slot)] = record
-                objects[object] = .storage(slot)
-            } else {
-                storageRecords.append(record)
-                objects[object] = .storage(Int32(storageRecords.count - 1))
-            }
+            objects[object] = .storage(newStorageRecord(StorageRecord(path: path, transforms: transforms, offset: offset, length: length)))
         case .tensor:
             guard let fields = try stateFields(state), case .object(let properties)? = fields[.properties],
                 let sizeValue = fields[.size], let size = dims(of: sizeValue), case .list(let chunks)? = fields[.chunks]

@@ -480,10 +480,10 @@ public struct MegatronReshard: Sendable {
         // Nothing in a batch throws.
         try! ConcurrentBatches.forEach(count: (items.count + linesPerBatch - 1) / linesPerBatch, batchSize: 16, { batch in
             var totals: [Totals] = []
+            let layout = reshard.layout
             let text = PlanTextOutput.bytes { out in
                 for item in items[(items.startIndex + batch * linesPerBatch)..<min(items.endIndex, items.startIndex + (batch + 1) * linesPerBatch)] {
                     let rank = reshard.targetRank(item: item)
-                    let layout = reshard.layout
                     // A batch meets a few ranks: found by a walk, each named once.
                     let slot = totals.firstIndex { $0.rank == rank } ?? {
                         totals.append((rank, rank?.description ?? "as in the source", 0, 0))
