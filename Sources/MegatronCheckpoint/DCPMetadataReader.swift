@@ -221,9 +221,7 @@ struct DCPMetadataReader {
 
     var stack: [Value] = []
     var marks: [Int] = []
-    /// Memo keys 0, 1, 2, … (what MEMOIZE and real writers use); other keys in `sparseMemo`.
-    var memo: [Value] = []
-    var sparseMemo: [UInt64: Value] = [:]
+    var memo: Memo
 
     var strings: [String] = []
     var stringFields: [Field] = []
@@ -273,23 +271,27 @@ struct DCPMetadataReader {
     /// Records `builtRecord` made (for tests: real files take the one-step path).
     var recordsInOneStep = 0
 
-    init(input: Input, limits: PickleLimits = .default, globals: PickleGlobals) {
+    /// `memoReads`: the keys the input's GETs read (`PickleMemoReadScanner`), when known.
+    init(input: Input, limits: PickleLimits = .default, globals: PickleGlobals, memoReads: PickleMemoReads? = nil) {
         self.input = input
         self.limits = limits
         self.policy = globals
+        self.memo = Memo(reads: memoReads)
     }
 
     /// The metadata of a whole `.metadata` file; `.unusual` when the generic reader must decide.
     static func read(_ bytes: UnsafeRawBufferPointer, globals: PickleGlobals) throws(Stop) -> DCPMetadata {
         // Table indices are Int32: each needs at least one byte of input.
         guard bytes.count < Int(Int32.max) else { throw .unusual("larger than 2 GiB") }
-        var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals)
+        var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals,
+                                       memoReads: PickleMemoReadScanner.scan(bytes))
         return try reader.run()
     }
 
     /// `read`, and how many records it made in one step (`builtRecord`).
     static func readCountingOneStep(_ bytes: UnsafeRawBufferPointer, globals: PickleGlobals) throws(Stop) -> (DCPMetadata, Int) {
-        var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals)
+        var reader = DCPMetadataReader(input: Input(window: bytes, count: bytes.count, file: nil), globals: globals,
+                                       memoReads: PickleMemoReadScanner.scan(bytes))
         let metadata = try reader.run()
         return (metadata, reader.recordsInOneStep)
     }
@@ -298,10 +300,41 @@ struct DCPMetadataReader {
     static func read(file: ReadOnlyFile, globals: PickleGlobals, windowSize: Int = Input.windowSize) throws(Stop) -> DCPMetadata {
         guard file.size < Int64(Int32.max) else { throw .unusual("larger than 2 GiB") }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(windowSize, 1), alignment: 16)
+        let reads: PickleMemoReads?
+        do throws(Stop) {
+            reads = try memoReads(of: file, through: buffer)
+        } catch {
+            buffer.deallocate()
+            throw error
+        }
         var reader = DCPMetadataReader(input: Input(window: UnsafeRawBufferPointer(start: buffer.baseAddress, count: 0), count: Int(file.size),
-                                                    file: file, buffer: buffer), globals: globals)
+                                                    file: file, buffer: buffer), globals: globals, memoReads: reads)
         defer { reader.input.buffer?.deallocate() }
         return try reader.run()
+    }
+
+    /// The memo keys the file's GETs read, skimmed window by window through `buffer` (the
+    /// page cache then holds the file for the run).
+    private static func memoReads(of file: ReadOnlyFile, through buffer: UnsafeMutableRawBufferPointer) throws(Stop) -> PickleMemoReads? {
+        let count = Int(file.size)
+        var scanner = PickleMemoReadScanner(count: count)
+        var start = 0
+        while start < count {
+            let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(buffer.count, count - start)])
+            do {
+                try file.read(into: window, at: Int64(start))
+            } catch let error as FileIOError {
+                throw .file(error)
+            } catch {
+                preconditionFailure("ReadOnlyFile.read throws FileIOError")
+            }
+            switch scanner.skim(UnsafeRawBufferPointer(window), at: start) {
+            case .needs(let from): start = from
+            case .done(let reads): return reads
+            case .unknown: return nil
+            }
+        }
+        return nil
     }
 
     /// Makes `input[position ..< position + count]` readable; the caller has checked that the
@@ -386,8 +419,8 @@ struct DCPMetadataReader {
             stack.append(.int(Int64(input[position]) | Int64(input[position + 1]) << 8))
             position += 2
         case .binGet:
-            guard room, position < windowEnd, Int(input[position]) < memo.count else { return false }
-            stack.append(memo[Int(input[position])])
+            guard room, position < windowEnd, let value = memo.value(UInt64(input[position])) else { return false }
+            stack.append(value)
             position += 1
         case .mark:
             guard room else { return false }
@@ -429,7 +462,7 @@ struct DCPMetadataReader {
     /// one by one.
     private mutating func builtRecord() -> Bool {
         let end = input.start + input.window.count
-        guard stack.count + marks.count + 16 < limits.maxStackSize, sparseMemo.isEmpty else { return false }
+        guard stack.count + marks.count + 16 < limits.maxStackSize, memo.sparse.isEmpty else { return false }
         var cursor = opcodeStart
         guard case .global(let callable)? = memoValue(&cursor, end: end) else { return false }
         let kind = globalKinds[Int(callable)]
@@ -463,7 +496,7 @@ struct DCPMetadataReader {
             if field != .none { fields[field] = value }
         }
         guard cursor + 2 <= end, input[cursor + 1] == PickleOpcode.build.rawValue,
-            memo.count + stored.count <= limits.maxMemoEntries
+            memo.entryCount + stored.count <= limits.maxMemoEntries
         else { return false }
         cursor += 2
         // What `build` makes of these fields; where it would leave the object opaque, it decides.
@@ -491,12 +524,14 @@ struct DCPMetadataReader {
             record = .storage(newStorageRecord(StorageRecord(path: path, transforms: -1, offset: offset, length: length)))
         }
         let object = newObject(record)
-        if objectStored {
-            // Memoized as the steps would: shared, so its slot is never reused.
-            sharedObjects[Int(object)] = true
-            stored[0] = .object(object)
+        for (index, value) in stored.enumerated() {
+            if index == 0 && objectStored {
+                // Memoized as the steps would: kept, it is shared, so its slot is never reused.
+                if memo.append(.object(object)) { sharedObjects[Int(object)] = true }
+            } else {
+                _ = memo.append(value)
+            }
         }
-        memo.append(contentsOf: stored)
         stack.append(.object(object))
         position = cursor
         recordsInOneStep += 1
@@ -525,21 +560,20 @@ struct DCPMetadataReader {
     @inline(__always)
     private func memoValue(_ cursor: inout Int, end: Int) -> Value? {
         guard cursor + 2 <= end else { return nil }
-        let key: Int
+        let key: UInt64, width: Int
         switch input[cursor] {
         case PickleOpcode.binGet.rawValue:
-            key = Int(input[cursor + 1])
-            guard key < memo.count else { return nil }
-            cursor += 2
+            (key, width) = (UInt64(input[cursor + 1]), 2)
         case PickleOpcode.longBinGet.rawValue:
             guard cursor + 5 <= end else { return nil }
-            key = Int(input[cursor + 1]) | Int(input[cursor + 2]) << 8 | Int(input[cursor + 3]) << 16 | Int(input[cursor + 4]) << 24
-            guard key < memo.count else { return nil }
-            cursor += 5
+            let bytes = UInt64(input[cursor + 1]) | UInt64(input[cursor + 2]) << 8 | UInt64(input[cursor + 3]) << 16
+            (key, width) = (bytes | UInt64(input[cursor + 4]) << 24, 5)
         default:
             return nil
         }
-        return memo[key]
+        guard let value = memo.value(key) else { return nil }
+        cursor += width
+        return value
     }
 
     /// BININT1, BININT2, BININT or a LONG1 of up to eight bytes at `cursor`, as `execute` reads it.
@@ -656,11 +690,10 @@ struct DCPMetadataReader {
             let key = try readFixed(opcode == .binPut ? 1 : 4)
             try memoPut(key, try top())
         case .memoize:
-            try memoPut(UInt64(memo.count + sparseMemo.count), try top())
+            try memoPut(UInt64(memo.entryCount), try top())
         case .binGet, .longBinGet:
             let key = try readFixed(opcode == .binGet ? 1 : 4)
-            let value: Value? = key < UInt64(memo.count) ? memo[Int(key)] : sparseMemo[key]
-            guard let value else { throw .pickle(.memoKeyMissing(site, key: key)) }
+            guard let value = memo.value(key) else { throw .pickle(.memoKeyMissing(site, key: key)) }
             try push(value)
 
         // Scalars.
@@ -827,16 +860,9 @@ struct DCPMetadataReader {
     }
 
     private mutating func memoPut(_ key: UInt64, _ value: Value) throws(Stop) {
-        share(value)
-        if key < UInt64(memo.count) {
-            memo[Int(key)] = value
-        } else if key == UInt64(memo.count) && sparseMemo.isEmpty {
-            memo.append(value)
-        } else {
-            sparseMemo[key] = value
-            while let next = sparseMemo.removeValue(forKey: UInt64(memo.count)) { memo.append(next) }
-        }
-        guard memo.count + sparseMemo.count <= limits.maxMemoEntries else {
+        // A value no GET reads is not kept, so it is not shared either.
+        if memo.put(key, value) { share(value) }
+        guard memo.entryCount <= limits.maxMemoEntries else {
             throw .pickle(.limitExceeded(site, limit: .memoEntries, maximum: limits.maxMemoEntries))
         }
     }

@@ -148,6 +148,34 @@ struct DCPMetadataReaderTests {
         }
     }
 
+    @Test("the memo keeps only the values some GET reads, and every real .metadata reads as it does with all kept")
+    func memoOfReadKeysOnly() throws {
+        for file in Self.metadataFiles {
+            let bytes = try TestCheckpoints.readFile(TestCheckpoints.path(file))
+            let (all, kept, reads, entries) = try bytes.withUnsafeBytes { buffer in try Self.readWithAndWithoutScan(buffer) }
+            Self.expectSame(kept, all, file)
+            let scanned = try #require(reads, "\(file): the scan gave up")
+            // torch's pickler memoizes every record, dict and tuple; GETs read back the strings,
+            // globals and little else.
+            #expect(scanned.count * 4 < entries, "\(file): \(scanned.count) of \(entries) memo entries read")
+        }
+    }
+
+    /// The metadata read keeping every memo entry, then keeping only those the scan found read;
+    /// the scan; and how many entries the memo stored.
+    static func readWithAndWithoutScan(_ buffer: UnsafeRawBufferPointer) throws -> (DCPMetadata, DCPMetadata, PickleMemoReads?, Int) {
+        let input = DCPMetadataReader.Input(window: buffer, count: buffer.count, file: nil)
+        let reads = PickleMemoReadScanner.scan(buffer)
+        var everything = DCPMetadataReader(input: input, globals: CheckpointGlobals.policy)
+        var readOnly = DCPMetadataReader(input: input, globals: CheckpointGlobals.policy, memoReads: reads)
+        do throws(DCPMetadataReader.Stop) {
+            let all = try everything.run()
+            return (all, try readOnly.run(), reads, readOnly.memo.entryCount)
+        } catch {
+            throw MegatronCheckpointError.invalidMetadata(file: ".metadata", reason: "\(error)")
+        }
+    }
+
     @Test("a .metadata read from its file through a sliding window reads as it does in memory, window sizes 1 byte to 1 MiB")
     func windowedFileRead() throws {
         for file in Self.metadataFiles {
