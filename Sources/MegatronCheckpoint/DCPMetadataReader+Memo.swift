@@ -20,16 +20,23 @@ extension DCPMetadataReader {
         /// Keys stored, as Python's `len(memo)`: MEMOIZE's key and the limit's measure.
         var entryCount: Int { denseCount + sparse.count }
 
-        /// The value stored under `key`, nil when none is.
+        /// The value stored under `key`, nil when none is (or it was dropped: see `dropped`).
         @inline(__always)
         func value(_ key: UInt64) -> Value? {
             if key < UInt64(denseCount) {
                 guard let reads else { return values[Int(key)] }
-                // The scan saw every GET of the input: a key it did not see is never asked for.
-                precondition(reads.contains(key), "memo key \(key) read but not found by the scan")
+                guard reads.contains(key) else { return nil }
                 return values[reads.rank(of: key)]
             }
             return sparse.isEmpty ? nil : sparse[key]
+        }
+
+        /// Whether `key` was stored but its value not kept, the scan having found no GET of it.
+        /// The scan sees every GET the reader runs, so this never happens; if it did, the value
+        /// would be missing for want of a kept entry, not for want of a store.
+        func dropped(_ key: UInt64) -> Bool {
+            guard let reads else { return false }
+            return key < UInt64(denseCount) && !reads.contains(key)
         }
 
         /// Stores `value` under `key`; whether it was kept (a GET may read it: it is shared).

@@ -6,7 +6,7 @@
 public struct PickleMemoReads: Sendable, Equatable {
     /// Bit `key % 64` of word `key / 64` is set when some GET reads `key`.
     var words: [UInt64]
-    /// Read keys below word `i`'s first key: `rank` without counting the words before it.
+    /// `ranks[i]`: how many read keys lie below word `i`'s first key, `64 × i`.
     var ranks: [UInt32]
 
     /// How many keys are read.
