@@ -20,6 +20,9 @@ if [[ "${BENCH_ONLY:-}" != quant-export ]]; then
     TENSORS=$("$BIN" inspect "$SRC" --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["tensors"]))')
 fi
 
+# prewarm: each run starts right after freshly freed memory (why: tools/bench/prewarm.sh).
+source "$ROOT/tools/bench/prewarm.sh"
+
 # run LABEL CLEANUP COMMAND...: median wall seconds and max peak RSS over $RUNS runs (after one
 # warm-up), appended to the results table.
 ROWS=()
@@ -28,6 +31,7 @@ run() {
     local times=() cpus=() rss=0
     for i in $(seq 0 "$RUNS"); do
         eval "$cleanup"
+        prewarm
         local line
         /usr/bin/time -o "$DATA/time.txt" -f "%e %M %U %S" "$@" >/dev/null 2>"$DATA/stderr.txt" \
             || { cat "$DATA/stderr.txt" >&2; echo "bench: $label failed" >&2; exit 1; }
@@ -125,10 +129,12 @@ convert_bench() {
         local legacy_reshard_s=$LAST_MEDIAN
         rm -rf "$DATA/legacy-src"
         "$BIN" import --hf "$model" --out "$DATA/legacy-src" --ckpt-format torch --tp 2 --pp 2 >/dev/null
+        local legacy_bytes
+        legacy_bytes=$(du -sb "$DATA/legacy-src" | cut -f1)
         run "\`nembridge export\` of the legacy TP=2 PP=2 checkpoint + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/legacy-src' --out '$DATA/hf-out' && sync"
         local legacy_export_s=$LAST_MEDIAN
         rm -rf "$DATA/legacy-src"
-        RESHARD_NOTE="$RESHARD_NOTE Legacy format: import at TP=2 PP=2 $(awk -v a="$legacy_import_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, torch_dist -> legacy TP=4 $(awk -v a="$legacy_reshard_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, export of legacy TP=2 PP=2 $(awk -v a="$legacy_export_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
+        RESHARD_NOTE="$RESHARD_NOTE Legacy format: import at TP=2 PP=2 $(awk -v a="$legacy_import_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× (it writes $(awk -v a="$legacy_bytes" -v b="$size" 'BEGIN { printf "%.2f", a/b }')× the model's bytes, the last stage keeping its own copy of the tied embedding: $(awk -v a="$legacy_import_s" -v b="$copy_s" -v w="$legacy_bytes" -v m="$size" 'BEGIN { printf "%.2f", (a/b)/(w/m) }')× per byte written), torch_dist -> legacy TP=4 $(awk -v a="$legacy_reshard_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, export of legacy TP=2 PP=2 $(awk -v a="$legacy_export_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
     fi
     if [[ "$layers" == 16 ]]; then
         run "\`nembridge import --compress zstd:1\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --compress zstd:1 && sync"
@@ -204,7 +210,7 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "## Safetensors read + write vs \`cp\`"
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- Command: \`make bench\` (median of $RUNS runs after one warm-up; page cache warm)"
+    echo "- Command: \`make bench\` (median of $RUNS runs after one warm-up; page cache warm; each run right after freshly freed memory: see \`prewarm\` in tools/bench.sh)"
     echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(df -T "$DATA" | awk 'NR==2 {print $2}') file system"
     echo "- Input: generated Llama-shaped bf16 \`model.safetensors\`, $SAFETENSORS_BYTES bytes, $TENSORS tensors"
     echo "- nembridge $("$BIN" --version)"

@@ -18,6 +18,8 @@ if [[ ! -f "$MODEL/config.json" ]]; then
     "$PY" "$ROOT/tools/bench/make_llama_model.py" "$MODEL"
 fi
 SIZE=$(du -sb "$MODEL" | cut -f1)
+BYTES=$SIZE
+source "$ROOT/tools/bench/prewarm.sh"
 rm -rf "$DATA/job-src"
 "$BIN" import --hf "$MODEL" --out "$DATA/job-src" --workers "$WORKERS" >/dev/null
 
@@ -57,6 +59,7 @@ bench() {
         local walls=() line rss shares
         for i in $(seq 0 "$RUNS"); do
             rm -rf "$out" "$(dirname "$out")/.$(basename "$out")".nembridge-*
+            prewarm
             line=$(job "$n" "$@" --out "$out")
             [[ $i -eq 0 ]] && continue
             read -r wall rss shares <<< "$line"
