@@ -23,37 +23,76 @@ fi
 # prewarm: each run starts right after freshly freed memory (why: tools/bench/prewarm.sh).
 source "$ROOT/tools/bench/prewarm.sh"
 
-# run LABEL CLEANUP COMMAND...: median wall seconds and max peak RSS over $RUNS runs (after one
-# warm-up), appended to the results table.
-ROWS=()
-run() {
-    local label="$1" cleanup="$2"; shift 2
-    local times=() cpus=() rss=0
-    for i in $(seq 0 "$RUNS"); do
-        eval "$cleanup"
-        prewarm
-        local line
-        /usr/bin/time -o "$DATA/time.txt" -f "%e %M %U %S" "$@" >/dev/null 2>"$DATA/stderr.txt" \
-            || { cat "$DATA/stderr.txt" >&2; echo "bench: $label failed" >&2; exit 1; }
-        line=$(tail -1 "$DATA/time.txt")
-        [[ $i -eq 0 ]] && continue   # warm-up
-        local wall mem user sys
-        read -r wall mem user sys <<< "$line"
-        times+=("$wall")
-        cpus+=("$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')")
-        (( mem > rss )) && rss=$mem
-    done
+# time_once CLEANUP COMMAND...: one run after CLEANUP and prewarm; sets T_WALL T_MEM T_CPU.
+time_once() {
+    local cleanup="$1"; shift
     eval "$cleanup"
-    local median cpu
-    median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    cpu=$(printf '%s\n' "${cpus[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    local rate per_gb
-    rate=$(awk -v b="$BYTES" -v s="$median" 'BEGIN { if (s > 0) printf "%.2f", b/s/1e9; else print "-" }')
+    prewarm
+    /usr/bin/time -o "$DATA/time.txt" -f "%e %M %U %S" "$@" >/dev/null 2>"$DATA/stderr.txt" \
+        || { cat "$DATA/stderr.txt" >&2; echo "bench: $* failed" >&2; exit 1; }
+    local user sys
+    read -r T_WALL T_MEM user sys <<< "$(tail -1 "$DATA/time.txt")"
+    T_CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')
+}
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# add_row LABEL "WALLS" "CPUS" RSS_KIB: the median row appended to the results table; LAST_MEDIAN.
+ROWS=()
+add_row() {
+    local label="$1" walls="$2" cpus="$3" rss="$4"
+    local wall cpu rate per_gb
+    # shellcheck disable=SC2086
+    wall=$(median $walls); cpu=$(median $cpus)
+    rate=$(awk -v b="$BYTES" -v s="$wall" 'BEGIN { if (s > 0) printf "%.2f", b/s/1e9; else print "-" }')
     per_gb=$(awk -v b="$BYTES" -v c="$cpu" 'BEGIN { if (b > 0) printf "%.2f", c/(b/1e9); else print "-" }')
     [[ "${NO_RATE:-0}" == 1 ]] && rate="-" && per_gb="-"
-    ROWS+=("| $label | $median | $rate | $per_gb | $((rss / 1024)) MiB |")
-    LAST_MEDIAN=$median
-    echo "bench: $label: ${median}s (${rate} GB/s, ${per_gb} CPU s/GB), peak RSS $((rss / 1024)) MiB"
+    ROWS+=("| $label | $wall | $rate | $per_gb | $((rss / 1024)) MiB |")
+    LAST_MEDIAN=$wall
+    echo "bench: $label: ${wall}s (${rate} GB/s, ${per_gb} CPU s/GB), peak RSS $((rss / 1024)) MiB"
+}
+
+# run LABEL CLEANUP COMMAND...: median wall seconds and max peak RSS over $RUNS runs (after one
+# warm-up), appended to the results table.
+run() {
+    local label="$1" cleanup="$2"; shift 2
+    local walls="" cpus="" rss=0
+    for i in $(seq 0 "$RUNS"); do
+        time_once "$cleanup" "$@"
+        [[ $i -eq 0 ]] && continue   # warm-up
+        walls+=" $T_WALL"; cpus+=" $T_CPU"
+        (( T_MEM > rss )) && rss=$T_MEM
+    done
+    eval "$cleanup"
+    add_row "$label" "$walls" "$cpus" "$rss"
+}
+
+# queue LABEL CLEANUP COMMAND... then run_queued: rows measured in rounds, each round running
+# every queued command once in order (a warm-up round, then $RUNS), so a slow spell of the disk
+# or the host falls on all the rows compared in it, not on one row's runs. MEDIANS[i] is row i's.
+Q_LABELS=(); Q_CLEANUPS=(); Q_COMMANDS=()
+queue() {
+    Q_LABELS+=("$1"); Q_CLEANUPS+=("$2"); shift 2
+    Q_COMMANDS+=("$(printf '%q ' "$@")")
+}
+run_queued() {
+    local n=${#Q_LABELS[@]} walls=() cpus=() rss=() i k
+    for (( k = 0; k < n; k++ )); do walls+=(""); cpus+=(""); rss+=(0); done
+    for i in $(seq 0 "$RUNS"); do
+        for (( k = 0; k < n; k++ )); do
+            eval "time_once \"\${Q_CLEANUPS[$k]}\" ${Q_COMMANDS[$k]}"
+            [[ $i -eq 0 ]] && continue
+            walls[k]+=" $T_WALL"; cpus[k]+=" $T_CPU"
+            (( T_MEM > rss[k] )) && rss[k]=$T_MEM
+        done
+    done
+    MEDIANS=()
+    for (( k = 0; k < n; k++ )); do
+        eval "${Q_CLEANUPS[$k]}"
+        add_row "${Q_LABELS[$k]}" "${walls[k]}" "${cpus[k]}" "${rss[k]}"
+        MEDIANS+=("$LAST_MEDIAN")
+    done
+    Q_LABELS=(); Q_CLEANUPS=(); Q_COMMANDS=()
 }
 
 # ---- export --quantize of the Llama-3.2-1B shape (issue 15): fresh block FP8 of a bf16 import,
@@ -68,12 +107,11 @@ quant_export_bench() {
     ROWS=()
     BYTES=$(du -sbL "$model" | cut -f1)  # GB/s of the bf16 model bytes read
     local clean='rm -rf "$DATA/hf-q"'
-    run "\`nembridge export\` of the bf16 import (bf16 out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' && sync"
-    local plain_s=$LAST_MEDIAN
-    run "\`nembridge export --quantize fp8-block\` ([128, 128] out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' --quantize fp8-block && sync"
-    local fp8_s=$LAST_MEDIAN
-    run "\`nembridge export --quantize like-source\` of the block-FP8 import (byte-identical to the source) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-fp8' --out '$DATA/hf-q' --quantize like-source && sync"
-    local like_s=$LAST_MEDIAN
+    queue "\`nembridge export\` of the bf16 import (bf16 out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' && sync"
+    queue "\`nembridge export --quantize fp8-block\` ([128, 128] out) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-bf16' --out '$DATA/hf-q' --quantize fp8-block && sync"
+    queue "\`nembridge export --quantize like-source\` of the block-FP8 import (byte-identical to the source) + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-fp8' --out '$DATA/hf-q' --quantize like-source && sync"
+    run_queued
+    local plain_s=${MEDIANS[0]} fp8_s=${MEDIANS[1]} like_s=${MEDIANS[2]}
     rm -rf "$DATA/mc-bf16" "$DATA/mc-fp8"
     QUANT_EXPORT_ROWS+=("" "| what | wall s | GB/s (bf16 read) | CPU s/GB | peak RSS |" "| --- | --- | --- | --- | --- |")
     QUANT_EXPORT_ROWS+=("${ROWS[@]}")
@@ -87,10 +125,11 @@ if [[ "${BENCH_ONLY:-}" == quant-export ]]; then
 fi
 
 clean_out='rm -rf "$DATA/out" "$DATA/out.safetensors"'
-run '`cp` + `sync` of the file (durable copy)' "$clean_out" bash -c "cp '$SRC' '$DATA/out.safetensors' && sync '$DATA/out.safetensors'"
-run '`nembridge reshard` (same layout: read, write, XXH3 per tensor, fsync)' "$clean_out" "$BIN" reshard --hf "$DATA/model" --out "$DATA/out"
-run '`nembridge reshard --max-shard-size 250MB` (5 shards + index)' "$clean_out" "$BIN" reshard --hf "$DATA/model" --out "$DATA/out" --max-shard-size 250MB
-run 'Python `safetensors` load_file + save_file + fsync' "$clean_out" "$PY" "$ROOT/tools/bench/python_rewrite.py" "$SRC" "$DATA/out.safetensors"
+queue '`cp` + `sync` of the file (durable copy)' "$clean_out" bash -c "cp '$SRC' '$DATA/out.safetensors' && sync '$DATA/out.safetensors'"
+queue '`nembridge reshard` (same layout: read, write, XXH3 per tensor, fsync)' "$clean_out" "$BIN" reshard --hf "$DATA/model" --out "$DATA/out"
+queue '`nembridge reshard --max-shard-size 250MB` (5 shards + index)' "$clean_out" "$BIN" reshard --hf "$DATA/model" --out "$DATA/out" --max-shard-size 250MB
+queue 'Python `safetensors` load_file + save_file + fsync' "$clean_out" "$PY" "$ROOT/tools/bench/python_rewrite.py" "$SRC" "$DATA/out.safetensors"
+run_queued
 NO_RATE=1 run '`nembridge inspect` (headers only, no data read)' ":" "$BIN" inspect "$DATA/model"
 
 
@@ -108,46 +147,40 @@ convert_bench() {
     ROWS=()
     BYTES=$size
     local clean='rm -rf "$DATA/copy" "$DATA/mc" "$DATA/hf-out"'
-    run "durable copy: \`cp -r\` + \`sync\`" "$clean" bash -c "cp -r '$model' '$DATA/copy' && sync"
-    local copy_s=$LAST_MEDIAN
-    run "\`nembridge import\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' && sync"
-    local import_s=$LAST_MEDIAN
-    "$BIN" import --hf "$model" --out "$DATA/mc-src" >/dev/null 2>&1 || { rm -rf "$DATA/mc-src"; "$BIN" import --hf "$model" --out "$DATA/mc-src" >/dev/null; }
-    run "\`nembridge export\` + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-src' --out '$DATA/hf-out' && sync"
-    local export_s=$LAST_MEDIAN
-    RATIO_NOTE="import $(awk -v a="$import_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, export $(awk -v a="$export_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
-    run "\`nembridge verify\` HF vs Megatron (reads both)" ":" "$BIN" verify "$model" "$DATA/mc-src"
+    # The sources of the export rows first, then every row in rounds (see `queue`).
+    rm -rf "$DATA/mc-src" "$DATA/legacy-src" "$DATA/mcz"
+    "$BIN" import --hf "$model" --out "$DATA/mc-src" >/dev/null
+    queue "durable copy: \`cp -r\` + \`sync\`" "$clean" bash -c "cp -r '$model' '$DATA/copy' && sync"
+    queue "\`nembridge import\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' && sync"
+    queue "\`nembridge export\` + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mc-src' --out '$DATA/hf-out' && sync"
+    queue "\`nembridge verify\` HF vs Megatron (reads both)" ":" "$BIN" verify "$model" "$DATA/mc-src"
+    local legacy_bytes zsize plain
     if [[ "$layers" == 16 ]]; then
-        run "\`nembridge reshard --megatron --tp 4\` + \`sync\`" "$clean" bash -c "'$BIN' reshard --megatron '$DATA/mc-src' --out '$DATA/mc' --tp 4 && sync"
-        local reshard_s=$LAST_MEDIAN
-        RESHARD_NOTE="reshard to TP=4 $(awk -v a="$reshard_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
+        queue "\`nembridge reshard --megatron --tp 4\` + \`sync\`" "$clean" bash -c "'$BIN' reshard --megatron '$DATA/mc-src' --out '$DATA/mc' --tp 4 && sync"
         # The legacy per-rank format (--ckpt-format torch): write TP=2 PP=2 from HF, re-shard the
         # torch_dist checkpoint into legacy TP=4, and export the legacy files back to HF.
-        run "\`nembridge import --ckpt-format torch --tp 2 --pp 2\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --ckpt-format torch --tp 2 --pp 2 && sync"
-        local legacy_import_s=$LAST_MEDIAN
-        run "\`nembridge reshard --ckpt-format torch --tp 4\` (torch_dist -> legacy) + \`sync\`" "$clean" bash -c "'$BIN' reshard '$DATA/mc-src' --out '$DATA/mc' --ckpt-format torch --tp 4 && sync"
-        local legacy_reshard_s=$LAST_MEDIAN
-        rm -rf "$DATA/legacy-src"
         "$BIN" import --hf "$model" --out "$DATA/legacy-src" --ckpt-format torch --tp 2 --pp 2 >/dev/null
-        local legacy_bytes
         legacy_bytes=$(du -sb "$DATA/legacy-src" | cut -f1)
-        run "\`nembridge export\` of the legacy TP=2 PP=2 checkpoint + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/legacy-src' --out '$DATA/hf-out' && sync"
-        local legacy_export_s=$LAST_MEDIAN
-        rm -rf "$DATA/legacy-src"
-        RESHARD_NOTE="$RESHARD_NOTE Legacy format: import at TP=2 PP=2 $(awk -v a="$legacy_import_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× (it writes $(awk -v a="$legacy_bytes" -v b="$size" 'BEGIN { printf "%.2f", a/b }')× the model's bytes, the last stage keeping its own copy of the tied embedding: $(awk -v a="$legacy_import_s" -v b="$copy_s" -v w="$legacy_bytes" -v m="$size" 'BEGIN { printf "%.2f", (a/b)/(w/m) }')× per byte written), torch_dist -> legacy TP=4 $(awk -v a="$legacy_reshard_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')×, export of legacy TP=2 PP=2 $(awk -v a="$legacy_export_s" -v b="$copy_s" 'BEGIN { printf "%.2f", a/b }')× the durable copy's wall time."
-    fi
-    if [[ "$layers" == 16 ]]; then
-        run "\`nembridge import --compress zstd:1\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --compress zstd:1 && sync"
-        run "\`nembridge import --compress zstd:3\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --compress zstd:3 && sync"
+        queue "\`nembridge import --ckpt-format torch --tp 2 --pp 2\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --ckpt-format torch --tp 2 --pp 2 && sync"
+        queue "\`nembridge reshard --ckpt-format torch --tp 4\` (torch_dist -> legacy) + \`sync\`" "$clean" bash -c "'$BIN' reshard '$DATA/mc-src' --out '$DATA/mc' --ckpt-format torch --tp 4 && sync"
+        queue "\`nembridge export\` of the legacy TP=2 PP=2 checkpoint + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/legacy-src' --out '$DATA/hf-out' && sync"
         "$BIN" import --hf "$model" --out "$DATA/mcz" --compress zstd:3 >/dev/null
-        local zsize plain
         zsize=$(du -sb "$DATA/mcz/release" | cut -f1)
         plain=$(du -sb "$DATA/mc-src/release" | cut -f1)
-        run "\`nembridge export\` of the zstd:3 checkpoint + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mcz' --out '$DATA/hf-out' && sync"
-        rm -rf "$DATA/mcz"
-        ZSTD_NOTE="zstd:3 checkpoint: $zsize bytes vs $plain uncompressed (ratio $(awk -v a="$plain" -v b="$zsize" 'BEGIN { printf "%.3f", a/b }'))."
+        queue "\`nembridge import --compress zstd:1\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --compress zstd:1 && sync"
+        queue "\`nembridge import --compress zstd:3\` + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' --compress zstd:3 && sync"
+        queue "\`nembridge export\` of the zstd:3 checkpoint + \`sync\`" "$clean" bash -c "'$BIN' export --megatron '$DATA/mcz' --out '$DATA/hf-out' && sync"
     fi
-    rm -rf "$DATA/mc-src"
+    run_queued
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a/b }'; }
+    local copy_s=${MEDIANS[0]}
+    RATIO_NOTE="import $(ratio "${MEDIANS[1]}" "$copy_s")×, export $(ratio "${MEDIANS[2]}" "$copy_s")× the durable copy's wall time."
+    if [[ "$layers" == 16 ]]; then
+        local legacy_import_s=${MEDIANS[5]}
+        RESHARD_NOTE="reshard to TP=4 $(ratio "${MEDIANS[4]}" "$copy_s")× the durable copy's wall time. Legacy format: import at TP=2 PP=2 $(ratio "$legacy_import_s" "$copy_s")× (it writes $(ratio "$legacy_bytes" "$size")× the model's bytes, the last stage keeping its own copy of the tied embedding: $(awk -v a="$legacy_import_s" -v b="$copy_s" -v w="$legacy_bytes" -v m="$size" 'BEGIN { printf "%.2f", (a/b)/(w/m) }')× per byte written), torch_dist -> legacy TP=4 $(ratio "${MEDIANS[6]}" "$copy_s")×, export of legacy TP=2 PP=2 $(ratio "${MEDIANS[7]}" "$copy_s")× the durable copy's wall time."
+        ZSTD_NOTE="zstd:3 checkpoint: $zsize bytes vs $plain uncompressed (ratio $(awk -v a="$plain" -v b="$zsize" 'BEGIN { printf "%.3f", a/b }')); zstd rows are compression-bound (2 cores)."
+    fi
+    rm -rf "$DATA/mc-src" "$DATA/legacy-src" "$DATA/mcz"
     CONVERT_ROWS+=("" "### $label: $size bytes" "" "| what | wall s | GB/s | CPU s/GB | peak RSS |" "| --- | --- | --- | --- | --- |")
     CONVERT_ROWS+=("${ROWS[@]}")
     CONVERT_ROWS+=("" "$RATIO_NOTE")
@@ -172,12 +205,11 @@ quant_bench() {
     ROWS=()
     BYTES=$(du -sb "$model" | cut -f1)  # every row writes these bf16 bytes: GB/s of the output
     local clean='rm -rf "$DATA/mc"'
-    run "\`nembridge import\` of the bf16 model + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' && sync"
-    local plain_s=$LAST_MEDIAN
-    run "\`nembridge import\` of block FP8 [128, 128] (dequantized to bf16) + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$DATA/llama-16-fp8' --out '$DATA/mc' && sync"
-    local fp8_s=$LAST_MEDIAN
-    run "\`nembridge import\` of ModelOpt NVFP4 (dequantized to bf16) + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$DATA/llama-16-nvfp4' --out '$DATA/mc' && sync"
-    local nvfp4_s=$LAST_MEDIAN
+    queue "\`nembridge import\` of the bf16 model + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$model' --out '$DATA/mc' && sync"
+    queue "\`nembridge import\` of block FP8 [128, 128] (dequantized to bf16) + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$DATA/llama-16-fp8' --out '$DATA/mc' && sync"
+    queue "\`nembridge import\` of ModelOpt NVFP4 (dequantized to bf16) + \`sync\`" "$clean" bash -c "'$BIN' import --hf '$DATA/llama-16-nvfp4' --out '$DATA/mc' && sync"
+    run_queued
+    local plain_s=${MEDIANS[0]} fp8_s=${MEDIANS[1]} nvfp4_s=${MEDIANS[2]}
     QUANT_ROWS+=("" "Sources: bf16 $(du -sb "$model" | cut -f1) bytes, block FP8 $(du -sb "$DATA/llama-16-fp8" | cut -f1), NVFP4 $(du -sb "$DATA/llama-16-nvfp4" | cut -f1)." ""
                  "| what | wall s | GB/s (written) | CPU s/GB | peak RSS |" "| --- | --- | --- | --- | --- |")
     QUANT_ROWS+=("${ROWS[@]}")
@@ -210,7 +242,7 @@ if [[ -f "$OUT" ]] && grep -qF "$MARKER" "$OUT"; then KEPT="$(sed -n "/$MARKER/,
     echo "## Safetensors read + write vs \`cp\`"
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- Command: \`make bench\` (median of $RUNS runs after one warm-up; page cache warm; each run right after freshly freed memory: see \`prewarm\` in tools/bench.sh)"
+    echo "- Command: \`make bench\` (median of $RUNS rounds after a warm-up round, each round running every row of a table once in turn; page cache warm; each run right after freshly freed memory: see tools/bench/prewarm.sh)"
     echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(df -T "$DATA" | awk 'NR==2 {print $2}') file system"
     echo "- Input: generated Llama-shaped bf16 \`model.safetensors\`, $SAFETENSORS_BYTES bytes, $TENSORS tensors"
     echo "- nembridge $("$BIN" --version)"

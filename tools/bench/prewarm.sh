@@ -11,6 +11,7 @@
 # rows compare the programs, not the order they ran in. BENCH_PREWARM=0 turns it off.
 prewarm() {
     [[ "${BENCH_PREWARM:-1}" == 1 && -d /dev/shm && -w /dev/shm ]] || return 0
+    sleep 2.5
     local avail_mib warm="/dev/shm/nembridge-bench-prewarm.$$"
     avail_mib=$(awk '/MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo)
     local mib=$(( ${BYTES:-0} * 3 / 2 / 1048576 ))
