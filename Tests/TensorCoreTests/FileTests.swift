@@ -1,4 +1,6 @@
 import Foundation
+import Dispatch
+import Synchronization
 import TensorCore
 import Testing
 
@@ -125,6 +127,29 @@ struct FileTests {
         try abandoned.write([9], at: 0)
         abandoned.discard()
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["out.bin"])
+    }
+
+    @Test("a write larger than one pwrite piece lands whole, from two threads into one file")
+    func largeWritesInPieces() throws {
+        let directory = NSTemporaryDirectory() + "nembridge-atomic-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let target = directory + "/out.bin"
+        // 2.5 pieces a half, each half a pattern that repeats every 251 bytes: a lost, doubled or
+        // misplaced piece shows.
+        let half = 5 * (1 << 19) / 2 + 7
+        let low = (0..<half).map { UInt8(truncatingIfNeeded: $0 % 251) }
+        let high = (0..<half).map { UInt8(truncatingIfNeeded: ($0 % 251) + 3) }
+        let output = try AtomicOutputFile(path: target)
+        let failures = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { index in
+            do { try output.write(index == 0 ? low : high, at: index == 0 ? 0 : Int64(half)) } catch {
+                failures.withLock { $0.append("\(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 }.isEmpty)
+        try output.publish()
+        #expect(try Data(contentsOf: URL(fileURLWithPath: target)) == Data(low + high))
     }
 
     @Test("kernel copy between files")
