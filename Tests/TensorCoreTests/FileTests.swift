@@ -111,10 +111,15 @@ struct FileTests {
         #expect(ByteRange(validatingOffset: 4, count: 4) == ByteRange(offset: 4, count: 4))
     }
 
-    @Test("atomic output: invisible until published, gone when discarded")
-    func atomicOutput() throws {
+    func scratchDirectory() throws -> String {
         let directory = NSTemporaryDirectory() + "nembridge-atomic-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
+    @Test("atomic output: invisible until published, gone when discarded")
+    func atomicOutput() throws {
+        let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let target = directory + "/out.bin"
         let output = try AtomicOutputFile(path: target)
@@ -131,8 +136,7 @@ struct FileTests {
 
     @Test("a write larger than one pwrite piece lands whole, from two threads into one file")
     func largeWritesInPieces() throws {
-        let directory = NSTemporaryDirectory() + "nembridge-atomic-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let target = directory + "/out.bin"
         // 2.5 pieces a half, each half a pattern that repeats every 251 bytes: a lost, doubled or
