@@ -65,8 +65,9 @@ public enum StreamComparator {
             return result
         }
         let perWindow = window / max(sizeA, sizeB)
-        let (bufferA, bufferB) = WindowPool.shared.take()
-        defer { WindowPool.shared.give(back: (bufferA, bufferB)) }
+        let windows = WindowPool.shared.take()
+        defer { WindowPool.shared.give(back: windows) }
+        let (bufferA, bufferB) = (windows.first, windows.second)
         var done: Int64 = 0
         let sameType = firstDType == secondDType
         var maxAbs = 0.0
@@ -124,8 +125,9 @@ public enum StreamComparator {
             result.status = .shapeMismatch
             return result
         }
-        let (bufferA, bufferB) = WindowPool.shared.take()
-        defer { WindowPool.shared.give(back: (bufferA, bufferB)) }
+        let windows = WindowPool.shared.take()
+        defer { WindowPool.shared.give(back: windows) }
+        let (bufferA, bufferB) = (windows.first, windows.second)
         var done: Int64 = 0
         while done < first.count {
             let count = Int(min(Int64(window), first.count - done))
@@ -149,23 +151,21 @@ public enum StreamComparator {
 /// a few MB) spent a third of its samples in page faults.
 final class WindowPool: Sendable {
     static let shared = WindowPool()
-    typealias Pair = (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer)
-    // Addresses, for a Sendable Mutex; the pool owns the memory (it lives as long as the process).
-    private let free = Mutex<[(UInt, UInt)]>([])
+    /// Two windows of `StreamComparator.window` bytes; only one comparison holds a pair at a time.
+    struct Pair: @unchecked Sendable {
+        let first: UnsafeMutableRawBufferPointer
+        let second: UnsafeMutableRawBufferPointer
+    }
+    /// The pool owns these for the life of the process.
+    private let free = Mutex<[Pair]>([])
 
     func take() -> Pair {
-        if let (a, b) = free.withLock({ $0.popLast() }) {
-            return (UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: a), count: StreamComparator.window),
-                    UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: b), count: StreamComparator.window))
-        }
-        return (.allocate(byteCount: StreamComparator.window, alignment: 16),
-                .allocate(byteCount: StreamComparator.window, alignment: 16))
+        free.withLock { $0.popLast() }
+            ?? Pair(first: .allocate(byteCount: StreamComparator.window, alignment: 16),
+                    second: .allocate(byteCount: StreamComparator.window, alignment: 16))
     }
 
-    func give(back pair: Pair) {
-        let a = UInt(bitPattern: pair.0.baseAddress!), b = UInt(bitPattern: pair.1.baseAddress!)
-        free.withLock { $0.append((a, b)) }
-    }
+    func give(back pair: Pair) { free.withLock { $0.append(pair) } }
 }
 
 #if canImport(Glibc)
