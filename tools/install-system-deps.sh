@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages nembridge builds against (libzstd, libxxhash, pkg-config).
+# Install the Debian packages nembridge builds against (libzstd, libxxhash, pkg-config), and any
+# named as arguments (tools/bench.sh asks for the zstd tool, its baseline for the zstd rows).
 # Idempotent: does nothing when they are present; otherwise one `apt-get update`, then install.
 set -euo pipefail
-PACKAGES=(libzstd-dev libxxhash-dev pkg-config)
+PACKAGES=(libzstd-dev libxxhash-dev pkg-config "$@")
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
